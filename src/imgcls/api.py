@@ -1,0 +1,431 @@
+"""train / evaluate: the one place where config, data, model, optimiser, loop and logging meet.
+
+Data flows one way: config -> runtime -> datasets -> transforms -> loaders -> model -> optim ->
+loop <-> logging / checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+import imgcls
+from imgcls import runtime
+from imgcls.config import Config, build_config, save_yaml
+from imgcls.data import DataSplit, create_datasets, create_eval_dataset, from_dataset
+from imgcls.data.loaders import EpochLoader, TransformedDataset
+from imgcls.data.splits import load_split, save_split
+from imgcls.data.transforms import build_transform, denormalize, resolve_normalization
+from imgcls.engine.checkpoint import (
+    copy_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+from imgcls.engine.loop import EvalResult, TrainState, evaluate, train_one_epoch
+from imgcls.engine.report import write_eval_report
+from imgcls.errors import ImgclsError
+from imgcls.models import create_model, get_model_info
+from imgcls.optim import create_loss, create_optimizer, create_scheduler
+from imgcls.tracking import RunLogger, echo
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_metric: float | None
+    best_epoch: int | None
+    epochs: int
+    seconds: float
+    last_metrics: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _progress_enabled(cfg: Config) -> bool:
+    import sys
+
+    if cfg.log.progress == "auto":
+        return sys.stderr.isatty()
+    return cfg.log.progress == "on"
+
+
+@dataclass
+class _Preprocessing:
+    image_size: int
+    mean_std: tuple[list[float], list[float]] | None
+
+
+def _preprocessing(cfg: Config, data: DataSplit) -> _Preprocessing:
+    info = get_model_info(cfg.model.name, cfg.model.pretrained)
+    size = cfg.transforms.image_size or info.input_size
+    if info.fixed_size and size != info.input_size:
+        raise ImgclsError(
+            f"transforms.image_size={size} does not suit {cfg.model.name}, which takes "
+            f"{info.input_size}x{info.input_size} images only"
+        )
+    mean_std = resolve_normalization(
+        cfg.transforms,
+        model_default=info.default_normalize,
+        pretrained=bool(cfg.model.pretrained),
+        dataset_mean_std=data.mean_std,
+    )
+    return _Preprocessing(size, mean_std)
+
+
+def _eval_loader(cfg: Config, dataset: Dataset, prep: _Preprocessing, native: int | None,
+                 device: torch.device) -> EpochLoader:
+    transform = build_transform(
+        cfg.transforms, train=False, image_size=prep.image_size, native_size=native,
+        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
+    )
+    return EpochLoader(
+        TransformedDataset(dataset, transform), cfg.loader, train=False, seed=cfg.train.seed,
+        pin_memory=_pin_memory(cfg, device),
+    )
+
+
+def _pin_memory(cfg: Config, device: torch.device) -> bool:
+    if cfg.loader.pin_memory is None:
+        return device.type == "cuda"
+    return cfg.loader.pin_memory
+
+
+def _prepare_run_dir(cfg: Config, resume_dir: Path | None) -> Path:
+    if resume_dir is not None:
+        run_dir = resume_dir
+    else:
+        name = cfg.log.name or f"{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = Path(cfg.log.output) / name
+        if (run_dir / "checkpoints").exists():
+            if cfg.log.name:
+                raise ImgclsError(
+                    f"run folder {run_dir} already holds a run; continue it with "
+                    f"`imgcls train --resume {run_dir}` or choose another --name"
+                )
+            run_dir = Path(f"{run_dir}-{datetime.now():%f}")
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ImgclsError(
+            f"cannot write to output folder {run_dir}: {exc.strerror or exc}"
+        ) from None
+    return run_dir
+
+
+def _resolve_resume(path: str | Path) -> tuple[Path, Path]:
+    """``runs/NAME`` or ``runs/NAME/checkpoints/last.pt`` -> (run folder, checkpoint file)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.pt"
+        if not ckpt.exists():
+            raise ImgclsError(f"nothing to resume in {path}: {ckpt} does not exist")
+        return path, ckpt
+    if not path.exists():
+        raise ImgclsError(f"nothing to resume: {path} does not exist")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return run_dir, path
+
+
+def _provenance(device: torch.device) -> dict[str, str]:
+    return {
+        "imgcls": imgcls.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object would not load weights_only
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    cfg: Config | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    train_dataset: Dataset | None = None,
+    val_dataset: Dataset | None = None,
+    classes: list[str] | None = None,
+) -> RunResult:
+    """Train a classifier; returns where the run went and its best validation accuracy.
+
+    ``resume`` continues a run folder at its next epoch (its saved config, with ``overrides``
+    layered on top, e.g. more epochs). ``train_dataset`` (any map-style dataset yielding
+    ``(image, label)``) replaces ``cfg.data``.
+
+    >>> train(build_config(overrides={"data.source": "my_images", "train.epochs": 3}))
+    ... # doctest: +SKIP
+    """
+    start_time = time.perf_counter()
+    ckpt: dict[str, Any] | None = None
+    resume_dir: Path | None = None
+    if resume is not None:
+        resume_dir, ckpt_path = _resolve_resume(resume)
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = build_config(ckpt["config"], overrides)
+        if ckpt["epoch"] >= cfg.train.epochs:
+            raise ImgclsError(
+                f"{ckpt_path} already finished epoch {ckpt['epoch']} of train.epochs="
+                f"{cfg.train.epochs}; pass train.epochs=N (N > {ckpt['epoch']}) to train longer"
+            )
+    else:
+        cfg = build_config(cfg, overrides)
+
+    runtime.configure_determinism(cfg.train.deterministic)
+    runtime.seed_everything(cfg.train.seed)
+    device = runtime.resolve_device(cfg.train.device)
+
+    # ---- data: the split is fixed once and reused on resume
+    split_record = None
+    if resume_dir is not None and (resume_dir / "split.json").exists():
+        split_record = load_split(resume_dir / "split.json")
+    if train_dataset is not None:
+        data = from_dataset(
+            train_dataset, val_dataset, classes, cfg.data.val_fraction, cfg.train.seed
+        )
+    else:
+        data = create_datasets(cfg.data, cfg.train.seed, split_record=split_record)
+    if data.skipped:
+        echo(f"skipped {len(data.skipped)} unreadable image(s) (data.skip_bad_images=true), "
+             f"first: {data.skipped[0]}")
+    if ckpt is not None and list(ckpt["classes"]) != list(data.classes):
+        raise ImgclsError(
+            f"the data's classes {data.classes[:5]}... differ from the checkpoint's "
+            f"{list(ckpt['classes'])[:5]}..."
+        )
+    prep = _preprocessing(cfg, data)
+    train_transform = build_transform(
+        cfg.transforms, train=True, image_size=prep.image_size, native_size=data.native_size,
+        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
+    )
+    train_loader = EpochLoader(
+        TransformedDataset(data.train, train_transform), cfg.loader, train=True,
+        seed=cfg.train.seed, pin_memory=_pin_memory(cfg, device),
+    )
+    if len(train_loader) == 0:
+        raise ImgclsError(
+            f"no training batches: {len(data.train)} image(s) with loader.batch_size="
+            f"{cfg.loader.batch_size} and loader.drop_last={cfg.loader.drop_last}"
+        )
+    val_loader = (
+        _eval_loader(cfg, data.val, prep, data.native_size, device)
+        if data.val is not None and len(data.val) > 0 else None
+    )
+
+    # ---- model and optimisation
+    num_classes = len(data.classes)
+    # On resume the weights come from the checkpoint: no pretrained download.
+    model_cfg = replace(cfg.model, pretrained="") if ckpt is not None else cfg.model
+    model = create_model(model_cfg, num_classes).to(device)
+    optimizer = create_optimizer(model, cfg.optim)
+    scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, len(train_loader))
+    state = TrainState(
+        model=model, optimizer=optimizer, scheduler=scheduler,
+        loss_fn=create_loss(cfg.optim).to(device), device=device, grad_clip=cfg.train.grad_clip,
+    )
+    if ckpt is not None:
+        load_model_state(model, ckpt["model"], ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.epoch, state.step = ckpt["epoch"], ckpt["step"]
+        state.best_metric, state.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
+        runtime.set_rng_state(ckpt["rng"])
+
+    # ---- run folder: written only once everything above has been checked
+    run_dir = _prepare_run_dir(cfg, resume_dir)
+    save_yaml(cfg, run_dir / "config.yaml")
+    if split_record is None:
+        save_split(data.split_record, run_dir / "split.json")
+    logger = RunLogger(
+        run_dir, tensorboard=cfg.log.tensorboard,
+        resume_epoch=state.epoch if ckpt is not None else None,
+    )
+    if cfg.log.graph and ckpt is None:
+        example = torch.zeros(1, cfg.model.in_channels, prep.image_size, prep.image_size)
+        logger.log_graph(model, example.to(device))
+    echo(
+        f"{'resuming' if ckpt else 'training'} {cfg.model.name} on {cfg.data.source} "
+        f"({len(data.train)} train / {len(data.val) if data.val is not None else 0} val images, "
+        f"{num_classes} classes) on {device}; run folder {run_dir}"
+    )
+
+    def grid(images: torch.Tensor, _labels: torch.Tensor) -> None:
+        logger.log_images("train/batch", denormalize(images.float(), prep.mean_std))
+
+    progress = _progress_enabled(cfg)
+    last: dict[str, Any] = {}
+    try:
+        while state.epoch < cfg.train.epochs:
+            epoch_start = time.perf_counter()
+            train_loader.set_epoch(state.epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            hook = grid if (state.epoch == 0 and cfg.log.image_grid) else None
+            metrics: dict[str, Any] = train_one_epoch(
+                state, train_loader, progress=progress, on_first_batch=hook
+            )
+            result: EvalResult | None = None
+            if val_loader is not None:
+                result = evaluate(
+                    model, val_loader, state.loss_fn, device, num_classes,
+                    progress=progress, desc=f"epoch {state.epoch + 1} val",
+                )
+            state.epoch += 1
+            scheduler.step_epoch(
+                {"val_loss": result.loss, "val_acc": result.top1} if result else
+                {"val_loss": metrics["train_loss"], "val_acc": metrics["train_acc"]}
+            )
+            metrics = {
+                "epoch": state.epoch,
+                "step": state.step,
+                "train_loss": metrics["train_loss"],
+                "train_acc": metrics["train_acc"],
+                "val_loss": result.loss if result else None,
+                "val_acc": result.top1 if result else None,
+                "val_top5": result.top5 if result else None,
+                "lr": lr,
+                "epoch_time_s": time.perf_counter() - epoch_start,
+                "train_time_s": metrics["train_time_s"],
+                "train_images_per_s": metrics["train_samples"] / metrics["train_time_s"],
+            }
+            score = result.top1 if result else -metrics["train_loss"]
+            improved = state.best_metric is None or score > state.best_metric
+            if improved:
+                state.best_metric, state.best_epoch = score, state.epoch
+            _save(run_dir, state, cfg, data, prep, metrics, device, improved)
+            logger.log_epoch(metrics)
+            last = metrics
+            echo(_epoch_line(metrics, cfg.train.epochs))
+    finally:
+        logger.close()
+    seconds = time.perf_counter() - start_time
+    best = (
+        f"best val_acc {state.best_metric:.4f} at epoch {state.best_epoch}"
+        if val_loader is not None and state.best_metric is not None
+        else "no validation set"
+    )
+    echo(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
+    return RunResult(run_dir, state.best_metric if val_loader else None, state.best_epoch,
+                     state.epoch, seconds, last)
+
+
+def _epoch_line(m: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {m['epoch']}/{epochs}",
+             f"train_loss {m['train_loss']:.4f}", f"train_acc {m['train_acc']:.4f}"]
+    if m["val_acc"] is not None:
+        parts += [f"val_loss {m['val_loss']:.4f}", f"val_acc {m['val_acc']:.4f}",
+                  f"val_top5 {m['val_top5']:.4f}"]
+    parts += [f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
+    return "  ".join(parts)
+
+
+def _save(run_dir: Path, state: TrainState, cfg: Config, data: DataSplit, prep: _Preprocessing,
+          metrics: dict[str, Any], device: torch.device, improved: bool) -> None:
+    payload = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_metric": state.best_metric,
+        "best_epoch": state.best_epoch,
+        "config": cfg.to_dict(),
+        "classes": list(data.classes),
+        "input_size": prep.image_size,
+        "in_channels": cfg.model.in_channels,
+        "mean": prep.mean_std[0] if prep.mean_std else None,
+        "std": prep.mean_std[1] if prep.mean_std else None,
+        "native_size": data.native_size,
+        "metrics": metrics,
+        "rng": runtime.get_rng_state(),
+        "provenance": _provenance(device),
+    }
+    last = run_dir / "checkpoints" / "last.pt"
+    save_checkpoint(payload, last)
+    if improved:
+        copy_checkpoint(last, run_dir / "checkpoints" / "best.pt")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "val",
+    output: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a split; writes the confusion matrix (CSV, PNG) and metrics JSON.
+
+    Returns ``{"top1", "top5", "loss", "n", "per_class", ...}``.
+    """
+    if split not in ("val", "test"):
+        raise ImgclsError(f"--split must be val or test, got {split!r}")
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    overrides: dict[str, Any] = {"model.pretrained": ""}  # the weights come from the checkpoint
+    if data is not None:
+        overrides["data.source"] = data
+    if batch_size is not None:
+        overrides["loader.eval_batch_size"] = batch_size
+    cfg = build_config(ckpt["config"], overrides)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    split_record = None
+    if (run_dir / "split.json").exists():
+        record = load_split(run_dir / "split.json")
+        if record.get("source") == cfg.data.source or data is None:
+            split_record = record
+    dataset, classes = create_eval_dataset(cfg.data, split, cfg.train.seed, split_record)
+    if list(classes) != list(ckpt["classes"]):
+        raise ImgclsError(
+            f"the classes of {cfg.data.source} ({split}) {list(classes)[:6]} differ from "
+            f"checkpoint {path}'s {list(ckpt['classes'])[:6]}"
+        )
+    torch_device = runtime.resolve_device(device)
+    model = create_model(cfg.model, len(classes))
+    load_model_state(model, ckpt["model"], path)
+    model.to(torch_device)
+    mean_std = (ckpt["mean"], ckpt["std"]) if ckpt.get("mean") is not None else None
+    prep = _Preprocessing(ckpt["input_size"], mean_std)
+    loader = _eval_loader(cfg, dataset, prep, ckpt.get("native_size"), torch_device)
+    result = evaluate(
+        model, loader, create_loss(cfg.optim).to(torch_device), torch_device, len(classes),
+        progress=_progress_enabled(cfg), desc=f"evaluate {split}",
+    )
+    out_dir = Path(output) if output is not None else run_dir / "eval" / f"{path.stem}-{split}"
+    summary = {
+        "checkpoint": str(path),
+        "data": cfg.data.source,
+        "split": split,
+        "epoch": ckpt["epoch"],
+        "top1": result.top1,
+        "top5": result.top5,
+        "loss": result.loss,
+        "n": result.n,
+        "per_class": dict(zip(classes, result.per_class_accuracy(), strict=True)),
+        "output": str(out_dir),
+    }
+    try:
+        write_eval_report(out_dir, summary, result.confusion, list(classes))
+    except OSError as exc:
+        raise ImgclsError(f"cannot write the evaluation report to {out_dir}: {exc}") from None
+    return summary
+
+
+def dumps(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=None)

@@ -1,0 +1,166 @@
+"""The ``imgcls`` command: argparse subcommands -> config -> api. No training logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from imgcls import __version__
+from imgcls.config import build_config, describe_keys, flatten, load_yaml, parse_override
+from imgcls.errors import ImgclsError
+
+# Frequent settings get flags; each maps onto one config key.
+TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "data": ("data.source", str, "cifar10, cifar100, a folder of class folders, or a list file"),
+    "model": ("model.name", str, "model name (see `imgcls models`)"),
+    "epochs": ("train.epochs", int, "number of epochs"),
+    "batch_size": ("loader.batch_size", int, "training batch size"),
+    "lr": ("optim.lr", float, "learning rate"),
+    "device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
+    "output": ("log.output", str, "folder that holds run folders (default runs)"),
+    "name": ("log.name", str, "run folder name (default <model>-<timestamp>)"),
+    "seed": ("train.seed", int, "seed for every random number generator"),
+}
+
+TRAIN_EPILOG = """\
+examples:
+  imgcls train                                   # CIFAR-10 with simple_v3
+  imgcls train --data PATH --model simple_v3 --epochs 30 --batch-size 128 --lr 0.05
+  imgcls train --config configs/simple_v3_seed.yaml optim.momentum=0.9 data.val_fraction=0.1
+  imgcls train --resume runs/NAME                # continue at the next epoch
+
+Every config key can be set as KEY=VALUE (values are read as YAML: 0.1, true, [0, 2, 3, 4]).
+Precedence: defaults < --config file < flags < KEY=VALUE. The keys and their defaults:
+"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcls",
+        description="Train, evaluate and ship image classifiers with PyTorch.",
+        epilog="Run `imgcls COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a model (checkpoints, metrics.jsonl, TensorBoard)",
+        description="Train an image classifier into runs/NAME.",
+        epilog=TRAIN_EPILOG + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--config", help="YAML recipe (see configs/)")
+    train.add_argument("--resume", metavar="RUN", help="run folder (or checkpoint) to continue")
+    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
+                           help=f"{text} [{key}]")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a checkpoint: loss, top-1/top-5, per class, confusion matrix",
+        description="Evaluate a checkpoint; the report goes to RUN/eval/ unless --output.",
+    )
+    evaluate.add_argument("checkpoint", help="a checkpoint, e.g. runs/NAME/checkpoints/best.pt")
+    evaluate.add_argument("--data", help="data source (default: the one it was trained on)")
+    evaluate.add_argument("--split", default="val", choices=["val", "test"],
+                          help="val: the validation images of training (split.json); test")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--output", help="folder for the report")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    evaluate.add_argument("--batch-size", type=int, help="evaluation batch size")
+
+    models = commands.add_parser("models", help="list the models, input sizes, parameter counts")
+    models.add_argument("--imgcls-only", action="store_true",
+                        help="only imgcls's own models, not torchvision's")
+    models.add_argument("--num-classes", type=int, default=10,
+                        help="class count for the parameter counts (default 10)")
+    return parser
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.config:
+        overrides.update(flatten(load_yaml(args.config), where=f" file {args.config}"))
+    for flag, (key, _, _) in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    for text in args.overrides:
+        key, value = parse_override(text)
+        overrides[key] = value
+    return overrides
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        api.train(resume=args.resume, overrides=overrides)
+    else:
+        api.train(build_config(overrides=overrides))
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    summary = api.evaluate_checkpoint(
+        args.checkpoint, data=args.data, split=args.split, output=args.output,
+        device=args.device, batch_size=args.batch_size,
+    )
+    if args.json:
+        print(api.dumps(summary))
+    else:
+        print(f"{summary['split']}: top1 {summary['top1']:.4f}  top5 {summary['top5']:.4f}  "
+              f"loss {summary['loss']:.4f}  n {summary['n']}")
+        width = max(len(name) for name in summary["per_class"])
+        for name, acc in summary["per_class"].items():
+            print(f"  {name:<{width}}  {acc:.4f}")
+        print(f"report: {summary['output']}")
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from imgcls.models import count_parameters, list_models
+
+    infos = list_models(include_torchvision=not args.imgcls_only)
+    width = max(len(info.name) for info in infos)
+    print(f"{'name':<{width}}  {'source':<11}  {'input':>5}  {'parameters':>12}")
+    for info in infos:
+        params = count_parameters(info.name, args.num_classes)
+        print(f"{info.name:<{width}}  {info.source:<11}  {info.input_size:>5}  {params:>12,}")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    # An error raised inside a DataLoader worker comes back wrapped in its traceback text.
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if len(lines) > 1 else lines[0]
+    return line.removeprefix("imgcls.errors.ImgclsError: ")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    runners = {"train": _run_train, "evaluate": _run_evaluate, "models": _run_models}
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return runners[args.command](args)
+    except ImgclsError as exc:
+        print(f"imgcls: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgcls: interrupted; completed epochs are saved: continue with "
+              "`imgcls train --resume RUN`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

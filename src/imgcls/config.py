@@ -1,0 +1,382 @@
+"""Typed, frozen configuration: defaults < YAML file < command line, validated once.
+
+Every key is addressable as ``section.key`` (``optim.lr=0.05``). The resolved config is saved to
+the run directory as ``config.yaml`` and inside every checkpoint, so a run can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imgcls.errors import ImgclsError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "cifar10"  # cifar10 | cifar100 | a folder of class folders | a list file (.txt)
+    root: str = "./data"  # where CIFAR is downloaded; base for list-file paths
+    val_fraction: float = 0.1  # held out (stratified, seeded) when there is no validation folder
+    download: bool = True  # let torchvision download CIFAR when it is not in `root`
+    skip_bad_images: bool = False  # skip unreadable images (counted) instead of stopping
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 128
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    shuffle: bool = True
+    num_workers: int = 0  # 0 decodes in the training process (best on 2 cores)
+    pin_memory: bool | None = None  # None: on when training on CUDA
+    drop_last: bool = False
+    persistent_workers: bool = False
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    preset: str = "auto"  # auto | none | cifar | imagenet: augmentations explicit keys add to
+    image_size: int | None = None  # None: the model's input size
+    resize: int | None = None  # resize the shorter side first (eval: before center crop)
+    center_crop: bool = False  # eval: center-crop to image_size after `resize`
+    random_crop: bool = False  # train: RandomCrop(image_size, padding=crop_padding)
+    crop_padding: list[int] = field(default_factory=lambda: [4])  # 1, 2 or 4 ints (l, t, r, b)
+    random_resized_crop: bool = False  # train: RandomResizedCrop(image_size)
+    hflip: float = 0.0  # train: probability of a horizontal flip
+    rotation: float = 0.0  # train: max degrees of a random rotation
+    color_jitter: list[float] = field(default_factory=list)  # [brightness, contrast, sat, hue]
+    grayscale: float = 0.0  # train: probability of RandomGrayscale
+    affine_degrees: float = 0.0  # train: RandomAffine degrees
+    affine_translate: float = 0.0  # train: RandomAffine max translation (fraction)
+    affine_scale: list[float] = field(default_factory=list)  # train: RandomAffine [min, max]
+    normalize: str = "auto"  # auto | dataset | imagenet | half | none | custom (mean/std below)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "simple_v3"
+    pretrained: str = ""  # "" | "default" | a torchvision weights name | a local state_dict file
+    freeze: bool = False  # train the new head only; BatchNorm stays in eval mode
+    in_channels: int = 3
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    name: str = "cosine"  # none | step | multistep | exponential | cosine | plateau | onecycle
+    step_size: int = 30  # step: epochs between decays
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs
+    gamma: float = 0.1  # step, multistep, exponential: decay factor
+    min_lr: float = 0.0  # cosine: final lr; plateau: floor
+    plateau_metric: str = "val_loss"  # plateau: val_loss | val_acc
+    plateau_factor: float = 0.1
+    plateau_patience: int = 10
+    max_lr: float | None = None  # onecycle: peak lr (None: optim.lr)
+    pct_start: float = 0.3  # onecycle: fraction of steps spent rising
+    warmup_epochs: float = 1.0  # linear warmup in front of any scheduler (stepped per batch)
+    warmup_start_factor: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
+    grad_clip: float = 0.0  # 0: off; else clip the global gradient norm to this
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    output: str = "runs"
+    name: str = ""  # "" -> <model>-<timestamp>
+    tensorboard: bool = True
+    graph: bool = False  # add the model graph to TensorBoard
+    image_grid: bool = True  # one grid of a training batch in TensorBoard
+    progress: str = "auto"  # auto (bar on a terminal only) | on | off
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+_SECTION_HINTS = typing.get_type_hints(Config)
+SECTIONS: dict[str, type] = {f.name: _SECTION_HINTS[f.name] for f in dataclasses.fields(Config)}
+_HINTS = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
+
+
+# --------------------------------------------------------------------------- parsing and types
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type hint, converting the few safe cases (int -> float)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ImgclsError:
+                pass
+        raise ImgclsError(f"config key {key}: expected {_type_name(hint)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `crop_padding=4` means [4]
+        if not isinstance(value, (list, tuple)):
+            raise ImgclsError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(key, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ImgclsError(f"config key {key}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _set(tree: dict[str, dict[str, Any]], key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name or name not in _HINTS[section]:
+        raise ImgclsError(f"unknown config key {key!r} (see `imgcls train --help` for the keys)")
+    tree[section][name] = _coerce(key, value, _HINTS[section][name])
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ImgclsError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file as a nested dict (``{section: {key: value}}``)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImgclsError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImgclsError(f"cannot read config file {path}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ImgclsError(f"config file {path}: expected a mapping of sections, got {data!r}")
+    return data
+
+
+def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; a non-mapping section is an error."""
+    flat: dict[str, Any] = {}
+    for section, values in tree.items():
+        if not isinstance(values, dict):
+            raise ImgclsError(
+                f"config{where}: section {section!r} must be a mapping of keys, got {values!r}"
+            )
+        for name, value in values.items():
+            flat[f"{section}.{name}"] = value
+    return flat
+
+
+def build_config(
+    base: Config | dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Layer dotted ``overrides`` over ``base`` (a Config, a nested dict, or the defaults).
+
+    >>> build_config(overrides={"optim.lr": 0.05}).optim.lr
+    0.05
+    """
+    if isinstance(base, Config):
+        tree = base.to_dict()
+    else:
+        tree = Config().to_dict()
+        for key, value in flatten(base or {}).items():
+            _set(tree, key, value)
+    for key, value in (overrides or {}).items():
+        _set(tree, key, value)
+    cfg = Config(**{name: SECTIONS[name](**values) for name, values in tree.items()})
+    validate(cfg)
+    return cfg
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def describe_keys() -> str:
+    """Every key with its default, for ``imgcls train --help`` and the README."""
+    lines = []
+    defaults = Config().to_dict()
+    for section, values in defaults.items():
+        for name, value in values.items():
+            lines.append(f"  {section}.{name} = {value!r}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- validation
+
+CHOICES = {
+    "transforms.preset": ("auto", "none", "cifar", "imagenet"),
+    "transforms.normalize": ("auto", "dataset", "imagenet", "half", "none", "custom"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "sched.name": ("none", "step", "multistep", "exponential", "cosine", "plateau", "onecycle"),
+    "sched.plateau_metric": ("val_loss", "val_acc"),
+    "log.progress": ("auto", "on", "off"),
+}
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ImgclsError(f"config key {key} = {value!r} is invalid: {rule}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values before anything is built or trained."""
+    tree = cfg.to_dict()
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = tree[section][name]
+        _check(value in choices, key, value, f"expected one of {', '.join(choices)}")
+    d, ld, t, o, s, tr = cfg.data, cfg.loader, cfg.transforms, cfg.optim, cfg.sched, cfg.train
+    _check(bool(d.source), "data.source", d.source, "must not be empty")
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    _check(ld.batch_size >= 1, "loader.batch_size", ld.batch_size, "must be >= 1")
+    _check(
+        ld.eval_batch_size is None or ld.eval_batch_size >= 1,
+        "loader.eval_batch_size", ld.eval_batch_size, "must be >= 1",
+    )
+    _check(ld.num_workers >= 0, "loader.num_workers", ld.num_workers, "must be >= 0")
+    _check(
+        t.image_size is None or t.image_size >= 1, "transforms.image_size", t.image_size,
+        "must be >= 1",
+    )
+    _check(t.resize is None or t.resize >= 1, "transforms.resize", t.resize, "must be >= 1")
+    _check(
+        len(t.crop_padding) in (1, 2, 4) and min(t.crop_padding) >= 0,
+        "transforms.crop_padding", t.crop_padding, "1, 2 or 4 non-negative ints",
+    )
+    for key, p in (("transforms.hflip", t.hflip), ("transforms.grayscale", t.grayscale)):
+        _check(0.0 <= p <= 1.0, key, p, "a probability must be in [0, 1]")
+    _check(
+        len(t.color_jitter) in (0, 4) and all(v >= 0 for v in t.color_jitter),
+        "transforms.color_jitter", t.color_jitter, "[brightness, contrast, saturation, hue] >= 0",
+    )
+    _check(
+        len(t.color_jitter) == 0 or t.color_jitter[3] <= 0.5,
+        "transforms.color_jitter", t.color_jitter, "hue must be <= 0.5",
+    )
+    _check(
+        len(t.affine_scale) in (0, 2), "transforms.affine_scale", t.affine_scale, "[min, max]"
+    )
+    _check(
+        0.0 <= t.affine_translate <= 1.0,
+        "transforms.affine_translate", t.affine_translate, "must be in [0, 1]",
+    )
+    if t.normalize == "custom":
+        _check(
+            len(t.mean) == len(t.std) > 0 and all(v > 0 for v in t.std),
+            "transforms.mean/std", (t.mean, t.std), "custom needs equal-length mean and std > 0",
+        )
+    _check(cfg.model.in_channels in (1, 3), "model.in_channels", cfg.model.in_channels, "1 or 3")
+    _check(bool(cfg.model.name), "model.name", cfg.model.name, "must not be empty")
+    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(o.momentum >= 0, "optim.momentum", o.momentum, "must be >= 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(
+        not o.nesterov or (o.name == "sgd" and o.momentum > 0),
+        "optim.nesterov", o.nesterov, "needs optim.name=sgd and optim.momentum > 0",
+    )
+    _check(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+        "two values in [0, 1)",
+    )
+    _check(
+        0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", o.label_smoothing,
+        "must be in [0, 1)",
+    )
+    _check(s.step_size >= 1, "sched.step_size", s.step_size, "must be >= 1")
+    _check(s.gamma > 0, "sched.gamma", s.gamma, "must be > 0")
+    _check(
+        list(s.milestones) == sorted(s.milestones) and all(m > 0 for m in s.milestones),
+        "sched.milestones", s.milestones, "increasing positive epochs",
+    )
+    _check(s.name != "multistep" or bool(s.milestones), "sched.milestones", s.milestones,
+           "multistep needs at least one milestone")
+    _check(s.min_lr >= 0, "sched.min_lr", s.min_lr, "must be >= 0")
+    _check(0 < s.plateau_factor < 1, "sched.plateau_factor", s.plateau_factor, "in (0, 1)")
+    _check(s.plateau_patience >= 0, "sched.plateau_patience", s.plateau_patience, ">= 0")
+    _check(s.max_lr is None or s.max_lr > 0, "sched.max_lr", s.max_lr, "must be > 0")
+    _check(0 < s.pct_start < 1, "sched.pct_start", s.pct_start, "must be in (0, 1)")
+    _check(s.warmup_epochs >= 0, "sched.warmup_epochs", s.warmup_epochs, "must be >= 0")
+    _check(
+        0 < s.warmup_start_factor <= 1, "sched.warmup_start_factor", s.warmup_start_factor,
+        "must be in (0, 1]",
+    )
+    _check(tr.epochs >= 1, "train.epochs", tr.epochs, "must be >= 1")
+    _check(tr.seed >= 0, "train.seed", tr.seed, "must be >= 0")
+    _check(tr.grad_clip >= 0, "train.grad_clip", tr.grad_clip, "must be >= 0")
+    _check(
+        tr.device == "auto" or tr.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        "train.device", tr.device, "auto, cpu, cuda, cuda:N or mps",
+    )
+    _check(bool(cfg.log.output), "log.output", cfg.log.output, "must not be empty")
+    _check("/" not in cfg.log.name and "\\" not in cfg.log.name, "log.name", cfg.log.name,
+           "a run name, not a path (use --output for the folder)")

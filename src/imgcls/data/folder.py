@@ -1,0 +1,149 @@
+"""Image files on disk: a folder of class folders, decoded to RGB on access.
+
+The folder is scanned once; datasets hold a plain ``samples`` list, so ``__getitem__`` only
+opens, converts and returns one file (no per-item or per-epoch filesystem scans).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
+
+from imgcls.errors import ImgclsError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+Sample = tuple[str, int]
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file fully decoded, in RGB mode; an unreadable file is an ImgclsError."""
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise ImgclsError(f"image file not found: {path}") from None
+    except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImgclsError(f"cannot read image {path}: {reason}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (palette, L, LA, RGBA, CMYK, 16-bit, ...) to a new, loaded RGB
+    image (alpha is dropped, as torchvision's loader does)."""
+    if img.mode == "P" and "transparency" in img.info:
+        # Pillow warns when a palette with byte transparency goes straight to RGB.
+        img = img.convert("RGBA")
+    elif img.mode.startswith("I") or img.mode == "F":
+        # 16/32-bit greyscale (e.g. 16-bit PNG) would clip to white; scale to 8 bits instead.
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if img.mode != "F" else 1.0
+        img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+class ImageFileDataset(Dataset):
+    """Map-style dataset over ``(path, label)`` samples, like torchvision's ``ImageFolder``.
+
+    Yields ``(PIL.Image in RGB mode, int label)``; ``samples``, ``targets`` and ``classes`` let
+    callers read labels without decoding images.
+    """
+
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], root: str = ""):
+        self.samples: list[Sample] = list(samples)
+        self.targets: list[int] = [label for _, label in self.samples]
+        self.classes: list[str] = list(classes)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.root = root
+        self.skipped: list[str] = []  # bad files left out (data.skip_bad_images), for reports
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return load_rgb(path), label
+
+    def __repr__(self) -> str:
+        name, n, k = type(self).__name__, len(self), len(self.classes)
+        return f"{name}({n} images, {k} classes, {self.root})"
+
+
+def _is_visible_image(path: str) -> bool:
+    # Hidden files are skipped: macOS "._x.jpg" resource forks are not images.
+    return has_file_allowed_extension(path, IMAGE_EXTENSIONS) and not os.path.basename(
+        path
+    ).startswith(".")
+
+
+def find_class_folders(folder: Path) -> list[str]:
+    """Sorted names of the visible sub-folders of ``folder`` (hidden ones such as
+    ``.ipynb_checkpoints`` are not classes)."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_folder(
+    folder: Path, classes: Sequence[str] | None = None
+) -> tuple[list[Sample], list[str]]:
+    """Scan ``folder/<class>/**/*`` once; returns (samples, classes), classes sorted.
+
+    Given ``classes``, the class folders must be exactly those (e.g. ``val`` matching ``train``).
+    """
+    if not folder.is_dir():
+        raise ImgclsError(f"data folder not found: {folder}")
+    found = find_class_folders(folder)
+    if not found:
+        loose = [p.name for p in folder.iterdir() if _is_visible_image(str(p))]
+        hint = "; put each class's images in its own sub-folder" if loose else ""
+        raise ImgclsError(f"no class folders in {folder} (expected {folder}/<class>/<image>){hint}")
+    if classes is not None and list(classes) != found:
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        raise ImgclsError(
+            f"class folders of {folder} differ from the training classes: "
+            f"missing {missing or 'none'}, extra {extra or 'none'}"
+        )
+    class_to_idx = {name: i for i, name in enumerate(found)}
+    samples = make_dataset(
+        str(folder), class_to_idx, is_valid_file=_is_visible_image, allow_empty=True
+    )
+    counts = np.bincount([label for _, label in samples], minlength=len(found))
+    empty = [found[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ImgclsError(
+            f"class folder(s) with no images in {folder}: {', '.join(empty)} "
+            f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return samples, found
+
+
+def relative_key(path: str, base: Path) -> str:
+    """``path`` relative to ``base`` in POSIX style: the form split.json records files in."""
+    prefix = os.path.join(str(base), "")
+    rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, base)
+    return rel.replace(os.sep, "/")
+
+
+def verify_samples(samples: Sequence[Sample]) -> tuple[list[Sample], list[str]]:
+    """Decode every image once; returns (good samples, paths of the bad ones)."""
+    def ok(sample: Sample) -> bool:
+        try:
+            load_rgb(sample[0])
+        except ImgclsError:
+            return False
+        return True
+
+    # Pillow releases the GIL while decoding, so threads speed up a 50k-image check.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        flags = list(pool.map(ok, samples, chunksize=64))
+    good = [s for s, keep in zip(samples, flags, strict=True) if keep]
+    bad = [s[0] for s, keep in zip(samples, flags, strict=True) if not keep]
+    return good, bad

@@ -1,0 +1,110 @@
+"""Batches for the loop. The loop only needs an iterable of ``(images, labels)`` with ``len`` and
+``set_epoch``; :class:`EpochLoader` is the DataLoader-backed one, and a faster loader can stand in
+for it without the loop changing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from imgcls.config import LoaderConfig
+
+
+class BatchLoader(Protocol):
+    """What the training loop consumes."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+class TransformedDataset(Dataset):
+    """Applies a transform to the images of a dataset that yields ``(image, label)``."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        return self.transform(image), int(label)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker's torch RNG; NumPy and `random` need the same treatment so that
+    # augmentations written with them are not identical across workers.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class EpochLoader:
+    """A DataLoader whose shuffling and worker seeds are a pure function of ``(seed, epoch)``.
+
+    That makes a resumed run see exactly the batches an uninterrupted run would have seen.
+    ``num_replicas``/``rank`` shard the data for distributed training.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        cfg: LoaderConfig,
+        *,
+        train: bool,
+        seed: int = 0,
+        pin_memory: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        self.seed = seed
+        self.sampler: DistributedSampler | None = None
+        self.generator = torch.Generator()
+        shuffle = train and cfg.shuffle
+        if train:
+            self.sampler = DistributedSampler(
+                dataset,
+                num_replicas=num_replicas,
+                rank=rank,
+                shuffle=shuffle,
+                seed=seed,
+                drop_last=cfg.drop_last,
+            )
+        batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
+        workers = cfg.num_workers
+        self.dataloader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            drop_last=train and cfg.drop_last,
+            persistent_workers=cfg.persistent_workers and workers > 0,
+            worker_init_fn=_seed_worker if workers > 0 else None,
+            generator=self.generator,
+        )
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.dataloader)
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.dataloader.dataset)

@@ -1,0 +1,154 @@
+"""Per-sample transforms (torchvision transforms v2): named presets plus the seeds' augmentations.
+
+Images are turned into uint8 tensors first, augmented as tensors, and only then converted to float
+and normalised: cheaper than PIL for small images and the same code for PIL or tensor input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from imgcls.config import TransformConfig
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+HALF = [0.5, 0.5, 0.5]
+
+# What each preset switches on; explicit keys that differ from their defaults win.
+PRESETS: dict[str, dict[str, object]] = {
+    "none": {},
+    "cifar": {"random_crop": True, "crop_padding": [4], "hflip": 0.5},
+    "imagenet": {"random_resized_crop": True, "hflip": 0.5, "center_crop": True},
+}
+
+
+def apply_preset(cfg: TransformConfig, image_size: int) -> TransformConfig:
+    """Fill in the preset's augmentations wherever the user left a key at its default.
+
+    ``auto`` is ``cifar`` for small inputs (up to 64 pixels) and ``imagenet`` for larger ones.
+    """
+    preset = cfg.preset
+    if preset == "auto":
+        preset = "cifar" if image_size <= 64 else "imagenet"
+    defaults = TransformConfig()
+    changes = {
+        key: value
+        for key, value in PRESETS[preset].items()
+        if getattr(cfg, key) == getattr(defaults, key)
+    }
+    return dataclasses.replace(cfg, **changes)
+
+
+def resolve_normalization(
+    cfg: TransformConfig,
+    *,
+    model_default: str,
+    pretrained: bool,
+    dataset_mean_std: tuple[list[float], list[float]] | None,
+) -> tuple[list[float], list[float]] | None:
+    """Pick mean/std: ``auto`` uses ImageNet stats for ImageNet-style or pretrained models, the
+    dataset's own stats when known (CIFAR), and ImageNet stats otherwise. ``None`` means no
+    normalisation (pixels in [0, 1], as the seeds' ``ToTensor()``-only recipes)."""
+    mode = cfg.normalize
+    if mode == "auto":
+        if pretrained or model_default == "imagenet" or dataset_mean_std is None:
+            mode = "imagenet"
+        else:
+            mode = "dataset"
+    if mode == "none":
+        return None
+    if mode == "custom":
+        return list(cfg.mean), list(cfg.std)
+    if mode == "half":
+        return list(HALF), list(HALF)
+    if mode == "dataset" and dataset_mean_std is not None:
+        return list(dataset_mean_std[0]), list(dataset_mean_std[1])
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+def _channels(values: Sequence[float], in_channels: int) -> list[float]:
+    if in_channels == 1 and len(values) == 3:
+        return [sum(values) / 3.0]  # greyscale input: one channel, the average statistic
+    return list(values)
+
+
+def build_transform(
+    cfg: TransformConfig,
+    *,
+    train: bool,
+    image_size: int,
+    native_size: int | None = None,
+    mean_std: tuple[list[float], list[float]] | None = None,
+    in_channels: int = 3,
+) -> v2.Compose:
+    """The transform for one split.
+
+    ``native_size`` is the size every source image already has (CIFAR: 32); when it equals
+    ``image_size`` no resize is added.
+
+    >>> t = build_transform(TransformConfig(), train=False, image_size=32)
+    >>> t(torch.zeros(3, 40, 50, dtype=torch.uint8)).shape
+    torch.Size([3, 32, 32])
+    """
+    cfg = apply_preset(cfg, image_size)
+    steps: list[torch.nn.Module] = [v2.ToImage()]
+    size = image_size
+    if train and cfg.random_resized_crop:
+        steps.append(v2.RandomResizedCrop(size, antialias=True))
+    else:
+        if cfg.resize is not None:
+            steps += [v2.Resize(cfg.resize, antialias=True), v2.CenterCrop(size)]
+        elif train and cfg.random_crop:
+            if native_size != size:
+                steps.append(v2.Resize((size, size), antialias=True))
+        elif cfg.center_crop and not train:
+            # ImageNet-style evaluation: shorter side to size * 256/224, then the central crop.
+            steps += [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
+        elif native_size != size:
+            steps.append(v2.Resize((size, size), antialias=True))
+        if train and cfg.random_crop:
+            padding = list(cfg.crop_padding)
+            steps.append(v2.RandomCrop(size, padding=padding if len(padding) > 1 else padding[0]))
+    if train:
+        if cfg.hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))
+        if cfg.rotation > 0:
+            steps.append(v2.RandomRotation(cfg.rotation))
+        if cfg.affine_degrees > 0 or cfg.affine_translate > 0 or cfg.affine_scale:
+            steps.append(
+                v2.RandomAffine(
+                    degrees=cfg.affine_degrees,
+                    translate=(cfg.affine_translate, cfg.affine_translate)
+                    if cfg.affine_translate > 0
+                    else None,
+                    scale=tuple(cfg.affine_scale) if cfg.affine_scale else None,
+                )
+            )
+        if cfg.color_jitter:
+            b, c, s, h = cfg.color_jitter
+            steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
+        if cfg.grayscale > 0:
+            steps.append(v2.RandomGrayscale(p=cfg.grayscale))
+    if in_channels == 1:
+        steps.append(v2.Grayscale(num_output_channels=1))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if mean_std is not None:
+        mean, std = mean_std
+        steps.append(v2.Normalize(_channels(mean, in_channels), _channels(std, in_channels)))
+    return v2.Compose(steps)
+
+
+def denormalize(
+    images: torch.Tensor, mean_std: tuple[list[float], list[float]] | None
+) -> torch.Tensor:
+    """Undo :func:`build_transform`'s normalisation for display (TensorBoard image grids)."""
+    if mean_std is None:
+        return images.clamp(0, 1)
+    channels = images.shape[1]
+    mean = torch.tensor(_channels(mean_std[0], channels), device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(_channels(mean_std[1], channels), device=images.device).view(1, -1, 1, 1)
+    return (images * std + mean).clamp(0, 1)

@@ -1,0 +1,108 @@
+"""Checkpoints: one self-sufficient dict, written atomically, read without running any code.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed
+over the old one: a crash or Ctrl-C at any moment leaves either the old file or the new one,
+never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls.errors import ImgclsError
+
+FORMAT = "imgcls-checkpoint"
+VERSION = 1
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform can open a directory (Windows)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: never leave the temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
+    record = {"format": FORMAT, "version": VERSION, **payload}
+    _atomic_write(Path(path), lambda handle: torch.save(record, handle))
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Atomically copy a checkpoint file (``last.pt`` -> ``best.pt``) without re-serialising."""
+    def write(handle: Any) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, handle, length=16 * 1024 * 1024)
+
+    _atomic_write(Path(dst), write)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read an imgcls checkpoint with ``weights_only=True``: a file that would need to run code
+    to load (a pickled model, say) is refused with a one-line error, and nothing in it runs."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImgclsError(f"{path} is a folder, not a checkpoint file")
+    if not path.exists():
+        raise ImgclsError(f"checkpoint not found: {path}")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is long; the line naming the refused global is the useful one.
+        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln]
+        reason = lines[0].split(" was not")[0] if lines else "unsupported content"
+        raise ImgclsError(
+            f"{path} is not a safe imgcls checkpoint: it holds Python objects that would run "
+            f"code when loaded ({reason[:160]}); imgcls refuses to load it"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImgclsError(f"{path} is not an imgcls checkpoint ({reason[:160]})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ImgclsError(f"{path} is not an imgcls checkpoint (no '{FORMAT}' marker)")
+    if record.get("version", 0) > VERSION:
+        raise ImgclsError(
+            f"{path} was written by a newer imgcls (checkpoint version {record['version']})"
+        )
+    return record
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict`` with a one-line error when the checkpoint does not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+        raise ImgclsError(
+            f"checkpoint {path} does not fit the model (architecture or class count): "
+            f"{detail[:300]}"
+        ) from None

@@ -1,0 +1,146 @@
+"""One epoch of training and one pass of evaluation, each returning plain metric dicts.
+
+Counts are accumulated as sums on the device (no ``.item()`` per batch, which would stall a GPU)
+and divided once at the end, so the numbers are exact sums over samples, never averages of
+averages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from imgcls.models import set_train_mode
+
+
+@dataclass
+class TrainState:
+    """What the loop reads and advances; checkpoints save exactly this plus the config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # imgcls.optim.Scheduler: step_batch() / step_epoch(metrics)
+    loss_fn: nn.Module
+    device: torch.device
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    grad_clip: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Any:
+    return tqdm(
+        iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
+    )
+
+
+def train_one_epoch(
+    state: TrainState,
+    loader: Any,
+    *,
+    progress: bool = False,
+    on_first_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+) -> dict[str, float]:
+    """Train ``state.model`` on every batch of ``loader`` once.
+
+    Returns ``{"train_loss", "train_acc", "lr", "train_time_s", "train_samples"}``.
+    """
+    model, device = state.model, state.device
+    set_train_mode(model)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    start = time.perf_counter()
+    bar = _progress(loader, len(loader), f"epoch {state.epoch + 1} train", progress)
+    for images, labels in bar:
+        if on_first_batch is not None:
+            on_first_batch(images, labels)
+            on_first_batch = None
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = state.loss_fn(logits, labels)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if state.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), state.grad_clip)
+        state.optimizer.step()
+        state.scheduler.step_batch()
+        state.step += 1
+        n = labels.shape[0]
+        seen += n
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        if progress and state.step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    if seen == 0:
+        raise RuntimeError("the training loader yielded no batches")
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / seen,
+        "train_time_s": time.perf_counter() - start,
+        "train_samples": seen,
+    }
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    n: int
+    confusion: torch.Tensor  # [true class, predicted class] counts
+
+    def per_class_accuracy(self) -> list[float]:
+        totals = self.confusion.sum(dim=1).clamp(min=1)
+        return (self.confusion.diag().double() / totals).tolist()
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: nn.Module,
+    device: torch.device,
+    num_classes: int,
+    *,
+    progress: bool = False,
+    desc: str = "eval",
+) -> EvalResult:
+    """Loss, top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix."""
+    model.eval()
+    k = min(5, num_classes)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.int64)
+    topk = torch.zeros((), device=device, dtype=torch.int64)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
+    seen = 0
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for images, labels in _progress(loader, total, desc, progress):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss_sum += loss_fn(logits, labels).double() * labels.shape[0]
+        best = logits.topk(k, dim=1).indices
+        top1 += (best[:, 0] == labels).sum()
+        topk += (best == labels[:, None]).any(dim=1).sum()
+        confusion += torch.bincount(
+            labels * num_classes + best[:, 0], minlength=num_classes * num_classes
+        )
+        seen += labels.shape[0]
+    n = max(seen, 1)
+    return EvalResult(
+        loss=loss_sum.item() / n,
+        top1=top1.item() / n,
+        top5=topk.item() / n,
+        n=seen,
+        confusion=confusion.view(num_classes, num_classes).cpu(),
+    )

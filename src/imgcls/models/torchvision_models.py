@@ -1,0 +1,207 @@
+"""Every torchvision classification model by name, adapted to ``num_classes`` and ``in_channels``.
+
+Names are resolved on lookup from ``torchvision.models.list_models(module=torchvision.models)``
+(classification models only), so a newer torchvision brings its new models with it.
+
+Also holds the layer surgery the model zoo needs (finding and replacing the classifier head and
+the first convolution); the seed CNNs use the same helpers for ``freeze`` and pretrained files.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum, get_model, get_model_weights
+
+from imgcls.errors import ImgclsError
+
+# googlenet / inception_v3 return (logits, aux1[, aux2]) in training mode while their auxiliary
+# heads are on; a plain classifier returns logits only, so the aux heads are always disabled.
+_EXTRA_KWARGS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False},
+    "inception_v3": {"aux_logits": False},
+}
+# Names of the auxiliary heads' keys in torchvision's weight files (absent once disabled).
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+# Models whose positional embeddings / window partitions are built for one input size, and the
+# builder keyword that sets it (used for random init so it matches `input_size`).
+_FIXED_SIZE_KWARG = {"vit_": "image_size", "maxvit_": "input_size"}
+
+
+@functools.cache
+def available() -> tuple[str, ...]:
+    """Names of torchvision's classification models (detection, video... are excluded)."""
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+def is_available(name: str) -> bool:
+    return name in available()
+
+
+def _size_kwarg(name: str) -> str | None:
+    return next((kw for prefix, kw in _FIXED_SIZE_KWARG.items() if name.startswith(prefix)), None)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def weights_names(name: str) -> list[str]:
+    """The weights a model can be pretrained with, ``DEFAULT`` first (``IMAGENET1K_V1``...)."""
+    return ["DEFAULT", *(w.name for w in get_model_weights(name))]
+
+
+def resolve_weights(name: str, pretrained: str) -> WeightsEnum | None:
+    """``"default"`` or a weights name (``IMAGENET1K_V1``, ``ResNet18_Weights.IMAGENET1K_V1``,
+    any case) -> the weights enum member; anything else (``""``, a path) -> None."""
+    if not pretrained:
+        return None
+    enum = get_model_weights(name)
+    wanted = pretrained.rpartition(".")[2] if pretrained.startswith(enum.__name__) else pretrained
+    if wanted.upper() == "DEFAULT":
+        return enum.DEFAULT  # type: ignore[attr-defined]
+    return next((w for w in enum if w.name.upper() == wanted.upper()), None)
+
+
+def meta(name: str, weights: WeightsEnum | None = None) -> dict[str, Any]:
+    """Input size and friends from the weights' own eval transforms (``DEFAULT`` when None).
+
+    Random-init models use the DEFAULT weights' sizes too, so that a recipe does not change its
+    image size when ``pretrained`` is switched on (inception_v3: 299, efficientnet_b3: 300).
+    """
+    w = weights or get_model_weights(name).DEFAULT  # type: ignore[attr-defined]
+    tf = w.transforms()
+    crop = getattr(tf, "crop_size", None) or [224]
+    resize = getattr(tf, "resize_size", None)
+    return {
+        "input_size": int(crop[0]),
+        "resize_size": int(resize[0]) if resize else None,
+        "min_size": int(w.meta.get("min_size", (1, 1))[0]),
+        "default_normalize": "imagenet",
+        "fixed_size": _size_kwarg(name) is not None,
+    }
+
+
+# --------------------------------------------------------------------------- layer surgery
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """The classifier layer: the last ``nn.Linear`` in module order, else the last ``Conv2d``
+    (squeezenet's 1x1 classifier conv). Every torchvision classifier puts its head last."""
+    linear = conv = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            linear = (name, module)
+        elif isinstance(module, nn.Conv2d):
+            conv = (name, module)
+    found = linear or conv
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer to use as a head")
+    return found
+
+
+def find_first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first ``nn.Conv2d`` in module order: the one that sees the image channels."""
+    return next(
+        ((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None
+    )
+
+
+def replace_head(model: nn.Module, num_classes: int) -> str:
+    """Swap the classifier layer for a freshly initialised one with ``num_classes`` outputs."""
+    name, old = find_head(model)
+    device = next(old.parameters()).device
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(
+            old.in_features, num_classes, bias=old.bias is not None, device=device
+        )
+    else:
+        assert isinstance(old, nn.Conv2d)
+        new = nn.Conv2d(
+            old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
+            bias=old.bias is not None, device=device,
+        )
+        # torchvision's own init for squeezenet's final conv: the default (kaiming-uniform) init
+        # makes the first logits large and the ReLU after this conv can then die.
+        nn.init.normal_(new.weight, mean=0.0, std=0.01)
+        if new.bias is not None:
+            nn.init.zeros_(new.bias)
+    model.set_submodule(name, new)
+    return name
+
+
+def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> None:
+    """Make the first convolution accept ``in_channels`` (1 for grayscale) instead of 3.
+
+    Pretrained: the new filter is the sum of the RGB filters, so a gray image ``x`` gives the same
+    response as the RGB image ``(x, x, x)`` did. Random init: the first input channel's slice of
+    the architecture's own initialisation, which keeps its init scheme.
+    """
+    found = find_first_conv(model)
+    if found is None or found[1].in_channels == in_channels:
+        return
+    name, old = found
+    if in_channels != 1:
+        raise ImgclsError(f"model.in_channels={in_channels}: only 1 (grayscale) or 3 supported")
+    new = nn.Conv2d(
+        1, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+        old.groups, bias=old.bias is not None, padding_mode=old.padding_mode,
+        device=old.weight.device, dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(
+            old.weight.sum(dim=1, keepdim=True) if pretrained else old.weight[:, :1]
+        )
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    model.set_submodule(name, new)
+    # googlenet / inception_v3 re-normalise 3 input channels in forward() when transform_input
+    # is on (it is with ImageNet weights); that indexing fails on one channel.
+    if getattr(model, "transform_input", False):
+        model.transform_input = False
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build(
+    name: str, num_classes: int, in_channels: int = 3, weights: WeightsEnum | None = None
+) -> nn.Module:
+    """A torchvision model with a ``num_classes`` head and ``in_channels`` inputs.
+
+    With ``weights`` the model is built as published (1000-class head, downloaded by torchvision
+    into ``torch.hub.get_dir()``) and its head replaced: always, even for 1000 classes, because an
+    ImageNet head's class order means nothing for another dataset. Without, torchvision builds
+    the ``num_classes`` head itself, with the architecture's own head initialisation.
+    """
+    kwargs = dict(_EXTRA_KWARGS.get(name, {}))
+    if weights is None:
+        if "aux_logits" in kwargs:
+            kwargs["init_weights"] = True  # today's default, passed to silence a FutureWarning
+        size_kw = _size_kwarg(name)
+        if size_kw:
+            size = meta(name)["input_size"]
+            kwargs[size_kw] = (size, size) if size_kw == "input_size" else size
+        model = get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    else:
+        model = _download(name, weights, kwargs)
+        replace_head(model, num_classes)
+    adapt_first_conv(model, in_channels, pretrained=weights is not None)
+    return model
+
+
+def _download(name: str, weights: WeightsEnum, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return get_model(name, weights=weights, **kwargs)
+    except (OSError, RuntimeError, http.client.HTTPException) as exc:
+        # URLError/socket errors are OSErrors; a truncated or corrupt download is a RuntimeError.
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ImgclsError(
+            f"model.pretrained: cannot download {name} weights {weights} (offline? {reason}); "
+            f"fetch {weights.url} elsewhere and pass the file with model.pretrained=PATH "
+            f"(or put it in {torch.hub.get_dir()}/checkpoints/)"
+        ) from None

@@ -1,0 +1,209 @@
+"""Shared test data builders: real on-disk image folders, CIFAR pickles and list files.
+
+Each builder is a plain function (``from conftest import _make_image_folder``) and a fixture
+returning it (``make_image_folder``). Contents are seeded, so every run writes the same files. With
+``learnable=True`` class k has its own dominant colour (plus noise), so a tiny CNN separates the
+classes within a few steps.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# (extension, Pillow mode written): every format and awkward mode the loaders must turn into RGB.
+FORMATS = [
+    ("jpg", "RGB"),
+    ("png", "RGB"),
+    ("bmp", "RGB"),
+    ("gif", "P"),
+    ("webp", "RGB"),
+    ("png", "L"),
+    ("png", "RGBA"),
+    ("JPEG", "CMYK"),
+    ("png", "LA"),
+    ("png", "P+transparency"),
+]
+
+LAYOUTS = {
+    "flat": [""],
+    "train_val": ["train", "val"],
+    "train_val_test": ["train", "val", "test"],
+    "train_test": ["train", "test"],
+}
+
+
+def class_color(k: int, num_classes: int) -> np.ndarray:
+    """A distinct, saturated RGB colour for class ``k`` (hues spread round the wheel)."""
+    r, g, b = colorsys.hsv_to_rgb(k / max(num_classes, 1), 0.85, 0.9)
+    return np.array([r, g, b]) * 255.0
+
+
+def random_pixels(
+    rng: np.random.Generator, height: int, width: int, k: int, num_classes: int, learnable: bool
+) -> np.ndarray:
+    """An H x W x 3 uint8 array: the class colour plus noise, or pure noise."""
+    if learnable:
+        base = class_color(k, num_classes)
+        pixels = base + rng.normal(0.0, 25.0, size=(height, width, 3))
+    else:
+        pixels = rng.uniform(0, 255, size=(height, width, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def save_image(pixels: np.ndarray, path: Path, mode: str) -> None:
+    """Write RGB ``pixels`` to ``path`` converted to ``mode`` (format from the extension)."""
+    img = Image.fromarray(pixels, "RGB")
+    if mode == "P+transparency":
+        img.convert("P", palette=Image.Palette.ADAPTIVE).save(path, transparency=0)
+        return
+    if mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode == "RGBA":
+        img = img.convert("RGBA")
+        img.putalpha(200)
+    elif mode != "RGB":
+        img = img.convert(mode)
+    img.save(path)
+
+
+def _make_image_folder(
+    root: Path,
+    classes: Sequence[str] = ("ants", "bees"),
+    per_class: int = 8,
+    layout: str = "flat",
+    size: int | None = None,
+    learnable: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write ``root/[split/]<class>/<class>_NNN.<ext>`` and return ``root``.
+
+    ``layout``: ``flat`` (class folders directly in root), ``train_val``, ``train_val_test`` or
+    ``train_test``; every split folder gets ``per_class`` images per class. Formats and modes
+    cycle through FORMATS; sizes are random in 20..48 px (not square) unless ``size`` is given.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split in LAYOUTS[layout]:
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                height, width = (size, size) if size else rng.integers(20, 49, size=2)
+                ext, mode = FORMATS[(i + k) % len(FORMATS)]
+                pixels = random_pixels(rng, int(height), int(width), k, len(classes), learnable)
+                save_image(pixels, folder / f"{name}_{i:03d}.{ext}", mode)
+    return root
+
+
+def _make_list_file(
+    root: Path,
+    classes: Sequence[str] = ("ants", "bees"),
+    per_class: int = 8,
+    int_labels: bool = False,
+    name: str = "train.txt",
+    size: int | None = None,
+    learnable: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write images under ``root/images/<class>/`` and a list file ``root/name``; returns it.
+
+    Lines are ``images/<class>/<file> <label>`` with the class name as label, or its index with
+    ``int_labels``. The first image of every class has a space in its file name, and the file
+    opens with a comment and a blank line, as real list files do.
+    """
+    root = Path(root)
+    _make_image_folder(root / "images", classes, per_class, "flat", size, learnable, seed)
+    lines = ["# relative/path label", ""]
+    for k, cls in enumerate(classes):
+        for path in sorted((root / "images" / cls).iterdir()):
+            if path.name.endswith("_000" + path.suffix):
+                path = path.rename(path.with_name(f"{cls} first{path.suffix}"))
+            label = str(k) if int_labels else cls
+            lines.append(f"{path.relative_to(root).as_posix()} {label}")
+    list_file = root / name
+    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return list_file
+
+
+def _make_cifar_batches(
+    root: Path,
+    n_train: int = 100,
+    n_test: int = 40,
+    num_classes: int = 10,
+    learnable: bool = True,
+    kind: str = "cifar10",
+    seed: int = 0,
+) -> Path:
+    """Write an extracted CIFAR copy in ``root`` and return its folder.
+
+    ``kind="cifar10"``: ``cifar-10-batches-py`` with data_batch_1..5, test_batch, batches.meta;
+    ``kind="cifar100"``: ``cifar-100-python`` with train, test, meta. ``data`` is uint8
+    N x 3072 (R, G, B planes of 32 x 32). Keys are ``str``: the official files are Python 2
+    pickles whose keys torchvision reads back as ``str`` (it unpickles with latin1).
+    """
+    if kind not in ("cifar10", "cifar100"):
+        raise ValueError(f"kind must be cifar10 or cifar100, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(n: int) -> dict:
+        # Balanced labels (n // num_classes or one more per class), in random order.
+        labels = rng.permutation(np.arange(n) % num_classes).tolist()
+        images = np.zeros((n, 32, 32, 3), np.uint8)
+        for i, y in enumerate(labels):
+            images[i] = random_pixels(rng, 32, 32, y, num_classes, learnable)
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # HWC -> R, G, B planes
+        if kind == "cifar10":
+            return {"batch_label": "batch", "labels": labels, "data": data}
+        coarse = [y % 20 for y in labels]
+        return {"fine_labels": labels, "coarse_labels": coarse, "data": data}
+
+    def part(whole: dict, rows: np.ndarray) -> dict:
+        return {"batch_label": "batch", "labels": [whole["labels"][i] for i in rows],
+                "data": whole["data"][rows]}
+
+    def dump(obj: dict, name: str) -> None:
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    names = [f"class_{k}" for k in range(num_classes)]
+    if kind == "cifar10":
+        train = batch(n_train)  # split after labelling, so every class spans the batches
+        for i, rows in enumerate(np.array_split(np.arange(n_train), 5), start=1):
+            dump(part(train, rows), f"data_batch_{i}")
+        dump(batch(n_test), "test_batch")
+        dump({"label_names": names, "num_cases_per_batch": n_train // 5}, "batches.meta")
+    else:
+        dump(batch(n_train), "train")
+        dump(batch(n_test), "test")
+        coarse_names = [f"super_{k}" for k in range(20)]
+        dump({"fine_label_names": names, "coarse_label_names": coarse_names}, "meta")
+    return folder
+
+
+@pytest.fixture
+def make_image_folder():
+    """Factory: ``make_image_folder(root, classes, per_class, layout, size, learnable)``."""
+    return _make_image_folder
+
+
+@pytest.fixture
+def make_list_file():
+    """Factory: ``make_list_file(root, classes, per_class, int_labels, name, ...)``."""
+    return _make_list_file
+
+
+@pytest.fixture
+def make_cifar_batches():
+    """Factory: ``make_cifar_batches(root, n_train, n_test, num_classes, learnable, kind)``."""
+    return _make_cifar_batches
