@@ -146,7 +146,14 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE pairs may stand anywhere among the flags, which argparse's positional
+    # arguments do not allow: collect the leftovers here.
+    args, extra = parser.parse_known_args(argv)
+    leftovers = [x for x in extra if x.startswith("-") or args.command != "train"]
+    if leftovers:
+        parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
+    if args.command == "train":
+        args.overrides = [*args.overrides, *extra]
     runners = {"train": _run_train, "evaluate": _run_evaluate, "models": _run_models}
     if args.command is None:
         parser.print_help()

@@ -7,6 +7,7 @@ the run directory as ``config.yaml`` and inside every checkpoint, so a run can b
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -136,6 +137,25 @@ _HINTS = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
 # --------------------------------------------------------------------------- parsing and types
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so ``log.progress=off`` stays "off"."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a field's type hint, converting the few safe cases (int -> float)."""
     origin = typing.get_origin(hint)
@@ -167,6 +187,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -199,7 +224,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ImgclsError(f"expected KEY=VALUE, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -209,7 +234,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a recipe file as a nested dict (``{section: {key: value}}``)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _yaml_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ImgclsError(f"config file not found: {path}") from None
     except (OSError, yaml.YAMLError) as exc:

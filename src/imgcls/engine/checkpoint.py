@@ -8,10 +8,8 @@ never half of one.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +63,14 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     _atomic_write(Path(dst), write)
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """The classes and functions a pickle would import, read without running it."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a torch zip file at all
+        return []
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read an imgcls checkpoint with ``weights_only=True``: a file that would need to run code
     to load (a pickled model, say) is refused with a one-line error, and nothing in it runs."""
@@ -75,15 +81,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ImgclsError(f"checkpoint not found: {path}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message is long; the line naming the refused global is the useful one.
-        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln]
-        reason = lines[0].split(" was not")[0] if lines else "unsupported content"
-        raise ImgclsError(
-            f"{path} is not a safe imgcls checkpoint: it holds Python objects that would run "
-            f"code when loaded ({reason[:160]}); imgcls refuses to load it"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # torch raises many types for foreign files; each is a user error
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise ImgclsError(
+                f"{path} is not a safe imgcls checkpoint: it holds Python objects "
+                f"({', '.join(unsafe[:3])}) that would run code when loaded; imgcls refuses it"
+            ) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImgclsError(f"{path} is not an imgcls checkpoint ({reason[:160]})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
