@@ -214,6 +214,7 @@ def train(
     train_loader = EpochLoader(
         TransformedDataset(data.train, train_transform), cfg.loader, train=True,
         seed=cfg.train.seed, pin_memory=_pin_memory(cfg, device),
+        deterministic=cfg.train.deterministic,
     )
     if len(train_loader) == 0:
         raise ImgclsError(

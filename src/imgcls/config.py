@@ -237,7 +237,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = _yaml_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ImgclsError(f"config file not found: {path}") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8 text
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImgclsError(f"cannot read config file {path}: {first}") from None
     if data is None:
@@ -251,6 +251,8 @@ def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
     """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; a non-mapping section is an error."""
     flat: dict[str, Any] = {}
     for section, values in tree.items():
+        if values is None:  # a section whose keys are all commented out
+            continue
         if not isinstance(values, dict):
             raise ImgclsError(
                 f"config{where}: section {section!r} must be a mapping of keys, got {values!r}"
@@ -399,7 +401,7 @@ def validate(cfg: Config) -> None:
     _check(tr.seed >= 0, "train.seed", tr.seed, "must be >= 0")
     _check(tr.grad_clip >= 0, "train.grad_clip", tr.grad_clip, "must be >= 0")
     _check(
-        tr.device == "auto" or tr.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", tr.device) is not None,
         "train.device", tr.device, "auto, cpu, cuda, cuda:N or mps",
     )
     _check(bool(cfg.log.output), "log.output", cfg.log.output, "must not be empty")

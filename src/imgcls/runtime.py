@@ -28,7 +28,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ImgclsError(
+            f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ImgclsError(f"train.device={name!r} but CUDA is not available on this machine")

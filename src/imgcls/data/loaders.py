@@ -51,7 +51,9 @@ class EpochLoader:
     """A DataLoader whose shuffling and worker seeds are a pure function of ``(seed, epoch)``.
 
     That makes a resumed run see exactly the batches an uninterrupted run would have seen.
-    ``num_replicas``/``rank`` shard the data for distributed training.
+    Persistent workers are seeded once, when they start, so ``deterministic=True`` turns them
+    off: exact resume is worth a worker start per epoch. ``num_replicas``/``rank`` shard the data
+    for distributed training.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class EpochLoader:
         pin_memory: bool = False,
         num_replicas: int = 1,
         rank: int = 0,
+        deterministic: bool = False,
     ) -> None:
         self.seed = seed
         self.sampler: DistributedSampler | None = None
@@ -75,7 +78,9 @@ class EpochLoader:
                 num_replicas=num_replicas,
                 rank=rank,
                 shuffle=shuffle,
-                seed=seed,
+                # DistributedSampler seeds each epoch with seed + epoch: spread the seeds apart
+                # so that seed 1 at epoch 0 is not seed 0 at epoch 1.
+                seed=seed * 1_000_003,
                 drop_last=cfg.drop_last,
             )
         batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
@@ -88,7 +93,7 @@ class EpochLoader:
             num_workers=workers,
             pin_memory=pin_memory,
             drop_last=train and cfg.drop_last,
-            persistent_workers=cfg.persistent_workers and workers > 0,
+            persistent_workers=cfg.persistent_workers and workers > 0 and not deterministic,
             worker_init_fn=_seed_worker if workers > 0 else None,
             generator=self.generator,
         )

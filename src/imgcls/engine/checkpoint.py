@@ -37,6 +37,9 @@ def _atomic_write(path: Path, write: Any) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it a file's usual mode
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
