@@ -33,6 +33,7 @@ from imgcls.engine.checkpoint import (
 from imgcls.engine.loop import EvalResult, TrainState, evaluate, train_one_epoch
 from imgcls.engine.report import write_eval_report
 from imgcls.errors import ImgclsError
+from imgcls.inference import load_model
 from imgcls.models import create_model, get_model_info
 from imgcls.optim import create_loss, create_optimizer, create_scheduler
 from imgcls.tracking import RunLogger, echo
@@ -370,6 +371,7 @@ def evaluate_checkpoint(
     output: str | Path | None = None,
     device: str = "auto",
     batch_size: int | None = None,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split; writes the confusion matrix (CSV, PNG) and metrics JSON.
 
@@ -378,13 +380,13 @@ def evaluate_checkpoint(
     if split not in ("val", "test"):
         raise ImgclsError(f"--split must be val or test, got {split!r}")
     path = Path(checkpoint)
-    ckpt = load_checkpoint(path)
-    overrides: dict[str, Any] = {"model.pretrained": ""}  # the weights come from the checkpoint
+    overrides: dict[str, Any] = {}
     if data is not None:
         overrides["data.source"] = data
     if batch_size is not None:
         overrides["loader.eval_batch_size"] = batch_size
-    cfg = build_config(ckpt["config"], overrides)
+    loaded = load_model(path, device=device, trust_pickle=trust_pickle, overrides=overrides)
+    cfg, ckpt = loaded.config, loaded.record
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     split_record = None
     if (run_dir / "split.json").exists():
@@ -392,28 +394,23 @@ def evaluate_checkpoint(
         if record.get("source") == cfg.data.source or data is None:
             split_record = record
     dataset, classes = create_eval_dataset(cfg.data, split, cfg.train.seed, split_record)
-    if list(classes) != list(ckpt["classes"]):
+    if list(classes) != loaded.classes:
         raise ImgclsError(
             f"the classes of {cfg.data.source} ({split}) {list(classes)[:6]} differ from "
-            f"checkpoint {path}'s {list(ckpt['classes'])[:6]}"
+            f"checkpoint {path}'s {loaded.classes[:6]}"
         )
-    torch_device = runtime.resolve_device(device)
-    model = create_model(cfg.model, len(classes))
-    load_model_state(model, ckpt["model"], path)
-    model.to(torch_device)
-    mean_std = (ckpt["mean"], ckpt["std"]) if ckpt.get("mean") is not None else None
-    prep = _Preprocessing(ckpt["input_size"], mean_std)
-    loader = _eval_loader(cfg, dataset, prep, ckpt.get("native_size"), torch_device)
+    prep = _Preprocessing(loaded.input_size, loaded.mean_std)
+    loader = _eval_loader(cfg, dataset, prep, loaded.native_size, loaded.device)
     result = evaluate(
-        model, loader, create_loss(cfg.optim).to(torch_device), torch_device, len(classes),
-        progress=_progress_enabled(cfg), desc=f"evaluate {split}",
+        loaded.model, loader, create_loss(cfg.optim).to(loaded.device), loaded.device,
+        len(classes), progress=_progress_enabled(cfg), desc=f"evaluate {split}",
     )
     out_dir = Path(output) if output is not None else run_dir / "eval" / f"{path.stem}-{split}"
     summary = {
         "checkpoint": str(path),
         "data": cfg.data.source,
         "split": split,
-        "epoch": ckpt["epoch"],
+        "epoch": ckpt.get("epoch"),
         "top1": result.top1,
         "top5": result.top5,
         "loss": result.loss,

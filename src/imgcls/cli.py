@@ -71,6 +71,57 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     evaluate.add_argument("--batch-size", type=int, help="evaluation batch size")
 
+    evaluate.add_argument("--trust-pickle", action="store_true",
+                          help="accept an old torch.save(model) file (runs its code!)")
+
+    predict = commands.add_parser(
+        "predict", help="classify images, folders or list files with a checkpoint",
+        description="Top-k classes and probabilities for each image. Exit code 1 when some "
+        "images could not be read (the others are still classified).",
+    )
+    predict.add_argument("checkpoint", help="a checkpoint, e.g. runs/NAME/checkpoints/best.pt")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files, folders (searched recursively) or list files")
+    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    predict.add_argument("--tta", action="store_true", help="average with a horizontal flip")
+    predict.add_argument("--trust-pickle", action="store_true",
+                         help="accept an old torch.save(model) file (runs its code!)")
+
+    export = commands.add_parser(
+        "export", help="export a checkpoint to ONNX or TorchScript, verified against eager",
+        description="Writes the model file and a JSON sidecar (classes, input size, mean, std), "
+        "then runs the file (ONNX Runtime or torch.jit) and fails if it differs from the eager "
+        "model by more than 1e-4.",
+    )
+    export.add_argument("checkpoint")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    export.add_argument("--output", help="output file (default: beside the checkpoint)")
+    export.add_argument("--include-preprocess", action="store_true",
+                        help="take uint8 NCHW images; resizing and normalisation inside")
+    export.add_argument("--trust-pickle", action="store_true",
+                        help="accept an old torch.save(model) file (runs its code!)")
+
+    convert = commands.add_parser(
+        "convert", help="turn an old state_dict or torch.save(model) file into a checkpoint",
+        description="Converts a plain state_dict file, or (with --trust-pickle) a whole-model "
+        "pickle as the tutorials save them, into a safe imgcls checkpoint.",
+    )
+    convert.add_argument("source", help="the old .pth/.pt/.pkl file")
+    convert.add_argument("--output", help="new checkpoint (default: SOURCE with .imgcls.pt)")
+    convert.add_argument("--trust-pickle", action="store_true",
+                         help="unpickle a whole model (runs code from the file!)")
+    convert.add_argument("--model", help="model name, when it cannot be recognised")
+    convert.add_argument("--classes", help="comma-separated class names, in label order")
+    convert.add_argument("--num-classes", type=int, help="class count (names become 0..N-1)")
+    convert.add_argument("--normalize", default="none",
+                         choices=["none", "half", "imagenet", "cifar10", "cifar100"],
+                         help="the normalisation the model was trained with (default none)")
+    convert.add_argument("--input-size", type=int, help="input size (default: the model's)")
+
     models = commands.add_parser("models", help="list the models, input sizes, parameter counts")
     models.add_argument("--imgcls-only", action="store_true",
                         help="only imgcls's own models, not torchvision's")
@@ -109,7 +160,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     summary = api.evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, output=args.output,
-        device=args.device, batch_size=args.batch_size,
+        device=args.device, batch_size=args.batch_size, trust_pickle=args.trust_pickle,
     )
     if args.json:
         print(api.dumps(summary))
@@ -120,6 +171,46 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         for name, acc in summary["per_class"].items():
             print(f"  {name:<{width}}  {acc:.4f}")
         print(f"report: {summary['output']}")
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from imgcls import predict
+
+    report = predict.predict(
+        args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
+        device=args.device, tta=args.tta, trust_pickle=args.trust_pickle,
+    )
+    if args.csv:
+        predict.write_csv(report, args.csv)
+    print(predict.to_json(report) if args.json else predict.to_table(report))
+    for result in report.results:
+        if result.error is not None:
+            print(f"imgcls: cannot read {result.path}: {result.error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from imgcls.export import export_checkpoint
+
+    report = export_checkpoint(
+        args.checkpoint, fmt=args.format, output=args.output,
+        include_preprocess=args.include_preprocess, trust_pickle=args.trust_pickle,
+    )
+    print(report.describe())
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from imgcls.legacy import convert
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    out = convert(
+        args.source, args.output, trust_pickle=args.trust_pickle, model=args.model,
+        classes=classes, num_classes=args.num_classes, normalize=args.normalize,
+        input_size=args.input_size,
+    )
+    print(f"wrote {out}")
     return 0
 
 
@@ -154,7 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
     if args.command == "train":
         args.overrides = [*args.overrides, *extra]
-    runners = {"train": _run_train, "evaluate": _run_evaluate, "models": _run_models}
+    runners = {
+        "train": _run_train,
+        "evaluate": _run_evaluate,
+        "predict": _run_predict,
+        "export": _run_export,
+        "convert": _run_convert,
+        "models": _run_models,
+    }
     if args.command is None:
         parser.print_help()
         return 2

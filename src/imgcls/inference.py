@@ -1,0 +1,80 @@
+"""A trained model ready to use: weights, classes and the evaluation preprocessing, rebuilt from a
+checkpoint. evaluate, predict and export all start here, so they preprocess images exactly as the
+validation pass of training did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from imgcls import runtime
+from imgcls.config import Config, build_config
+from imgcls.data.transforms import build_transform
+from imgcls.engine.checkpoint import load_checkpoint, load_model_state
+from imgcls.models import create_model
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode, on ``device``
+    classes: list[str]
+    input_size: int
+    mean_std: tuple[list[float], list[float]] | None
+    config: Config
+    record: dict[str, Any]  # the checkpoint dict (epoch, metrics, ...)
+    device: torch.device
+    path: Path
+
+    @property
+    def native_size(self) -> int | None:
+        return self.record.get("native_size")
+
+    def eval_transform(self, *, native_size: int | None = None) -> v2.Compose:
+        """The evaluation transform of training: resize policy, input size, normalisation."""
+        return build_transform(
+            self.config.transforms, train=False, image_size=self.input_size,
+            native_size=native_size, mean_std=self.mean_std,
+            in_channels=self.config.model.in_channels,
+        )
+
+
+def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """An imgcls checkpoint dict; with ``trust_pickle``, an old ``torch.save(model)`` file is
+    unpickled (running its code, with a warning) and converted in memory."""
+    if trust_pickle:
+        from imgcls.legacy import read_any_checkpoint
+
+        return read_any_checkpoint(path, trust_pickle=True)
+    return load_checkpoint(path)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    trust_pickle: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Rebuild the model of a checkpoint with its weights, in eval mode.
+
+    >>> loaded = load_model("runs/NAME/checkpoints/best.pt")  # doctest: +SKIP
+    >>> loaded.classes, loaded.input_size                      # doctest: +SKIP
+    """
+    path = Path(path)
+    record = read_checkpoint(path, trust_pickle=trust_pickle)
+    cfg = build_config(record["config"], overrides)
+    torch_device = device if isinstance(device, torch.device) else runtime.resolve_device(device)
+    # The weights come from the checkpoint: never download or read pretrained ones again.
+    model = create_model(replace(cfg.model, pretrained=""), len(record["classes"]))
+    load_model_state(model, record["model"], path)
+    model.to(torch_device).eval()
+    mean_std = (record["mean"], record["std"]) if record.get("mean") is not None else None
+    return LoadedModel(
+        model=model, classes=list(record["classes"]), input_size=int(record["input_size"]),
+        mean_std=mean_std, config=cfg, record=record, device=torch_device, path=path,
+    )
