@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
@@ -30,6 +30,9 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
             return to_rgb(img)
     except FileNotFoundError:
         raise ImgclsError(f"image file not found: {path}") from None
+    except UnidentifiedImageError:
+        # Pillow's own message names the file object, not the path; ours names the path.
+        raise ImgclsError(f"cannot read image {path}: not a recognised image file") from None
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImgclsError(f"cannot read image {path}: {reason}") from None

@@ -32,7 +32,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
@@ -54,7 +54,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write ``payload`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
     record = {"format": FORMAT, "version": VERSION, **payload}
-    _atomic_write(Path(path), lambda handle: torch.save(record, handle))
+    atomic_write(Path(path), lambda handle: torch.save(record, handle))
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
@@ -63,7 +63,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
         with open(src, "rb") as source:
             shutil.copyfileobj(source, handle, length=16 * 1024 * 1024)
 
-    _atomic_write(Path(dst), write)
+    atomic_write(Path(dst), write)
 
 
 def _unsafe_globals(path: Path) -> list[str]:

@@ -1,0 +1,245 @@
+"""``imgcls predict``: top-k classes and probabilities for image files, folders and list files.
+
+The model, its classes and its preprocessing all come from the checkpoint
+(:func:`imgcls.inference.load_model`), and images are decoded by the same
+:func:`imgcls.data.load_rgb` as in training, so a prediction sees exactly what the validation pass
+saw. A file that cannot be read becomes a result with ``error`` set; the rest are still classified.
+
+>>> report = predict("runs/NAME/checkpoints/best.pt", ["photos/"], top_k=3)  # doctest: +SKIP
+>>> print(to_table(report))                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.transforms import v2
+
+from imgcls.data import IMAGE_EXTENSIONS, load_rgb
+from imgcls.engine.checkpoint import atomic_write
+from imgcls.errors import ImgclsError
+from imgcls.inference import LoadedModel, load_model
+
+LIST_SUFFIX = ".txt"
+CSV_HEADER = ["path", "rank", "class", "prob", "error"]
+
+
+@dataclass
+class PredictResult:
+    """One input image: its top-k ``(class, probability)`` pairs, highest first, or an error."""
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None  # one-line reason the file could not be read; ``top`` is then empty
+
+
+@dataclass
+class PredictReport:
+    checkpoint: str
+    classes: list[str]
+    results: list[PredictResult]  # in input order
+
+    @property
+    def failed(self) -> int:
+        """How many inputs could not be read."""
+        return sum(r.error is not None for r in self.results)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _is_image(name: str) -> bool:
+    # Hidden files are skipped as in training: macOS "._x.jpg" resource forks are not images.
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _scan_folder(folder: Path) -> list[str]:
+    """Every visible image under ``folder``, recursively, in sorted path order."""
+    found: list[str] = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .ipynb_checkpoints, .git, ...
+        found += [os.path.join(root, name) for name in files if _is_image(name)]
+    return sorted(found)
+
+
+def _read_list_file(list_file: Path) -> list[str]:
+    """Image paths of a list file (``path [label]`` per line, ``#`` comments), resolved against
+    the list file's folder. Labels are optional and ignored; a path may contain spaces."""
+    try:
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImgclsError(f"cannot read list file {list_file}: {exc}") from None
+    base = list_file.parent
+    paths: list[str] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        # The whole line is the path when that file exists ("my photo.jpg"); otherwise the last
+        # word is a label, as in training list files. A path that still does not exist is kept
+        # and reported as that image's error, not as a failure of the whole run.
+        path = os.path.join(base, line)
+        parts = line.rsplit(None, 1)
+        if not os.path.isfile(path) and len(parts) == 2:
+            path = os.path.join(base, parts[0])
+        paths.append(path)
+    return paths
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Expand image files, folders and ``.txt`` list files into image paths, in the order given
+    (each path once). A missing input, or no image at all, is an ImgclsError."""
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += _scan_folder(path)
+        elif path.is_file():
+            paths += _read_list_file(path) if path.suffix.lower() == LIST_SUFFIX else [str(item)]
+        else:
+            raise ImgclsError(f"input not found: {item}")
+    if not paths:
+        names = ", ".join(str(i) for i in inputs)
+        raise ImgclsError(f"no images found in {names} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return list(dict.fromkeys(paths))  # a file named twice (folder + file) is predicted once
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def _prepare(path: str, transform: v2.Compose) -> torch.Tensor | str:
+    """The model-ready tensor of one image, or the one-line reason it cannot be read."""
+    if not os.path.isfile(path):
+        return "file not found"
+    try:
+        return transform(load_rgb(path))
+    except ImgclsError as exc:
+        # load_rgb's message names the file; the result carries the path, so keep the reason.
+        return str(exc).removeprefix(f"cannot read image {path}: ") or "cannot read image"
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.inference_mode()
+def _classify(
+    loaded: LoadedModel, images: list[torch.Tensor], k: int, tta: bool
+) -> list[list[tuple[str, float]]]:
+    """Top-k ``(class, probability)`` pairs, highest first, for one batch of prepared images."""
+    batch = torch.stack(images).to(loaded.device)
+    probs = loaded.model(batch).float().softmax(dim=1)
+    if tta:
+        # Average probabilities, not logits: each view votes with a proper distribution.
+        probs = (probs + loaded.model(batch.flip(-1)).float().softmax(dim=1)) / 2
+    top_probs, top_index = (t.cpu().tolist() for t in probs.topk(k, dim=1))
+    return [
+        [(loaded.classes[i], p) for i, p in zip(index, prob, strict=True)]
+        for index, prob in zip(top_index, top_probs, strict=True)
+    ]
+
+
+def predict(
+    checkpoint: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    top_k: int = 5,
+    batch_size: int = 64,
+    device: str = "auto",
+    tta: bool = False,
+    trust_pickle: bool = False,
+) -> PredictReport:
+    """Classify every image in ``inputs``; returns a report with one result per image.
+
+    ``top_k`` is capped at the number of classes. ``tta`` averages the softmax of each image and
+    of its horizontal flip.
+    """
+    if top_k < 1:
+        raise ImgclsError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise ImgclsError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = collect_inputs(inputs)  # check the inputs before the (slower) model load
+    loaded = load_model(checkpoint, device=device, trust_pickle=trust_pickle)
+    # native_size=None: files come in any size, so every image is resized to the input size.
+    transform = loaded.eval_transform(native_size=None)
+    k = min(top_k, len(loaded.classes))
+    results: list[PredictResult] = []
+    # Pillow and torch release the GIL while decoding and resizing, so threads overlap the I/O.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for batch_paths in _chunks(paths, batch_size):
+            prepared = list(pool.map(lambda p: _prepare(p, transform), batch_paths))
+            good = [t for t in prepared if isinstance(t, torch.Tensor)]
+            tops = iter(_classify(loaded, good, k, tta) if good else [])
+            for path, item in zip(batch_paths, prepared, strict=True):
+                if isinstance(item, str):
+                    results.append(PredictResult(path=path, error=item))
+                else:
+                    results.append(PredictResult(path=path, top=next(tops)))
+    return PredictReport(checkpoint=str(checkpoint), classes=list(loaded.classes), results=results)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_table(report: PredictReport) -> str:
+    """An aligned text table: path, top-1 class and probability, then the rest of the top-k.
+
+    A file that could not be read gets ``error: <reason>`` after its path.
+    """
+    k = max((len(r.top) for r in report.results), default=1) or 1
+    path_w = max([len("path"), *(len(r.path) for r in report.results)])
+    class_w = max([len(f"top-{k}"), *(len(c) for c in report.classes)])
+    header = [f"{'path':<{path_w}}"]
+    for rank in range(1, k + 1):
+        header += [f"{f'top-{rank}':<{class_w}}", f"{'prob':>6}"]
+    lines = ["  ".join(header)]
+    for result in report.results:
+        cells = [f"{result.path:<{path_w}}"]
+        if result.error is not None:
+            cells.append(f"error: {result.error}")
+        for name, prob in result.top:
+            cells += [f"{name:<{class_w}}", f"{prob:6.4f}"]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def to_json(report: PredictReport) -> str:
+    """One JSON object: checkpoint, classes, predictions (path, top) and errors (path, error)."""
+    return json.dumps({
+        "checkpoint": report.checkpoint,
+        "classes": report.classes,
+        "predictions": [
+            {"path": r.path, "top": [{"class": c, "prob": p} for c, p in r.top]}
+            for r in report.results if r.error is None
+        ],
+        "errors": [{"path": r.path, "error": r.error}
+                   for r in report.results if r.error is not None],
+    })
+
+
+def write_csv(report: PredictReport, path: str | os.PathLike[str]) -> None:
+    """Write ``path,rank,class,prob,error``: one row per top-k entry, one row (with only
+    ``error`` filled) per unreadable file. Written to a temporary file then renamed, so a reader
+    never sees half a file."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for result in report.results:
+        if result.error is not None:
+            writer.writerow([result.path, "", "", "", result.error])
+        for rank, (name, prob) in enumerate(result.top, start=1):
+            writer.writerow([result.path, rank, name, repr(prob), ""])
+    data = text.getvalue().encode("utf-8")
+    try:
+        atomic_write(Path(path), lambda handle: handle.write(data))
+    except OSError as exc:
+        raise ImgclsError(f"cannot write {path}: {exc.strerror or exc}") from None
