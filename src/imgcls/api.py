@@ -176,6 +176,13 @@ def train(
     if resume is not None:
         resume_dir, ckpt_path = _resolve_resume(resume)
         ckpt = load_checkpoint(ckpt_path)
+        if "optimizer" not in ckpt:
+            source = ckpt.get("provenance", {}).get("converted_from")
+            origin = f" (converted from {source})" if source else ""
+            raise ImgclsError(
+                f"{ckpt_path} holds weights only{origin} and cannot be resumed; start a new run "
+                f"from it with model.pretrained={ckpt_path}"
+            )
         cfg = build_config(ckpt["config"], overrides)
         if ckpt["epoch"] >= cfg.train.epochs:
             raise ImgclsError(

@@ -89,12 +89,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if unsafe:
             raise ImgclsError(
                 f"{path} is not a safe imgcls checkpoint: it holds Python objects "
-                f"({', '.join(unsafe[:3])}) that would run code when loaded; imgcls refuses it"
+                f"({', '.join(unsafe[:3])}) that would run code when loaded; imgcls refuses it "
+                f"(if you trust it: --trust-pickle, or `imgcls convert --trust-pickle`)"
             ) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImgclsError(f"{path} is not an imgcls checkpoint ({reason[:160]})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ImgclsError(f"{path} is not an imgcls checkpoint (no '{FORMAT}' marker)")
+        raise ImgclsError(
+            f"{path} is not an imgcls checkpoint (no '{FORMAT}' marker); a plain state_dict "
+            f"becomes one with `imgcls convert {path}`"
+        )
     if record.get("version", 0) > VERSION:
         raise ImgclsError(
             f"{path} was written by a newer imgcls (checkpoint version {record['version']})"
