@@ -500,7 +500,7 @@ def test_vgg16_finetune_recipe():
     cfg = build_config(load_yaml(CONFIGS / "vgg16_finetune.yaml"))
     assert cfg.model.name == "vgg16"
     assert cfg.model.pretrained == "default"
-    assert cfg.model.freeze is False
+    assert cfg.model.freeze == "none"  # the default (was the bool False)
     assert cfg.transforms.image_size == 224
     assert cfg.transforms.normalize == "imagenet"
     assert cfg.data.source == "cifar10"

@@ -205,7 +205,9 @@ def test_local_file_with_new_head_and_checkpoint_wrapper(tmp_path: Path) -> None
     torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}, "epoch": 4},
                path)
     model = create_model(ModelConfig(name="lenet"), 3)
-    assert load_pretrained_file(model, path) == []  # head already fits: nothing skipped
+    report = load_pretrained_file(model, path)
+    assert report.head == () and report.complete  # head already fits: nothing skipped
+    assert len(report.loaded) == len(model.state_dict())
     for key, value in src.state_dict().items():
         assert torch.equal(model.state_dict()[key], value)
 

@@ -93,6 +93,18 @@ def test_optimizer_errors() -> None:
         create_optimizer(nn.Linear(2, 2), OptimConfig(name="sgdd"))
 
 
+def test_head_lr_mult_splits_the_head_into_its_own_group() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 3))
+    opt = create_optimizer(model, OptimConfig(lr=0.1, head_lr_mult=0.5, weight_decay=1e-4))
+    body, head = opt.param_groups
+    assert (body["lr"], body["lr_scale"], head["lr"], head["lr_scale"]) == (0.1, 1.0, 0.05, 0.5)
+    assert [id(p) for p in head["params"]] == [id(p) for p in model[2].parameters()]
+    assert [id(p) for p in body["params"]] == [id(p) for p in model[0].parameters()]
+    assert body["weight_decay"] == head["weight_decay"] == 1e-4
+    with pytest.raises(ImgclsError, match="head_lr_mult=2.0.*no Linear"):
+        create_optimizer(nn.Sequential(nn.BatchNorm1d(2)), OptimConfig(head_lr_mult=2.0))
+
+
 def test_loss_label_smoothing() -> None:
     loss = create_loss(OptimConfig(label_smoothing=0.1))
     assert isinstance(loss, nn.CrossEntropyLoss) and loss.label_smoothing == 0.1

@@ -238,7 +238,7 @@ def train(
     num_classes = len(data.classes)
     # On resume the weights come from the checkpoint: no pretrained download.
     model_cfg = replace(cfg.model, pretrained="") if ckpt is not None else cfg.model
-    model = create_model(model_cfg, num_classes).to(device)
+    model = create_model(model_cfg, num_classes, from_checkpoint=ckpt is not None).to(device)
     optimizer = create_optimizer(model, cfg.optim)
     scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, len(train_loader))
     state = TrainState(
@@ -247,7 +247,13 @@ def train(
     )
     if ckpt is not None:
         load_model_state(model, ckpt["model"], ckpt_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:  # parameter groups differ: head_lr_mult or freeze changed
+            raise ImgclsError(
+                f"cannot resume {ckpt_path} with a different optim.head_lr_mult or model.freeze "
+                f"than it was trained with ({exc})"
+            ) from None
         scheduler.load_state_dict(ckpt["scheduler"])
         state.epoch, state.step = ckpt["epoch"], ckpt["step"]
         state.best_metric, state.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]

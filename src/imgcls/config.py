@@ -7,6 +7,7 @@ the run directory as ``config.yaml`` and inside every checkpoint, so a run can b
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -64,8 +65,20 @@ class TransformConfig:
 class ModelConfig:
     name: str = "simple_v3"
     pretrained: str = ""  # "" | "default" | a torchvision weights name | a local state_dict file
-    freeze: bool = False  # train the new head only; BatchNorm stays in eval mode
+    # none | backbone (train the head only) | N (freeze the first N stages); frozen BatchNorm
+    # stays in eval mode. YAML true/false (the old bool) mean backbone/none.
+    freeze: str | bool = "none"
     in_channels: int = 3
+    head: str = "replace"  # replace (the last Linear) | append (keep it, add Linear(1000, classes))
+    head_pool: str = "default"  # default | avg | max: global pooling before the classifier
+    strict_load: bool = True  # pretrained file: false loads what fits and reports the rest
+
+    def __post_init__(self) -> None:
+        # `freeze` was a bool: old configs, checkpoints and `model.freeze=true` keep working.
+        if isinstance(self.freeze, bool):
+            object.__setattr__(self, "freeze", "backbone" if self.freeze else "none")
+        elif isinstance(self.freeze, int):  # ModelConfig(freeze=2) from Python
+            object.__setattr__(self, "freeze", str(self.freeze))
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     label_smoothing: float = 0.0
+    head_lr_mult: float = 1.0  # the head's lr is lr * head_lr_mult (its own parameter group)
 
 
 @dataclass(frozen=True)
@@ -303,6 +317,8 @@ def describe_keys() -> str:
 CHOICES = {
     "transforms.preset": ("auto", "none", "cifar", "imagenet"),
     "transforms.normalize": ("auto", "dataset", "imagenet", "half", "none", "custom"),
+    "model.head": ("replace", "append"),
+    "model.head_pool": ("default", "avg", "max"),
     "optim.name": ("sgd", "adam", "adamw"),
     "sched.name": ("none", "step", "multistep", "exponential", "cosine", "plateau", "onecycle"),
     "sched.plateau_metric": ("val_loss", "val_acc"),
@@ -364,6 +380,12 @@ def validate(cfg: Config) -> None:
         )
     _check(cfg.model.in_channels in (1, 3), "model.in_channels", cfg.model.in_channels, "1 or 3")
     _check(bool(cfg.model.name), "model.name", cfg.model.name, "must not be empty")
+    _check(
+        cfg.model.freeze in ("none", "backbone")
+        or re.fullmatch(r"\d+", str(cfg.model.freeze)) is not None,
+        "model.freeze", cfg.model.freeze,
+        "none, backbone (true), or N to freeze the first N stages (e.g. 2)",
+    )
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.momentum >= 0, "optim.momentum", o.momentum, "must be >= 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -378,6 +400,10 @@ def validate(cfg: Config) -> None:
     _check(
         0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", o.label_smoothing,
         "must be in [0, 1)",
+    )
+    _check(
+        math.isfinite(o.head_lr_mult) and o.head_lr_mult > 0, "optim.head_lr_mult",
+        o.head_lr_mult, "must be > 0",
     )
     _check(s.step_size >= 1, "sched.step_size", s.step_size, "must be >= 1")
     _check(s.gamma > 0, "sched.gamma", s.gamma, "must be > 0")

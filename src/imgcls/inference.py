@@ -70,7 +70,9 @@ def load_model(
     cfg = build_config(record["config"], overrides)
     torch_device = device if isinstance(device, torch.device) else runtime.resolve_device(device)
     # The weights come from the checkpoint: never download or read pretrained ones again.
-    model = create_model(replace(cfg.model, pretrained=""), len(record["classes"]))
+    model = create_model(
+        replace(cfg.model, pretrained=""), len(record["classes"]), from_checkpoint=True
+    )
     load_model_state(model, record["model"], path)
     model.to(torch_device).eval()
     mean_std = (record["mean"], record["std"]) if record.get("mean") is not None else None

@@ -34,6 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from imgcls.config import OptimConfig, SchedConfig
 from imgcls.errors import ImgclsError
+from imgcls.models import find_head
 from imgcls.registry import unknown_name_error
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -44,15 +45,48 @@ ONECYCLE_DIV_FACTOR = 25.0
 ONECYCLE_FINAL_DIV_FACTOR = 1e4
 
 
-def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW over the parameters that require grad (a frozen backbone is left out).
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups.
 
-    One parameter group: weight decay applies to every trainable parameter, biases and BatchNorm
-    included, as in the original training scripts.
+    One group (``lr``) unless ``optim.head_lr_mult != 1``: then the body's group (``lr``, first,
+    left out when the body is all frozen) and the head's (``lr * head_lr_mult``), each with an
+    ``lr_scale`` (1 and head_lr_mult) by which :class:`Scheduler` keeps them in proportion. The
+    head is the layer ``model.freeze`` leaves trainable (:func:`imgcls.models.find_head`).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ImgclsError("the model has no trainable parameters (model.freeze froze everything)")
+    if cfg.head_lr_mult == 1.0:
+        return [{"params": params, "lr": cfg.lr}]
+    try:
+        head = {id(p) for p in find_head(model)[1].parameters()}
+    except ValueError:
+        raise ImgclsError(
+            f"optim.head_lr_mult={cfg.head_lr_mult}: {type(model).__name__} has no Linear or "
+            "Conv2d classifier layer to treat as the head"
+        ) from None
+    body = [p for p in params if id(p) not in head]
+    groups = [{"params": body, "lr": cfg.lr, "lr_scale": 1.0}] if body else []
+    groups.append({
+        "params": [p for p in params if id(p) in head],
+        "lr": cfg.lr * cfg.head_lr_mult,
+        "lr_scale": cfg.head_lr_mult,
+    })
+    return groups
+
+
+def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD / Adam / AdamW over the parameters that require grad (a frozen backbone is left out).
+
+    Weight decay applies to every trainable parameter, biases and BatchNorm included, as in the
+    original training scripts. ``optim.head_lr_mult`` gives the head its own parameter group
+    (:func:`param_groups`).
+
+    >>> opt = create_optimizer(model, OptimConfig(lr=0.01, head_lr_mult=10))  # doctest: +SKIP
+    >>> [g["lr"] for g in opt.param_groups]                                   # doctest: +SKIP
+    [0.01, 0.1]
+    """
+    params = param_groups(model, cfg)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -162,9 +196,13 @@ class Scheduler:
         self.optimizer = optimizer
         self.warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
         total = epochs * steps_per_epoch
+        # A group's lr_scale (optim.head_lr_mult) keeps it in proportion to the others: every
+        # group gets the same factor, computed against the unscaled lr, so min_lr and max_lr
+        # (absolute lrs) scale with the group too and the head stays head_lr_mult x the body.
+        self.scales = [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
         self.factors = [
-            LrFactor(cfg, float(g.get("initial_lr", g["lr"])), self.warmup_steps, total)
-            for g in optimizer.param_groups
+            LrFactor(cfg, float(g.get("initial_lr", g["lr"])) / scale, self.warmup_steps, total)
+            for g, scale in zip(optimizer.param_groups, self.scales, strict=True)
         ]
         self._lambda = LambdaLR(optimizer, self.factors)  # sets lr = base * factor(0, 0)
         self._plateau: ReduceLROnPlateau | None = None
@@ -172,7 +210,8 @@ class Scheduler:
         if cfg.name == "plateau":
             self._plateau = ReduceLROnPlateau(
                 optimizer, mode="min" if cfg.plateau_metric == "val_loss" else "max",
-                factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr,
+                factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                min_lr=[cfg.min_lr * scale for scale in self.scales],
             )
 
     @property
@@ -210,7 +249,8 @@ class Scheduler:
             group["lr"] = base * f(step)
 
     def get_last_lr(self) -> float:
-        """The lr the next batch will use (of the first parameter group)."""
+        """The lr the next batch will use (of the first parameter group: the body's when
+        ``optim.head_lr_mult`` splits them)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
@@ -234,9 +274,9 @@ class Scheduler:
             )
         self._lambda.load_state_dict(dict(state["lambda"]))
         # The saved base lrs win over this optimizer's (as they do in optimizer.load_state_dict).
-        for f, base in zip(self.factors, self._lambda.base_lrs, strict=True):
+        for f, base, scale in zip(self.factors, self._lambda.base_lrs, self.scales, strict=True):
             f.epoch = int(state["epoch"])
-            f.base_lr = float(base)
+            f.base_lr = float(base) / scale
         if self._plateau is not None:
             self._plateau.load_state_dict(dict(state["plateau"]))
         for group, lr in zip(self.optimizer.param_groups, state["lrs"], strict=True):

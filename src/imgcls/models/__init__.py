@@ -7,7 +7,19 @@
 
 ``model.pretrained``: ``""`` random init; ``"default"`` or a weights name (``IMAGENET1K_V1``)
 for torchvision models (downloaded by torchvision); or a local ``torch.save``-d state_dict (any
-model). ``model.freeze``: train the classifier head only (see :func:`set_train_mode`).
+model), loaded by :func:`load_pretrained_file` (``model.strict_load``).
+
+Fine-tuning options (the seeds' recipes):
+
+* ``model.head``: ``replace`` the last classifier layer with a ``num_classes`` one, or
+  ``append`` ``Linear(1000, num_classes)`` after the kept 1000-way layer (seed 001's
+  ``vgg.classifier.add_module('add_linear', ...)``; imgcls's CNNs keep their 10-way CIFAR layer
+  and append ``Linear(10, num_classes)``). :func:`find_head` then finds the appended layer: it
+  alone is the head for ``freeze`` and ``optim.head_lr_mult``.
+* ``model.freeze``: ``none``, ``backbone`` (train the head only) or ``N`` (freeze the first N
+  stages, :func:`backbone_stages`); frozen BatchNorm stays in eval mode (:func:`set_train_mode`).
+* ``model.head_pool``: ``avg`` / ``max`` global pooling in front of the classifier, for models
+  with a global ``avgpool`` layer (:func:`~imgcls.models.torchvision_models.set_global_pool`).
 """
 
 from __future__ import annotations
@@ -24,13 +36,20 @@ from torch.overrides import TorchFunctionMode
 
 from imgcls.config import ModelConfig
 from imgcls.errors import ImgclsError
-from imgcls.models import seed_cnns  # noqa: F401  (importing it registers the seed CNNs)
+from imgcls.models import seed_cnns  # importing it registers the seed CNNs
 from imgcls.models import torchvision_models as tvm
+from imgcls.models.finetune import Stage, apply_freeze, backbone_stages
 from imgcls.registry import MODELS, unknown_name_error
 
 __all__ = [
+    "HEADS",
+    "HEAD_POOLS",
     "MODELS",
+    "LoadReport",
     "ModelInfo",
+    "Stage",
+    "apply_freeze",
+    "backbone_stages",
     "count_parameters",
     "create_model",
     "find_head",
@@ -40,6 +59,9 @@ __all__ = [
     "load_pretrained_file",
     "set_train_mode",
 ]
+
+HEADS = ("replace", "append")
+HEAD_POOLS = ("default", "avg", "max")
 
 log = logging.getLogger("imgcls")
 
@@ -83,35 +105,71 @@ def list_models(include_torchvision: bool = True) -> list[ModelInfo]:
     return [get_model_info(n) for n in names]
 
 
-def _build(name: str, num_classes: int, in_channels: int, weights: Any = None) -> nn.Module:
+def _build(
+    name: str, num_classes: int, in_channels: int, weights: Any = None, head: str = "replace"
+) -> nn.Module:
     if _source(name) == "imgcls":
-        return MODELS.get(name)(num_classes, in_channels)
-    return tvm.build(name, num_classes, in_channels, weights)
+        if head == "replace":
+            return MODELS.get(name)(num_classes, in_channels)
+        model = MODELS.get(name)(seed_cnns.ORIGINAL_CLASSES, in_channels)
+        tvm.append_head(model, num_classes, name)
+        return model
+    return tvm.build(name, num_classes, in_channels, weights, head)
 
 
-def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Build ``cfg.name`` with a ``num_classes`` head, load ``cfg.pretrained``, apply ``freeze``.
+def _check_options(cfg: ModelConfig, source: str) -> None:
+    # config.validate() checks these for configs; ModelConfig can also be built by hand.
+    if cfg.head not in HEADS:
+        raise ImgclsError(f"model.head={cfg.head!r}: expected one of {', '.join(HEADS)}")
+    if cfg.head_pool not in HEAD_POOLS:
+        raise ImgclsError(
+            f"model.head_pool={cfg.head_pool!r}: expected one of {', '.join(HEAD_POOLS)}"
+        )
+    if cfg.head_pool != "default" and source == "imgcls":
+        raise ImgclsError(
+            f"model.head_pool={cfg.head_pool} is not supported for {cfg.name}: imgcls's CNNs "
+            "flatten a fixed-size feature map into their first Linear layer; use "
+            "model.head_pool=default, or a torchvision model such as resnet18"
+        )
 
-    Raises ImgclsError for an unknown name, a failed weights download, or a pretrained file that
-    does not fit the architecture.
+
+def create_model(
+    cfg: ModelConfig, num_classes: int, *, from_checkpoint: bool = False
+) -> nn.Module:
+    """Build ``cfg.name`` with a ``num_classes`` head (``cfg.head``, ``cfg.head_pool``), load
+    ``cfg.pretrained``, apply ``cfg.freeze``.
+
+    A pretrained file's :class:`LoadReport` is attached as ``model.pretrained_report``. Raises
+    ImgclsError for an unknown name or option, a failed weights download, a pretrained file that
+    does not fit the architecture (``strict_load``), or more frozen stages than the model has.
+
+    >>> model = create_model(ModelConfig(name="resnet18", freeze="2"), 3)  # doctest: +SKIP
     """
     if num_classes < 1:
         raise ImgclsError(f"cannot build model {cfg.name!r} for {num_classes} classes")
     source = _source(cfg.name)
+    _check_options(cfg, source)
     weights = tvm.resolve_weights(cfg.name, cfg.pretrained) if source == "torchvision" else None
     path = _pretrained_path(cfg, source) if cfg.pretrained and weights is None else None
 
-    model = _build(cfg.name, num_classes, cfg.in_channels, weights)
+    model = _build(cfg.name, num_classes, cfg.in_channels, weights, cfg.head)
+    tvm.set_global_pool(model, cfg.head_pool, cfg.name)
     if weights is not None:
-        log.info("model %s: pretrained weights %s, new %d-class head", cfg.name, weights,
-                 num_classes)
+        log.info("model %s: pretrained weights %s, %s %d-class head", cfg.name, weights,
+                 "appended" if cfg.head == "append" else "new", num_classes)
     if path is not None:
-        load_pretrained_file(model, path, cfg.name)
-    if cfg.freeze:
-        if weights is None and path is None:
-            log.warning("model.freeze=true without model.pretrained: the frozen backbone is "
-                        "random, only the head will learn")
-        freeze_backbone(model)
+        model.pretrained_report = load_pretrained_file(
+            model, path, cfg.name, strict=cfg.strict_load
+        )
+    if cfg.freeze not in ("none", "0"):
+        # A checkpoint's weights replace random ones right after: no warning then.
+        if weights is None and path is None and not from_checkpoint:
+            log.warning("model.freeze=%s without model.pretrained: the frozen layers are "
+                        "random", cfg.freeze)
+        frozen = apply_freeze(model, cfg.freeze, cfg.name)
+        log.info("model.freeze=%s: froze %d stage(s) (%s); the rest and the head (%s) train",
+                 cfg.freeze, len(frozen), ", ".join(s.name for s in frozen) or "none",
+                 find_head(model)[0])
     return model
 
 
@@ -174,13 +232,59 @@ def _load_error_reason(exc: Exception) -> str:
     return f"not a file written by torch.save ({type(exc).__name__}: {detail})"
 
 
-def load_pretrained_file(model: nn.Module, path: str | Path, name: str | None = None) -> list[str]:
-    """Load a local state_dict into ``model``; return (and log) the head keys it skipped.
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_pretrained_file` did with a file (``model.pretrained_report``).
 
-    Every key whose shape matches is loaded. The head's keys are skipped when their shape differs
-    (a 1000-class file into a 5-class model) and then keep their fresh initialisation. A 3-channel
-    first conv is summed over RGB for a 1-channel model. Any other missing, mismatched or extra
-    key means the file is for another architecture: ImgclsError, and nothing is loaded.
+    Key lists, in the model's order (the file's for ``unexpected``). The new head's keys are
+    expected to be missing from the file or to have another shape there (``head``); every other
+    missing, mismatched or unexpected key is a problem: an error with ``strict_load``, a
+    warning without.
+    """
+
+    path: str
+    loaded: tuple[str, ...]  # model keys filled from the file
+    missing: tuple[str, ...]  # in the model, not in the file: they keep their initialisation
+    unexpected: tuple[str, ...]  # in the file, not in the model: ignored
+    mismatched: tuple[str, ...]  # in both with other shapes: not loaded
+    head: tuple[str, ...] = ()  # the head's keys among missing + mismatched (a new head)
+    adapted: tuple[str, ...] = ()  # loaded after summing RGB filters for a 1-channel model
+    ignored: tuple[str, ...] = ()  # unexpected keys of disabled aux heads (googlenet...)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Missing, mismatched and unexpected keys that are not the new head's or an aux head's."""
+        return tuple(
+            k for k in (*self.missing, *self.mismatched, *self.unexpected)
+            if k not in self.head and k not in self.ignored
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every key but the new head's came from the file."""
+        return not self.problems
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _first(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_pretrained_file(
+    model: nn.Module, path: str | Path, name: str | None = None, *, strict: bool = True
+) -> LoadReport:
+    """Load a local state_dict into ``model``; return (and log) a :class:`LoadReport`.
+
+    Every key whose shape matches is loaded. The head's keys are skipped when missing or of
+    another shape (a 1000-class file into a 5-class model) and then keep their fresh
+    initialisation (logged at INFO). A 3-channel first conv is summed over RGB for a 1-channel
+    model. Any other missing, mismatched or unexpected key means the file is for another
+    architecture: with ``strict`` (``model.strict_load``, the default) an ImgclsError and
+    nothing is loaded; without, what fits is loaded and the rest logged at WARNING (seed 002's
+    partial loading). A file of which nothing fits is an error either way.
     """
     path = Path(path)
     state = _read_state_dict(path)
@@ -188,38 +292,74 @@ def load_pretrained_file(model: nn.Module, path: str | Path, name: str | None = 
     head_name, _ = find_head(model)
     first = tvm.find_first_conv(model)
     first_weight = f"{first[0]}.weight" if first else None
+    label = name or type(model).__name__
 
     merged: dict[str, torch.Tensor] = {}
-    skipped: list[str] = []
-    problems: list[str] = []
+    missing: list[str] = []
+    mismatched: list[str] = []
+    adapted: list[str] = []
+    shapes: dict[str, str] = {}
     for key, target in own.items():
         src = state.get(key)
-        if src is not None and src.shape == target.shape:
+        if src is None:
+            missing.append(key)
+        elif src.shape == target.shape:
             merged[key] = src
         elif (
-            src is not None and key == first_weight and src.dim() == 4
+            key == first_weight and src.dim() == 4
             and target.shape[1] == 1 and src.shape[0] == target.shape[0]
             and src.shape[2:] == target.shape[2:]
         ):
             merged[key] = src.sum(dim=1, keepdim=True)  # see tvm.adapt_first_conv
-        elif key.startswith(head_name + "."):
-            skipped.append(key)
-        elif src is None:
-            problems.append(f"{key} missing")
+            adapted.append(key)
         else:
-            problems.append(f"{key} is {list(src.shape)} in the file, {list(target.shape)} here")
-    extra = [k for k in state if k not in own and not k.startswith(tvm.AUX_PREFIXES)]
-    problems += [f"unexpected {k}" for k in extra]
-    if problems:
+            mismatched.append(key)
+            shapes[key] = f"{key} is {_shape(src)} in the file, {_shape(target)} here"
+    unexpected = [k for k in state if k not in own]
+    report = LoadReport(
+        path=str(path),
+        loaded=tuple(merged),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        mismatched=tuple(mismatched),
+        head=tuple(k for k in (*missing, *mismatched) if k.startswith(head_name + ".")),
+        adapted=tuple(adapted),
+        ignored=tuple(k for k in unexpected if k.startswith(tvm.AUX_PREFIXES)),
+    )
+    problems = [
+        f"{k} missing" if k in missing else shapes.get(k, f"unexpected {k}")
+        for k in report.problems
+    ]
+    if problems and strict:
+        hint = (" or saved with model.head=append?"
+                if any(".add_linear." in k for k in (*missing, *unexpected)) else "?")
         raise ImgclsError(
-            f"model.pretrained file {path} does not fit model {name or type(model).__name__}: "
+            f"model.pretrained file {path} does not fit model {label}: "
             f"{len(problems)} problem(s), e.g. {'; '.join(problems[:3])} "
-            "(saved from another architecture or in_channels?)"
+            f"(saved from another architecture or in_channels{hint} "
+            "model.strict_load=false loads what fits)"
+        )
+    if not merged:
+        raise ImgclsError(
+            f"model.pretrained file {path}: not one tensor fits model {label} (e.g. "
+            f"{'; '.join(problems[:3])}); it was saved from another architecture"
         )
     model.load_state_dict({**own, **merged})
     log.info("model.pretrained: loaded %d tensors from %s; new head, not loaded: %s",
-             len(merged), path, ", ".join(skipped) or "none")
-    return skipped
+             len(merged), path, ", ".join(report.head) or "none")
+    if problems:
+        own_problems = set(report.problems)
+        gone = [k for k in missing if k in own_problems]
+        other = [k for k in mismatched if k in own_problems]
+        extra = [k for k in unexpected if k in own_problems]
+        log.warning(
+            "model.pretrained file %s only partly fits %s (model.strict_load=false): "
+            "%d missing key(s) keep their initialisation: %s; %d key(s) of another shape not "
+            "loaded: %s; %d unexpected key(s) ignored: %s",
+            path, label, len(gone), _first(gone) or "-", len(other),
+            _first([shapes[k] for k in other]) or "-", len(extra), _first(extra) or "-",
+        )
+    return report
 
 
 # --------------------------------------------------------------------------- fine-tuning

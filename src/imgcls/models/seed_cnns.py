@@ -13,10 +13,17 @@ from torch import nn
 from imgcls.registry import MODELS
 
 _SEED_META = {"input_size": 32, "default_normalize": "dataset", "fixed_size": True}
+# The original scripts trained on CIFAR-10: model.head=append keeps that 10-way layer (and its
+# weights from model.pretrained) and adds Linear(10, num_classes) after it.
+ORIGINAL_CLASSES = 10
 
 
 class LeNet(nn.Module):
     """The PyTorch "Training a classifier" tutorial's ``Net`` (LeNet-5 style)."""
+
+    # model.freeze=N: two conv blocks, then the fully connected layers (fc3 is the head). Listed
+    # because the one max-pool module serves both conv blocks (see models/finetune.py).
+    freeze_stages = (("conv1",), ("conv2",), ("fc1", "fc2", "fc3"))
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()

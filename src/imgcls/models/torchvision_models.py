@@ -134,6 +134,85 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
     return name
 
 
+class AppendedHead(nn.Module):
+    """An original classifier ``Linear`` followed by a new ``add_linear`` (``model.head=append``).
+
+    Used where the head is not the last layer of an ``nn.Sequential`` (resnet's ``fc``). It holds
+    the original layer's ``weight`` and ``bias`` under the same names, so ``fc.weight`` and
+    ``fc.bias`` of a pretrained file still load, and adds ``fc.add_linear.*``.
+    """
+
+    def __init__(self, original: nn.Linear, add_linear: nn.Linear) -> None:
+        super().__init__()
+        self.register_parameter("weight", original.weight)
+        self.register_parameter("bias", original.bias)
+        self.add_linear = add_linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_linear(nn.functional.linear(x, self.weight, self.bias))
+
+
+def append_head(model: nn.Module, num_classes: int, model_name: str = "") -> str:
+    """Keep the classifier ``Linear`` (and its weights) and add ``Linear(out, num_classes)``
+    after it; return the new layer's name, which :func:`find_head` then finds as the head.
+
+    As seed 001 does with ``vgg.classifier.add_module('add_linear', nn.Linear(1000, 10))``: when
+    the head is the last layer of an ``nn.Sequential``, ``add_linear`` is appended to it (so
+    the seed's own state_dicts load); otherwise the head becomes an :class:`AppendedHead`.
+    """
+    name, old = find_head(model)
+    if not isinstance(old, nn.Linear):
+        raise ImgclsError(
+            f"model.head=append: the classifier of {model_name or type(model).__name__} "
+            f"({name}) is a {type(old).__name__}, not a Linear layer; use model.head=replace"
+        )
+    new = nn.Linear(old.out_features, num_classes, device=old.weight.device,
+                    dtype=old.weight.dtype)
+    parent_name, _, _ = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    if isinstance(parent, nn.Sequential) and list(parent.children())[-1] is old:
+        parent.add_module("add_linear", new)
+        return f"{parent_name}.add_linear" if parent_name else "add_linear"
+    model.set_submodule(name, AppendedHead(old, new))
+    return f"{name}.add_linear"
+
+
+def set_global_pool(model: nn.Module, kind: str, model_name: str = "") -> None:
+    """``model.head_pool``: ``default`` leaves the model alone; ``avg`` / ``max`` make the global
+    pooling in front of the classifier an average / a max.
+
+    Only models whose ``avgpool`` attribute is a global ``AdaptiveAvgPool2d`` (output 1x1, fed
+    straight into the classifier) qualify: resnet, resnext, wide_resnet, regnet, efficientnet,
+    mobilenet_v3, convnext, swin, googlenet, inception_v3. Their ``avg`` is what they already
+    do; ``max`` swaps in ``AdaptiveMaxPool2d(1)``. Anything else is an ImgclsError: vgg and
+    alexnet pool to 7x7 / 6x6 for a classifier built for that many features, other models pool
+    inside ``forward`` (densenet, mobilenet_v2, shufflenet, vit...), and imgcls's CNNs flatten a
+    fixed-size feature map.
+    """
+    if kind == "default":
+        return
+    name = model_name or type(model).__name__
+    pool = getattr(model, "avgpool", None)
+    if isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        size = pool.output_size
+        sizes = size if isinstance(size, tuple) else (size, size)
+        if all(s == 1 for s in sizes):
+            if kind == "max" and not isinstance(pool, nn.AdaptiveMaxPool2d):
+                model.avgpool = nn.AdaptiveMaxPool2d(1)
+            elif kind == "avg" and not isinstance(pool, nn.AdaptiveAvgPool2d):
+                model.avgpool = nn.AdaptiveAvgPool2d(1)
+            return
+        why = (f"its avgpool pools to {sizes[0]}x{sizes[1]} for a classifier built for that "
+               "many features, not globally")
+    else:
+        why = "it has no global pooling layer (avgpool) in front of its classifier"
+    raise ImgclsError(
+        f"model.head_pool={kind} is not supported for {name}: {why}. Supported: models with a "
+        "global avgpool (resnet, resnext, wide_resnet, regnet, efficientnet, mobilenet_v3, "
+        "convnext, swin, googlenet, inception_v3); or use model.head_pool=default"
+    )
+
+
 def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> None:
     """Make the first convolution accept ``in_channels`` (1 for grayscale) instead of 3.
 
@@ -169,7 +248,8 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> No
 
 
 def build(
-    name: str, num_classes: int, in_channels: int = 3, weights: WeightsEnum | None = None
+    name: str, num_classes: int, in_channels: int = 3, weights: WeightsEnum | None = None,
+    head: str = "replace",
 ) -> nn.Module:
     """A torchvision model with a ``num_classes`` head and ``in_channels`` inputs.
 
@@ -177,6 +257,8 @@ def build(
     into ``torch.hub.get_dir()``) and its head replaced: always, even for 1000 classes, because an
     ImageNet head's class order means nothing for another dataset. Without, torchvision builds
     the ``num_classes`` head itself, with the architecture's own head initialisation.
+    ``head="append"`` keeps the 1000-class layer (pretrained or not) and adds
+    ``Linear(1000, num_classes)`` after it (:func:`append_head`).
     """
     kwargs = dict(_EXTRA_KWARGS.get(name, {}))
     if weights is None:
@@ -186,10 +268,15 @@ def build(
         if size_kw:
             size = meta(name)["input_size"]
             kwargs[size_kw] = (size, size) if size_kw == "input_size" else size
-        model = get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        if head == "replace":
+            kwargs["num_classes"] = num_classes  # else torchvision's own 1000 classes
+        model = get_model(name, weights=None, **kwargs)
     else:
         model = _download(name, weights, kwargs)
-        replace_head(model, num_classes)
+        if head == "replace":
+            replace_head(model, num_classes)
+    if head == "append":
+        append_head(model, num_classes, name)
     adapt_first_conv(model, in_channels, pretrained=weights is not None)
     return model
 
