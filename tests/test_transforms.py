@@ -20,6 +20,7 @@ from imgcls.data.transforms import (
     HALF,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ResizeIfNeeded,
     apply_preset,
     build_transform,
     denormalize,
@@ -101,7 +102,9 @@ def test_native_size_skips_the_resize():
     assert not of_type(t, v2.Resize)
     assert torch.allclose(t(img), img.float() / 255, atol=1e-6)
     t = build_transform(cfg, train=False, image_size=32, native_size=None)
-    assert of_type(t, v2.Resize)
+    assert of_type(t, ResizeIfNeeded)  # sizes unknown up front: checked per image
+    assert torch.allclose(t(img), img.float() / 255, atol=1e-6)  # a 32 px image: untouched
+    assert t(rgb_tensor(40, 24)).shape == (3, 32, 32)
 
 
 # --------------------------------------------------------------------------- determinism

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -76,6 +77,21 @@ def _channels(values: Sequence[float], in_channels: int) -> list[float]:
     return list(values)
 
 
+class ResizeIfNeeded(torch.nn.Module):
+    """Resize to ``size`` x ``size``, passing through images that already have that size (a folder
+    of CIFAR-sized images pays nothing)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.resize = v2.Resize((size, size), antialias=True)
+
+    def forward(self, image: Any) -> Any:
+        if tuple(v2.functional.get_size(image)) == (self.size, self.size):
+            return image
+        return self.resize(image)
+
+
 def build_transform(
     cfg: TransformConfig,
     *,
@@ -95,7 +111,9 @@ def build_transform(
     torch.Size([3, 32, 32])
     """
     cfg = apply_preset(cfg, image_size)
-    steps: list[torch.nn.Module] = [v2.ToImage()]
+    # Geometry and colour run on whatever comes in (PIL images from files: Pillow's kernels are
+    # the fastest for small images); the tensor conversion comes last.
+    steps: list[torch.nn.Module] = []
     size = image_size
     if train and cfg.random_resized_crop:
         steps.append(v2.RandomResizedCrop(size, antialias=True))
@@ -104,12 +122,12 @@ def build_transform(
             steps += [v2.Resize(cfg.resize, antialias=True), v2.CenterCrop(size)]
         elif train and cfg.random_crop:
             if native_size != size:
-                steps.append(v2.Resize((size, size), antialias=True))
+                steps.append(ResizeIfNeeded(size))
         elif cfg.center_crop and not train:
             # ImageNet-style evaluation: shorter side to size * 256/224, then the central crop.
             steps += [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
         elif native_size != size:
-            steps.append(v2.Resize((size, size), antialias=True))
+            steps.append(ResizeIfNeeded(size))
         if train and cfg.random_crop:
             padding = list(cfg.crop_padding)
             steps.append(v2.RandomCrop(size, padding=padding if len(padding) > 1 else padding[0]))
@@ -135,7 +153,7 @@ def build_transform(
             steps.append(v2.RandomGrayscale(p=cfg.grayscale))
     if in_channels == 1:
         steps.append(v2.Grayscale(num_output_channels=1))
-    steps.append(v2.ToDtype(torch.float32, scale=True))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if mean_std is not None:
         mean, std = mean_std
         steps.append(v2.Normalize(_channels(mean, in_channels), _channels(std, in_channels)))
