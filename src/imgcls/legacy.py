@@ -43,7 +43,7 @@ from imgcls.data.cifar import MEAN_STD as CIFAR_MEAN_STD
 from imgcls.data.transforms import HALF, IMAGENET_MEAN, IMAGENET_STD
 from imgcls.engine.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from imgcls.errors import ImgclsError
-from imgcls.models import MODELS, create_model, get_model_info
+from imgcls.models import MODELS, STATE_DICT_KEYS, create_model, extract_state_dict, get_model_info
 from imgcls.models import torchvision_models as tvm
 from imgcls.models.seed_cnns import CIFAR10NetSimpleV3, CIFAR10Network, LeNet
 
@@ -73,12 +73,6 @@ _NORMALIZATION: dict[str, tuple[list[float], list[float]] | None] = {
     "cifar100": (list(CIFAR_MEAN_STD["cifar100"][0]), list(CIFAR_MEAN_STD["cifar100"][1])),
 }
 NORMALIZE_CHOICES = tuple(_NORMALIZATION)
-
-# Checkpoint dicts of other tools keep the weights under one of these keys.
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net")
-# DataParallel/DDP and torch.compile wrap the model and prefix every key.
-_KEY_PREFIXES = ("module.", "_orig_mod.")
-
 
 # --------------------------------------------------------------------------- public API
 
@@ -284,26 +278,18 @@ def _find_module(obj: Any) -> nn.Module | None:
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):
-        return next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), nn.Module)), None)
+        return next((obj[k] for k in STATE_DICT_KEYS if isinstance(obj.get(k), nn.Module)), None)
     return None
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """A clean state_dict: unwrapped from a checkpoint dict, prefixes stripped, on the CPU."""
-    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        obj = inner if inner is not None else obj
-    if not isinstance(obj, dict) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
+    state = extract_state_dict(obj)
+    if state is None:
         raise ImgclsError(
             f"{path} holds no model weights (expected a state_dict, a dict of tensors as saved "
             "by torch.save(model.state_dict(), PATH), or a pickled model)"
         )
-    state = dict(obj)
-    for prefix in _KEY_PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
     return {k: _own_storage(v.detach().cpu()) for k, v in state.items()}
 
 

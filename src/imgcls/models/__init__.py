@@ -51,7 +51,9 @@ __all__ = [
     "apply_freeze",
     "backbone_stages",
     "count_parameters",
+    "STATE_DICT_KEYS",
     "create_model",
+    "extract_state_dict",
     "find_head",
     "get_model_info",
     "head_parameters",
@@ -191,9 +193,27 @@ def _pretrained_path(cfg: ModelConfig, source: str) -> Path:
 
 # --------------------------------------------------------------------------- pretrained files
 
-_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state")
+# Where training scripts tuck the weights inside a checkpoint dict.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net")
 # DataParallel/DDP and torch.compile wrap the model and prefix every key.
 _KEY_PREFIXES = ("module.", "_orig_mod.")
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The state_dict in ``obj`` (bare, or inside a checkpoint dict), with wrapper prefixes
+    stripped; None when ``obj`` holds no dict of tensors."""
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        obj = inner if inner is not None else obj
+    if not isinstance(obj, dict) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        return None
+    state = dict(obj)
+    for prefix in _KEY_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -205,20 +225,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"model.pretrained file {path}: cannot load it with torch.load(weights_only=True): "
             f"{_load_error_reason(exc)}"
         ) from None
-    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        obj = inner if inner is not None else obj
-    if not isinstance(obj, dict) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
+    state = extract_state_dict(obj)
+    if state is None:
         raise ImgclsError(
             f"model.pretrained file {path}: not a state_dict (expected a dict of tensors, as "
             "saved by torch.save(model.state_dict(), PATH))"
         )
-    for prefix in _KEY_PREFIXES:
-        if all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
-    return obj
+    return state
 
 
 def _load_error_reason(exc: Exception) -> str:
