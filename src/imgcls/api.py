@@ -7,6 +7,7 @@ loop <-> logging / checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, replace
@@ -15,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 import imgcls
 from imgcls import runtime
 from imgcls.config import Config, build_config, save_yaml
 from imgcls.data import DataSplit, create_datasets, create_eval_dataset, from_dataset
-from imgcls.data.loaders import EpochLoader, TransformedDataset
+from imgcls.data.loaders import EpochLoader, TransformedDataset, shard
 from imgcls.data.splits import load_split, save_split
 from imgcls.data.transforms import build_transform, denormalize, resolve_normalization
 from imgcls.engine.checkpoint import (
@@ -140,13 +142,33 @@ def _resolve_resume(path: str | Path) -> tuple[Path, Path]:
     return run_dir, path
 
 
-def _provenance(device: torch.device) -> dict[str, str]:
+def _provenance(device: torch.device, world_size: int = 1) -> dict[str, Any]:
     return {
         "imgcls": imgcls.__version__,
         "torch": str(torch.__version__),  # a TorchVersion object would not load weights_only
         "python": platform.python_version(),
         "device": str(device),
+        "world_size": world_size,
     }
+
+
+def _shared_run_dir(cfg: Config, resume_dir: Path | None, info: runtime.DistInfo) -> Path:
+    """Rank 0 makes the run folder; every rank gets its path (one timestamp for all), or rank
+    0's error, so that no rank waits for a folder that will never come."""
+    run_dir: Path | None = None
+    error: str | None = None
+    if info.is_main:
+        try:
+            run_dir = _prepare_run_dir(cfg, resume_dir)
+        except ImgclsError as exc:
+            if not info.distributed:
+                raise
+            error = str(exc)
+    run_dir, error = runtime.broadcast_object((run_dir, error))
+    if error is not None:
+        raise ImgclsError(error)
+    assert run_dir is not None
+    return run_dir
 
 
 # --------------------------------------------------------------------------- train
@@ -172,6 +194,7 @@ def train(
     """
     start_time = time.perf_counter()
     ckpt: dict[str, Any] | None = None
+    ckpt_path: Path | None = None
     resume_dir: Path | None = None
     if resume is not None:
         resume_dir, ckpt_path = _resolve_resume(resume)
@@ -194,8 +217,26 @@ def train(
 
     runtime.configure_determinism(cfg.train.deterministic)
     runtime.seed_everything(cfg.train.seed)
-    device = runtime.resolve_device(cfg.train.device)
+    # Under torchrun: join the process group for the whole run and leave it on any exit.
+    with runtime.distributed(cfg.train.device, cfg.train.dist_timeout_min) as (info, device):
+        return _train(cfg, ckpt, ckpt_path, resume_dir, info, device, train_dataset, val_dataset,
+                      classes, start_time)
 
+
+def _train(
+    cfg: Config,
+    ckpt: dict[str, Any] | None,
+    ckpt_path: Path | None,
+    resume_dir: Path | None,
+    info: runtime.DistInfo,
+    device: torch.device,
+    train_dataset: Dataset | None,
+    val_dataset: Dataset | None,
+    classes: list[str] | None,
+    start_time: float,
+) -> RunResult:
+    # Only rank 0 prints, shows progress bars and writes the run folder.
+    say = echo if info.is_main else (lambda _message: None)
     # ---- data: the split is fixed once and reused on resume
     split_record = None
     if resume_dir is not None and (resume_dir / "split.json").exists():
@@ -207,7 +248,7 @@ def train(
     else:
         data = create_datasets(cfg.data, cfg.train.seed, split_record=split_record)
     if data.skipped:
-        echo(f"skipped {len(data.skipped)} unreadable image(s) (data.skip_bad_images=true), "
+        say(f"skipped {len(data.skipped)} unreadable image(s) (data.skip_bad_images=true), "
              f"first: {data.skipped[0]}")
     if ckpt is not None and list(ckpt["classes"]) != list(data.classes):
         raise ImgclsError(
@@ -222,30 +263,44 @@ def train(
     train_loader = EpochLoader(
         TransformedDataset(data.train, train_transform), cfg.loader, train=True,
         seed=cfg.train.seed, pin_memory=_pin_memory(cfg, device),
-        deterministic=cfg.train.deterministic,
+        num_replicas=info.world_size, rank=info.rank, deterministic=cfg.train.deterministic,
     )
     if len(train_loader) == 0:
         raise ImgclsError(
             f"no training batches: {len(data.train)} image(s) with loader.batch_size="
             f"{cfg.loader.batch_size} and loader.drop_last={cfg.loader.drop_last}"
         )
+    # Each rank evaluates a disjoint shard (no padding repeats); the sums are all-reduced.
     val_loader = (
-        _eval_loader(cfg, data.val, prep, data.native_size, device)
+        _eval_loader(cfg, shard(data.val, info.world_size, info.rank), prep, data.native_size,
+                     device)
         if data.val is not None and len(data.val) > 0 else None
     )
+    reduce = runtime.all_reduce_sum if info.distributed else None
 
     # ---- model and optimisation
     num_classes = len(data.classes)
     # On resume the weights come from the checkpoint: no pretrained download.
     model_cfg = replace(cfg.model, pretrained="") if ckpt is not None else cfg.model
+    # Every rank builds the same initial weights (same seed); DDP also broadcasts rank 0's.
     model = create_model(model_cfg, num_classes, from_checkpoint=ckpt is not None).to(device)
-    optimizer = create_optimizer(model, cfg.optim)
-    scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, len(train_loader))
+    if info.distributed and cfg.model.sync_bn:
+        if device.type != "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
+            raise ImgclsError(f"model.sync_bn=true needs CUDA devices; this run is on {device}")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optim_cfg = cfg.optim
+    if cfg.optim.scale_lr == "linear":  # lr x (global batch / loader.batch_size)
+        optim_cfg = replace(cfg.optim, lr=cfg.optim.lr * info.world_size * cfg.train.accumulate)
+    optimizer = create_optimizer(model, optim_cfg)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
+    scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch)
     state = TrainState(
         model=model, optimizer=optimizer, scheduler=scheduler,
         loss_fn=create_loss(cfg.optim).to(device), device=device, grad_clip=cfg.train.grad_clip,
+        accumulate=cfg.train.accumulate,
     )
     if ckpt is not None:
+        assert ckpt_path is not None
         load_model_state(model, ckpt["model"], ckpt_path)
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -258,44 +313,57 @@ def train(
         state.epoch, state.step = ckpt["epoch"], ckpt["step"]
         state.best_metric, state.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         runtime.set_rng_state(ckpt["rng"])
+    if info.distributed:
+        # Augmentation differs per rank (seed + rank); a resumed run cannot restore every rank's
+        # saved state (the checkpoint holds rank 0's), so it moves on to fresh per-epoch seeds.
+        runtime.seed_everything(cfg.train.seed + info.rank + info.world_size * state.epoch)
+        train_model: nn.Module = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        state.model = train_model
 
-    # ---- run folder: written only once everything above has been checked
-    run_dir = _prepare_run_dir(cfg, resume_dir)
-    save_yaml(cfg, run_dir / "config.yaml")
-    if split_record is None:
-        save_split(data.split_record, run_dir / "split.json")
-    logger = RunLogger(
-        run_dir, tensorboard=cfg.log.tensorboard,
-        resume_epoch=state.epoch if ckpt is not None else None,
-    )
-    if cfg.log.graph and ckpt is None:
-        example = torch.zeros(1, cfg.model.in_channels, prep.image_size, prep.image_size)
-        logger.log_graph(model, example.to(device))
-    echo(
+    # ---- run folder: written (by rank 0) only once everything above has been checked
+    run_dir = _shared_run_dir(cfg, resume_dir, info)
+    logger: RunLogger | None = None
+    if info.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
+        if split_record is None:
+            save_split(data.split_record, run_dir / "split.json")
+        logger = RunLogger(
+            run_dir, tensorboard=cfg.log.tensorboard,
+            resume_epoch=state.epoch if ckpt is not None else None,
+        )
+        if cfg.log.graph and ckpt is None:
+            example = torch.zeros(1, cfg.model.in_channels, prep.image_size, prep.image_size)
+            logger.log_graph(model, example.to(device))
+    processes = f" x {info.world_size} processes" if info.distributed else ""
+    say(
         f"{'resuming' if ckpt else 'training'} {cfg.model.name} on {cfg.data.source} "
         f"({len(data.train)} train / {len(data.val) if data.val is not None else 0} val images, "
-        f"{num_classes} classes) on {device}; run folder {run_dir}"
+        f"{num_classes} classes) on {device}{processes}; run folder {run_dir}"
     )
 
     def grid(images: torch.Tensor, _labels: torch.Tensor) -> None:
-        logger.log_images("train/batch", denormalize(images.float(), prep.mean_std))
+        if logger is not None:
+            logger.log_images("train/batch", denormalize(images.float(), prep.mean_std))
 
-    progress = _progress_enabled(cfg)
+    progress = _progress_enabled(cfg) and info.is_main
     last: dict[str, Any] = {}
     try:
         while state.epoch < cfg.train.epochs:
             epoch_start = time.perf_counter()
             train_loader.set_epoch(state.epoch)
             lr = optimizer.param_groups[0]["lr"]
-            hook = grid if (state.epoch == 0 and cfg.log.image_grid) else None
+            hook = grid if (state.epoch == 0 and cfg.log.image_grid and info.is_main) else None
             metrics: dict[str, Any] = train_one_epoch(
-                state, train_loader, progress=progress, on_first_batch=hook
+                state, train_loader, progress=progress, on_first_batch=hook, reduce=reduce
             )
             result: EvalResult | None = None
             if val_loader is not None:
+                # the plain model: ranks' shards differ in size, and DDP's forward would sync
                 result = evaluate(
                     model, val_loader, state.loss_fn, device, num_classes,
-                    progress=progress, desc=f"epoch {state.epoch + 1} val",
+                    progress=progress, desc=f"epoch {state.epoch + 1} val", reduce=reduce,
                 )
             state.epoch += 1
             scheduler.step_epoch(
@@ -319,19 +387,23 @@ def train(
             improved = state.best_metric is None or score > state.best_metric
             if improved:
                 state.best_metric, state.best_epoch = score, state.epoch
-            _save(run_dir, state, cfg, data, prep, metrics, device, improved)
-            logger.log_epoch(metrics)
+            if logger is not None:
+                _save(run_dir, state, cfg, data, prep, metrics, device, improved, info.world_size)
+                logger.log_epoch(metrics)
             last = metrics
-            echo(_epoch_line(metrics, cfg.train.epochs))
+            say(_epoch_line(metrics, cfg.train.epochs))
+        # every rank returns only once rank 0's last checkpoint is on disk
+        runtime.barrier()
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     seconds = time.perf_counter() - start_time
     best = (
         f"best val_acc {state.best_metric:.4f} at epoch {state.best_epoch}"
         if val_loader is not None and state.best_metric is not None
         else "no validation set"
     )
-    echo(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
+    say(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
     return RunResult(run_dir, state.best_metric if val_loader else None, state.best_epoch,
                      state.epoch, seconds, last)
 
@@ -347,9 +419,11 @@ def _epoch_line(m: dict[str, Any], epochs: int) -> str:
 
 
 def _save(run_dir: Path, state: TrainState, cfg: Config, data: DataSplit, prep: _Preprocessing,
-          metrics: dict[str, Any], device: torch.device, improved: bool) -> None:
+          metrics: dict[str, Any], device: torch.device, improved: bool,
+          world_size: int = 1) -> None:
     payload = {
-        "model": state.model.state_dict(),
+        # the unwrapped model: a checkpoint of a DDP run loads in one process and vice versa
+        "model": runtime.unwrap_model(state.model).state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "epoch": state.epoch,
@@ -365,7 +439,7 @@ def _save(run_dir: Path, state: TrainState, cfg: Config, data: DataSplit, prep: 
         "native_size": data.native_size,
         "metrics": metrics,
         "rng": runtime.get_rng_state(),
-        "provenance": _provenance(device),
+        "provenance": _provenance(device, world_size),
     }
     last = run_dir / "checkpoints" / "last.pt"
     save_checkpoint(payload, last)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +32,8 @@ examples:
   imgcls train --data PATH --model simple_v3 --epochs 30 --batch-size 128 --lr 0.05
   imgcls train --config configs/simple_v3_seed.yaml optim.momentum=0.9 data.val_fraction=0.1
   imgcls train --resume runs/NAME                # continue at the next epoch
+  imgcls train --nproc 2 --data PATH             # 2 processes on this machine (torchrun)
+  torchrun --nproc_per_node 4 -m imgcls train --config C.yaml   # the same, launched by hand
 
 Every config key can be set as KEY=VALUE (values are read as YAML: 0.1, true, [0, 2, 3, 4]).
 Precedence: defaults < --config file < flags < KEY=VALUE. The keys and their defaults:
@@ -56,6 +60,9 @@ def _build_parser() -> argparse.ArgumentParser:
     for flag, (key, kind, text) in TRAIN_FLAGS.items():
         train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
                            help=f"{text} [{key}]")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="train with N processes on this machine: re-launches itself "
+                       "through torchrun (DistributedDataParallel)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
 
     evaluate = commands.add_parser(
@@ -155,6 +162,37 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """``imgcls train --nproc N ...`` -> ``torchrun --standalone --nproc_per_node N -m imgcls
+    train ...``; torchrun's exit code is ours."""
+    if nproc < 1:
+        raise ImgclsError(f"--nproc must be >= 1, got {nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise ImgclsError("--nproc inside a torchrun job: launch either with torchrun or "
+                          "with --nproc, not both")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(nproc), "-m", "imgcls", *_without_nproc(argv)]
+    print(f"imgcls: launching {nproc} processes: {' '.join(command)}", file=sys.stderr,
+          flush=True)
+    try:
+        return subprocess.run(command, check=False).returncode
+    except KeyboardInterrupt:  # torchrun passes the signal on to the workers and exits
+        return 130
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from imgcls import api
 
@@ -235,6 +273,17 @@ def _one_line(exc: BaseException) -> str:
     return line.removeprefix("imgcls.errors.ImgclsError: ")
 
 
+def _peer_lost(exc: RuntimeError) -> bool:
+    import torch.distributed as dist
+
+    kinds = tuple(k for k in (getattr(dist, "DistBackendError", None),
+                              getattr(dist, "DistNetworkError", None)) if k is not None)
+    text = str(exc)
+    return isinstance(exc, kinds) or any(
+        phrase in text for phrase in ("Connection closed by peer", "Connection reset")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     # KEY=VALUE pairs may stand anywhere among the flags, which argparse's positional
@@ -245,6 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
     if args.command == "train":
         args.overrides = [*args.overrides, *extra]
+        if args.nproc is not None and args.nproc > 1:
+            try:
+                return _launch_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
+            except ImgclsError as exc:
+                print(f"imgcls: error: {exc}", file=sys.stderr)
+                return 2
     runners = {
         "train": _run_train,
         "evaluate": _run_evaluate,
@@ -256,11 +311,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # Under torchrun each rank reports for itself: say which one.
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return runners[args.command](args)
     except ImgclsError as exc:
-        print(f"imgcls: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"imgcls: error: {rank}{_one_line(exc)}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # Another rank died (its own error is printed by that rank) and a collective here lost
+        # its peer: one line instead of a traceback that points at the wrong process.
+        if rank and _peer_lost(exc):
+            print(f"imgcls: error: {rank}stopped: another rank failed ({_one_line(exc)})",
+                  file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("imgcls: interrupted; completed epochs are saved: continue with "
               "`imgcls train --resume RUN`", file=sys.stderr)

@@ -72,6 +72,8 @@ class ModelConfig:
     head: str = "replace"  # replace (the last Linear) | append (keep it, add Linear(1000, classes))
     head_pool: str = "default"  # default | avg | max: global pooling before the classifier
     strict_load: bool = True  # pretrained file: false loads what fits and reports the rest
+    # distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm), not per process
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         # `freeze` was a bool: old configs, checkpoints and `model.freeze=true` keep working.
@@ -91,6 +93,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     label_smoothing: float = 0.0
     head_lr_mult: float = 1.0  # the head's lr is lr * head_lr_mult (its own parameter group)
+    # none | linear: lr x (world size x train.accumulate), the linear scaling rule for the larger
+    # effective batch of a distributed or accumulating run
+    scale_lr: str = "none"
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
     grad_clip: float = 0.0  # 0: off; else clip the global gradient norm to this
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    dist_timeout_min: float = 30.0  # distributed: a collective waiting longer than this fails
 
 
 @dataclass(frozen=True)
@@ -320,6 +327,7 @@ CHOICES = {
     "model.head": ("replace", "append"),
     "model.head_pool": ("default", "avg", "max"),
     "optim.name": ("sgd", "adam", "adamw"),
+    "optim.scale_lr": ("none", "linear"),
     "sched.name": ("none", "step", "multistep", "exponential", "cosine", "plateau", "onecycle"),
     "sched.plateau_metric": ("val_loss", "val_acc"),
     "log.progress": ("auto", "on", "off"),
@@ -426,6 +434,8 @@ def validate(cfg: Config) -> None:
     _check(tr.epochs >= 1, "train.epochs", tr.epochs, "must be >= 1")
     _check(tr.seed >= 0, "train.seed", tr.seed, "must be >= 0")
     _check(tr.grad_clip >= 0, "train.grad_clip", tr.grad_clip, "must be >= 0")
+    _check(tr.accumulate >= 1, "train.accumulate", tr.accumulate, "must be >= 1")
+    _check(tr.dist_timeout_min > 0, "train.dist_timeout_min", tr.dist_timeout_min, "must be > 0")
     _check(
         re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", tr.device) is not None,
         "train.device", tr.device, "auto, cpu, cuda, cuda:N or mps",

@@ -1,4 +1,5 @@
-"""The one place that decides the device, seeds every RNG and switches determinism on.
+"""The one place that decides the device, seeds every RNG, switches determinism on and sets up
+distributed training (torchrun + DistributedDataParallel).
 
 Nothing else in imgcls picks a device or calls ``.cuda()``: the training code asks for
 ``runtime.device`` and moves tensors there.
@@ -6,12 +7,18 @@ Nothing else in imgcls picks a device or calls ``.cuda()``: the training code as
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from imgcls.errors import ImgclsError
 
@@ -101,3 +108,111 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a torchrun job; ``world_size == 1`` when not under torchrun."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes the run folder and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def detect_dist() -> DistInfo:
+    """Read torchrun's ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (absent: one process).
+
+    >>> detect_dist().world_size  # doctest: +SKIP
+    1
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise ImgclsError(f"bad torchrun environment (RANK/LOCAL_RANK/WORLD_SIZE): {exc}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ImgclsError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}")
+    return DistInfo(rank=rank, local_rank=local, world_size=world)
+
+
+@contextmanager
+def distributed(device_name: str = "auto", timeout_min: float = 30.0) -> Iterator[
+    tuple[DistInfo, torch.device]
+]:
+    """Join torchrun's process group (if any) for the body; always leave it afterwards.
+
+    Yields ``(DistInfo, device)``. On CUDA each process is pinned to ``cuda:LOCAL_RANK`` and
+    talks NCCL; elsewhere it is gloo. ``timeout_min`` bounds how long a collective waits for a
+    rank that crashed or hangs. Errors and Ctrl-C still destroy the group (``finally``). A
+    process group that the caller already set up is used as it is and left alone.
+    """
+    info = detect_dist()
+    if not info.distributed:
+        yield info, resolve_device(device_name)
+        return
+    if dist.is_initialized():  # the caller owns the group
+        yield info, _rank_device(device_name, info)
+        return
+    device = _rank_device(device_name, info)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend=backend, timeout=datetime.timedelta(minutes=timeout_min),
+        rank=info.rank, world_size=info.world_size,
+    )
+    try:
+        yield info, device
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank_device(name: str, info: DistInfo) -> torch.device:
+    device = resolve_device(name)
+    if device.type == "cuda":
+        if info.local_rank >= torch.cuda.device_count():
+            raise ImgclsError(
+                f"LOCAL_RANK={info.local_rank} but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist: start at most that many processes per machine"
+            )
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (a no-op without a process group); returns it."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (unchanged without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel (checkpoints hold its plain state_dict)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from imgcls.config import LoaderConfig
 
@@ -39,6 +39,18 @@ class TransformedDataset(Dataset):
         return self.transform(image), int(label)
 
 
+def shard(dataset: Dataset, num_replicas: int, rank: int) -> Dataset:
+    """Rank ``rank``'s share of ``dataset`` for exact evaluation: every ``num_replicas``-th item
+    from ``rank`` on, no item twice and none padded in (unlike DistributedSampler).
+
+    >>> [shard(list(range(5)), 2, 1)[i] for i in range(2)]
+    [1, 3]
+    """
+    if num_replicas == 1:
+        return dataset
+    return Subset(dataset, range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
+
+
 def _seed_worker(worker_id: int) -> None:
     # torch seeds each worker's torch RNG; NumPy and `random` need the same treatment so that
     # augmentations written with them are not identical across workers.
@@ -52,8 +64,10 @@ class EpochLoader:
 
     That makes a resumed run see exactly the batches an uninterrupted run would have seen.
     Persistent workers are seeded once, when they start, so ``deterministic=True`` turns them
-    off: exact resume is worth a worker start per epoch. ``num_replicas``/``rank`` shard the data
-    for distributed training.
+    off: exact resume is worth a worker start per epoch. ``num_replicas``/``rank`` shard the
+    training data for distributed training (DistributedSampler: every rank gets the same number
+    of batches, padded with repeats); evaluation sets are sharded by the caller, without
+    repeats (:func:`shard`).
     """
 
     def __init__(
@@ -69,6 +83,9 @@ class EpochLoader:
         deterministic: bool = False,
     ) -> None:
         self.seed = seed
+        # Worker seeds differ per rank (seed + rank): ranks must not augment alike. The
+        # sampler's shuffle seed does not: every rank draws its shard of one permutation.
+        self.worker_seed = seed + rank
         self.sampler: DistributedSampler | None = None
         self.generator = torch.Generator()
         shuffle = train and cfg.shuffle
@@ -102,7 +119,7 @@ class EpochLoader:
     def set_epoch(self, epoch: int) -> None:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self.generator.manual_seed(self.worker_seed * 1_000_003 + epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self.dataloader)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int | None = None
     grad_clip: float = 0.0
+    accumulate: int = 1  # micro-batches per optimizer step
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,41 +50,62 @@ def train_one_epoch(
     *,
     progress: bool = False,
     on_first_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train ``state.model`` on every batch of ``loader`` once.
 
-    Returns ``{"train_loss", "train_acc", "lr", "train_time_s", "train_samples"}``.
+    With ``state.accumulate = N`` the optimizer steps every N batches (and after the last one),
+    on the mean loss of the window; a DistributedDataParallel model skips its gradient
+    all-reduce (``no_sync``) on all but the window's last batch. ``reduce`` sums the metric
+    counts over ranks (``runtime.all_reduce_sum``), so the numbers are those of the global data.
+
+    Returns ``{"train_loss", "train_acc", "train_time_s", "train_samples"}``.
     """
     model, device = state.model, state.device
-    set_train_mode(model)
+    set_train_mode(getattr(model, "module", model))
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     start = time.perf_counter()
-    bar = _progress(loader, len(loader), f"epoch {state.epoch + 1} train", progress)
-    for images, labels in bar:
+    total = len(loader)
+    accumulate = max(1, state.accumulate)
+    no_sync = getattr(model, "no_sync", None)
+    bar = _progress(loader, total, f"epoch {state.epoch + 1} train", progress)
+    for i, (images, labels) in enumerate(bar):
         if on_first_batch is not None:
             on_first_batch(images, labels)
             on_first_batch = None
+        window_start = i - i % accumulate
+        window = min(accumulate, total - window_start)  # the last window may be shorter
+        last_in_window = i + 1 == window_start + window
+        if i == window_start:
+            state.optimizer.zero_grad(set_to_none=True)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = state.loss_fn(logits, labels)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if state.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), state.grad_clip)
-        state.optimizer.step()
-        state.scheduler.step_batch()
-        state.step += 1
+        sync = nullcontext() if last_in_window or no_sync is None else no_sync()
+        with sync:
+            logits = model(images)
+            loss = state.loss_fn(logits, labels)
+            (loss / window if window > 1 else loss).backward()
+        if last_in_window:
+            if state.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), state.grad_clip)
+            state.optimizer.step()
+            state.scheduler.step_batch()
+            state.step += 1
         n = labels.shape[0]
         seen += n
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(dim=1) == labels).sum()
-        if progress and state.step % 20 == 0:
+        if progress and (i + 1) % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     if seen == 0:
         raise RuntimeError("the training loader yielded no batches")
+    if reduce is not None:
+        counts = reduce(torch.stack([loss_sum, correct.double(),
+                                     torch.tensor(float(seen), device=device,
+                                                  dtype=torch.float64)]))
+        loss_sum, correct, seen = counts[0], counts[1].round().long(), int(counts[2].item())
     return {
         "train_loss": loss_sum.item() / seen,
         "train_acc": correct.item() / seen,
@@ -114,8 +137,13 @@ def evaluate(
     *,
     progress: bool = False,
     desc: str = "eval",
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
-    """Loss, top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix."""
+    """Loss, top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix.
+
+    ``reduce`` sums the per-rank sums over ranks (``runtime.all_reduce_sum``): each rank
+    evaluates its own disjoint shard of the data, so the result is exact over the whole set.
+    """
     model.eval()
     k = min(5, num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -136,6 +164,13 @@ def evaluate(
             labels * num_classes + best[:, 0], minlength=num_classes * num_classes
         )
         seen += labels.shape[0]
+    if reduce is not None:
+        sums = reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=device,
+                                                          dtype=torch.float64)]))
+        loss_sum, seen = sums[0], int(sums[1].item())
+        # top-1 and top-k counts travel with the confusion matrix: one int64 all-reduce
+        packed = reduce(torch.cat([confusion, torch.stack([top1, topk])]))
+        confusion, top1, topk = packed[:-2], packed[-2], packed[-1]
     n = max(seen, 1)
     return EvalResult(
         loss=loss_sum.item() / n,
