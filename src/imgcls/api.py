@@ -23,9 +23,15 @@ import imgcls
 from imgcls import runtime
 from imgcls.config import Config, build_config, save_yaml
 from imgcls.data import DataSplit, create_datasets, create_eval_dataset, from_dataset
-from imgcls.data.loaders import EpochLoader, TransformedDataset, shard
+from imgcls.data.loaders import BatchLoader, EpochLoader, TransformedDataset, shard
+from imgcls.data.memory import MemoryLoader, decode_to_tensor, unsupported_transforms
 from imgcls.data.splits import load_split, save_split
-from imgcls.data.transforms import build_transform, denormalize, resolve_normalization
+from imgcls.data.transforms import (
+    apply_preset,
+    build_transform,
+    denormalize,
+    resolve_normalization,
+)
 from imgcls.engine.checkpoint import (
     copy_checkpoint,
     load_checkpoint,
@@ -256,26 +262,19 @@ def _train(
             f"{list(ckpt['classes'])[:5]}..."
         )
     prep = _preprocessing(cfg, data)
-    train_transform = build_transform(
-        cfg.transforms, train=True, image_size=prep.image_size, native_size=data.native_size,
-        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
-    )
-    train_loader = EpochLoader(
-        TransformedDataset(data.train, train_transform), cfg.loader, train=True,
-        seed=cfg.train.seed, pin_memory=_pin_memory(cfg, device),
-        num_replicas=info.world_size, rank=info.rank, deterministic=cfg.train.deterministic,
-    )
+    train_loader: BatchLoader
+    val_loader: BatchLoader | None
+    if _use_memory_loader(cfg, data, prep):
+        train_loader, val_loader = _memory_loaders(cfg, data, prep, info, device)
+        say(f"data.loader=memory: {len(data.train)} train / "
+            f"{len(data.val) if data.val is not None else 0} val images decoded onto {device}")
+    else:
+        train_loader, val_loader = _dataloaders(cfg, data, prep, info, device)
     if len(train_loader) == 0:
         raise ImgclsError(
             f"no training batches: {len(data.train)} image(s) with loader.batch_size="
             f"{cfg.loader.batch_size} and loader.drop_last={cfg.loader.drop_last}"
         )
-    # Each rank evaluates a disjoint shard (no padding repeats); the sums are all-reduced.
-    val_loader = (
-        _eval_loader(cfg, shard(data.val, info.world_size, info.rank), prep, data.native_size,
-                     device)
-        if data.val is not None and len(data.val) > 0 else None
-    )
     reduce = runtime.all_reduce_sum if info.distributed else None
 
     # ---- model and optimisation
@@ -406,6 +405,72 @@ def _train(
     say(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
     return RunResult(run_dir, state.best_metric if val_loader else None, state.best_epoch,
                      state.epoch, seconds, last)
+
+
+def _dataloaders(cfg: Config, data: DataSplit, prep: _Preprocessing, info: runtime.DistInfo,
+                 device: torch.device) -> tuple[EpochLoader, EpochLoader | None]:
+    train_transform = build_transform(
+        cfg.transforms, train=True, image_size=prep.image_size, native_size=data.native_size,
+        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
+    )
+    train_loader = EpochLoader(
+        TransformedDataset(data.train, train_transform), cfg.loader, train=True,
+        seed=cfg.train.seed, pin_memory=_pin_memory(cfg, device),
+        num_replicas=info.world_size, rank=info.rank, deterministic=cfg.train.deterministic,
+    )
+    # Each rank evaluates a disjoint shard (no padding repeats); the sums are all-reduced.
+    val_loader = (
+        _eval_loader(cfg, shard(data.val, info.world_size, info.rank), prep, data.native_size,
+                     device)
+        if data.val is not None and len(data.val) > 0 else None
+    )
+    return train_loader, val_loader
+
+
+def _use_memory_loader(cfg: Config, data: DataSplit, prep: _Preprocessing) -> bool:
+    """``data.loader``: memory, dataloader, or auto (memory when it fits and can do the
+    transforms)."""
+    mode = cfg.data.loader
+    if mode == "dataloader":
+        return False
+    unsupported = unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels)
+    if mode == "memory":
+        if unsupported:
+            raise ImgclsError(
+                f"data.loader=memory cannot apply {', '.join(unsupported)} (it does random "
+                "crop, horizontal flip and normalisation only); use data.loader=dataloader "
+                "or auto"
+            )
+        return True
+    images = len(data.train) + (len(data.val) if data.val is not None else 0)  # type: ignore[arg-type]
+    nbytes = images * cfg.model.in_channels * prep.image_size**2
+    return not unsupported and nbytes <= cfg.data.memory_budget_mb * 2**20
+
+
+def _memory_loaders(cfg: Config, data: DataSplit, prep: _Preprocessing, info: runtime.DistInfo,
+                    device: torch.device) -> tuple[MemoryLoader, MemoryLoader | None]:
+    """Decode the train and val sets once (cached under ``<data.root>/.imgcls-cache``) and keep
+    them on ``device``; the same augmentations as :func:`build_transform`, made per batch."""
+    cache = Path(cfg.data.root).expanduser() / ".imgcls-cache"
+    tf = apply_preset(cfg.transforms, prep.image_size)
+    ld = cfg.loader
+    images, labels = decode_to_tensor(data.train, prep.image_size, cache_dir=cache)
+    train_loader = MemoryLoader(
+        images, labels, batch_size=ld.batch_size, train=True, shuffle=ld.shuffle,
+        drop_last=ld.drop_last, seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
+        crop_padding=list(tf.crop_padding) if tf.random_crop else None, hflip=tf.hflip,
+        num_replicas=info.world_size, rank=info.rank,
+    )
+    val_loader = None
+    if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
+        images, labels = decode_to_tensor(data.val, prep.image_size, cache_dir=cache)
+        # A disjoint strided share per rank, as shard() gives the DataLoader path.
+        val_loader = MemoryLoader(
+            images, labels, batch_size=ld.eval_batch_size or 2 * ld.batch_size, train=False,
+            seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
+            num_replicas=info.world_size, rank=info.rank,
+        )
+    return train_loader, val_loader
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:

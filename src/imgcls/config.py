@@ -27,6 +27,10 @@ class DataConfig:
     val_fraction: float = 0.1  # held out (stratified, seeded) when there is no validation folder
     download: bool = True  # let torchvision download CIFAR when it is not in `root`
     skip_bad_images: bool = False  # skip unreadable images (counted) instead of stopping
+    # dataloader | memory (decode once, keep uint8 on the device, augment per batch) | auto
+    # (memory when the images fit memory_budget_mb and the transforms allow it)
+    loader: str = "dataloader"
+    memory_budget_mb: int = 2048  # auto: the largest decoded dataset (train + val) kept on device
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,7 @@ def describe_keys() -> str:
 # --------------------------------------------------------------------------- validation
 
 CHOICES = {
+    "data.loader": ("auto", "memory", "dataloader"),
     "transforms.preset": ("auto", "none", "cifar", "imagenet"),
     "transforms.normalize": ("auto", "dataset", "imagenet", "half", "none", "custom"),
     "model.head": ("replace", "append"),
@@ -349,6 +354,7 @@ def validate(cfg: Config) -> None:
     d, ld, t, o, s, tr = cfg.data, cfg.loader, cfg.transforms, cfg.optim, cfg.sched, cfg.train
     _check(bool(d.source), "data.source", d.source, "must not be empty")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    _check(d.memory_budget_mb >= 0, "data.memory_budget_mb", d.memory_budget_mb, "must be >= 0")
     _check(ld.batch_size >= 1, "loader.batch_size", ld.batch_size, "must be >= 1")
     _check(
         ld.eval_batch_size is None or ld.eval_batch_size >= 1,

@@ -1,0 +1,356 @@
+"""The whole (small) dataset as one uint8 tensor on the training device, augmented per batch.
+
+Small datasets (CIFAR: 150 MB as uint8) fit in device memory many times over, and then a
+DataLoader's per-image Python (decode, crop, flip, to-tensor) is the bottleneck, not the model.
+:func:`decode_to_tensor` decodes a dataset once (cached on disk); :class:`MemoryLoader` then makes
+every batch with a few batched tensor ops, as airbench does: random crop with padding, horizontal
+flip (random or alternating per epoch), cutout, then float conversion and normalisation exactly as
+:func:`imgcls.data.transforms.build_transform` does them.
+
+Every random number comes from generators seeded with ``(seed, epoch)`` (plus the rank for
+augmentation), so a resumed run sees exactly the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
+
+from imgcls.config import TransformConfig
+from imgcls.data.transforms import _channels, apply_preset
+from imgcls.engine.checkpoint import atomic_write
+from imgcls.errors import ImgclsError
+
+FLIP_MODES = ("random", "alternate")
+
+
+def padding_ltrb(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
+    """``transforms.crop_padding`` (1, 2 or 4 ints) as torchvision's (left, top, right, bottom).
+
+    >>> padding_ltrb([4]), padding_ltrb([1, 2]), padding_ltrb([0, 2, 3, 4])
+    ((4, 4, 4, 4), (1, 2, 1, 2), (0, 2, 3, 4))
+    """
+    values = [int(padding)] if isinstance(padding, int) else [int(p) for p in padding]
+    if len(values) == 1:
+        return (values[0],) * 4  # type: ignore[return-value]
+    if len(values) == 2:
+        return values[0], values[1], values[0], values[1]
+    if len(values) == 4:
+        return values[0], values[1], values[2], values[3]
+    raise ValueError(f"padding must be 1, 2 or 4 ints, got {values}")
+
+
+def unsupported_transforms(
+    cfg: TransformConfig, image_size: int, in_channels: int = 3
+) -> list[str]:
+    """The config keys (after the preset is applied) :class:`MemoryLoader` cannot reproduce;
+    empty when it makes the same batches as :func:`build_transform` would.
+
+    >>> unsupported_transforms(TransformConfig(preset="cifar"), 32)
+    []
+    >>> unsupported_transforms(TransformConfig(preset="imagenet"), 224)
+    ['transforms.random_resized_crop', 'transforms.center_crop']
+    """
+    cfg = apply_preset(cfg, image_size)
+    checks = [
+        ("transforms.random_resized_crop", cfg.random_resized_crop),
+        ("transforms.resize", cfg.resize is not None),
+        ("transforms.center_crop", cfg.center_crop),
+        ("transforms.rotation", cfg.rotation > 0),
+        ("transforms.affine_degrees", cfg.affine_degrees > 0),
+        ("transforms.affine_translate", cfg.affine_translate > 0),
+        ("transforms.affine_scale", bool(cfg.affine_scale)),
+        ("transforms.color_jitter", bool(cfg.color_jitter)),
+        ("transforms.grayscale", cfg.grayscale > 0),
+        ("model.in_channels", in_channels != 3),
+    ]
+    return [key for key, bad in checks if bad]
+
+
+# --------------------------------------------------------------------------- batch augmentations
+
+
+def batch_crop(
+    images: torch.Tensor, padding: tuple[int, int, int, int], generator: torch.Generator
+) -> torch.Tensor:
+    """RandomCrop(H x W, padding) for every image of a batch, each with its own offset.
+
+    Zero padding, then offsets drawn uniformly from ``[0, top + bottom]`` x ``[0, left + right]``,
+    the positions torchvision's ``RandomCrop`` can pick.
+    """
+    left, top, right, bottom = padding
+    if left + top + right + bottom == 0:
+        return images
+    n, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (left, right, top, bottom))
+    dev = images.device
+    dy = torch.randint(0, top + bottom + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(0, left + right + 1, (n,), generator=generator, device=dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    channel = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def batch_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose entry of the bool vector ``flip`` is true."""
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def batch_cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square at a random position (inside the image) per sample."""
+    n, _, h, w = images.shape
+    size = min(size, h, w)
+    dev = images.device
+    top = torch.randint(0, h - size + 1, (n,), generator=generator, device=dev)
+    left = torch.randint(0, w - size + 1, (n,), generator=generator, device=dev)
+    ys = torch.arange(h, device=dev)[None, :]
+    xs = torch.arange(w, device=dev)[None, :]
+    in_rows = (ys >= top[:, None]) & (ys < top[:, None] + size)
+    in_cols = (xs >= left[:, None]) & (xs < left[:, None] + size)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+    return images.masked_fill(mask, 0)
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+class MemoryLoader:
+    """A :class:`~imgcls.data.loaders.BatchLoader` over a uint8 ``[N, C, H, W]`` tensor.
+
+    Training (``train=True``): each epoch is a permutation seeded with ``(seed, epoch)`` only
+    (the same on every rank, and the same one :class:`EpochLoader`'s sampler draws), of which
+    rank ``rank`` takes every ``num_replicas``-th index, padded with repeats to equal shares
+    like ``DistributedSampler``; then crop, flip and cutout per batch. ``flip_mode="alternate"``
+    (airbench) flips each image on odd epochs exactly when it was not flipped on even ones, from
+    a per-image coin seeded with ``seed``. Evaluation (``train=False``): fixed order, no
+    augmentation, a strided share without repeats (like :func:`imgcls.data.loaders.shard`).
+
+    Cutout zeroes the square after normalisation (the mean colour when normalised, black with
+    ``mean_std=None``).
+
+    >>> images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
+    >>> loader = MemoryLoader(images, torch.arange(10), batch_size=4, train=True, hflip=0.5)
+    >>> [tuple(x.shape) for x, _ in loader]
+    [(4, 3, 8, 8), (4, 3, 8, 8), (2, 3, 8, 8)]
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        train: bool,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
+        crop_padding: int | Sequence[int] | None = None,
+        hflip: float = 0.0,
+        flip_mode: str = "random",
+        cutout: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if flip_mode not in FLIP_MODES:
+            raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {flip_mode!r}")
+        if batch_size < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"bad batch_size={batch_size} or rank={rank}/{num_replicas}")
+        self.device = torch.device(device) if device is not None else images.device
+        self.images = images.to(self.device)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.shuffle = shuffle and train
+        self.drop_last = drop_last and train
+        self.seed = seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.padding = padding_ltrb(crop_padding) if crop_padding is not None and train else None
+        self.hflip = hflip if train else 0.0
+        self.flip_mode = flip_mode
+        self.cutout = cutout if train else 0
+        channels = self.images.shape[1]
+        if mean_std is not None:
+            self.mean: list[float] | None = _channels(list(mean_std[0]), channels)
+            self.std: list[float] | None = _channels(list(mean_std[1]), channels)
+        else:
+            self.mean = self.std = None
+        # airbench's alternating flip: a fixed coin per image, inverted on odd epochs.
+        coin = torch.Generator().manual_seed(seed * 1_000_003 + 12_345)
+        self.flip_base = (torch.rand(len(images), generator=coin) < 0.5).to(self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.epoch = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch (repeats included)."""
+        n = len(self.images)
+        if not self.train:
+            return len(range(self.rank, n, self.num_replicas))
+        if self.drop_last and n % self.num_replicas:
+            return n // self.num_replicas
+        return math.ceil(n / self.num_replicas)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's image indices for the current epoch, in order (CPU int64)."""
+        n = len(self.images)
+        if not self.train:
+            return torch.arange(self.rank, n, self.num_replicas)
+        if self.shuffle:
+            # The seed DistributedSampler (EpochLoader) uses: the same order as the DataLoader.
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        total = self.num_samples * self.num_replicas
+        if total > n:  # pad with repeats from the start, as DistributedSampler does
+            order = torch.cat([order, order.repeat(math.ceil(total / n))[: total - n]])
+        return order[:total][self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices().to(self.device)
+        # Augmentations differ per rank (seed + rank), as the DataLoader's worker seeds do.
+        self.generator.manual_seed(((self.seed + self.rank) * 1_000_003 + self.epoch) * 7 + 3)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self._batch(idx), self.labels[idx]
+
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        images = self.images[idx]
+        if self.padding is not None:
+            images = batch_crop(images, self.padding, self.generator)
+        if self.hflip > 0:
+            if self.flip_mode == "alternate":
+                flip = self.flip_base[idx] ^ bool(self.epoch % 2)
+            else:
+                flip = torch.rand(len(idx), generator=self.generator,
+                                  device=self.device) < self.hflip
+            images = batch_flip(images, flip)
+        # Exactly build_transform's ToDtype(scale=True) and Normalize, batched.
+        out = v2.functional.to_dtype(images, torch.float32, scale=True)
+        if self.mean is not None and self.std is not None:
+            out = v2.functional.normalize(out, self.mean, self.std)
+        if self.cutout > 0:
+            out = batch_cutout(out, self.cutout, self.generator)
+        return out
+
+
+# --------------------------------------------------------------------------- decode + disk cache
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _source_key(dataset: Any) -> tuple[Any, Any] | None:
+    """(identity, fingerprint) of where ``dataset``'s images come from; None: not cacheable.
+
+    The identity names the cache file; the fingerprint (sizes, mtimes, content checksums)
+    decides whether that file is still valid.
+    """
+    if isinstance(dataset, Subset):
+        inner = _source_key(dataset.dataset)
+        if inner is None:
+            return None
+        picked = _digest([int(i) for i in dataset.indices])
+        return ["subset", picked, inner[0]], ["subset", picked, inner[1]]
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        paths = [(str(p), int(y)) for p, y in samples]
+        stats = []
+        for path, _ in paths:
+            st = os.stat(path)
+            stats.append((st.st_size, st.st_mtime_ns))
+        return ["files", _digest(paths)], ["files", _digest(paths), _digest(stats)]
+    data = getattr(dataset, "data", None)
+    if isinstance(data, np.ndarray):
+        root = str(getattr(dataset, "root", ""))
+        checksum = hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16).hexdigest()
+        targets = _digest([int(t) for t in getattr(dataset, "targets", [])])
+        ident = ["array", type(dataset).__name__, root, list(data.shape)]
+        return ident, ident + [checksum, targets]
+    return None
+
+
+def _decode(dataset: Dataset, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(dataset)  # type: ignore[arg-type]
+    images = torch.empty(n, channels, size, size, dtype=torch.uint8)
+    labels = torch.empty(n, dtype=torch.int64)
+    mode = "L" if channels == 1 else "RGB"
+    for i in range(n):
+        image, label = dataset[i]
+        if hasattr(image, "convert") and image.mode != mode:
+            image = image.convert(mode)
+        # The same resize as build_transform's ResizeIfNeeded (on the PIL image), so the
+        # decoded pixels equal what the DataLoader path would crop from.
+        if tuple(v2.functional.get_size(image)) != (size, size):
+            image = v2.functional.resize(image, [size, size], antialias=True)
+        tensor = v2.functional.to_image(image)
+        if tensor.dtype != torch.uint8 or tensor.shape[0] != channels:
+            raise ImgclsError(
+                f"data.loader=memory needs PIL images or uint8 [{channels}, H, W] tensors; item "
+                f"{i} is {tensor.dtype} {tuple(tensor.shape)} (use data.loader=dataloader)"
+            )
+        images[i] = tensor
+        labels[i] = int(label)
+    return images, labels
+
+
+def decode_to_tensor(
+    dataset: Dataset,
+    size: int,
+    *,
+    channels: int = 3,
+    cache_dir: str | Path | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a map-style dataset of ``(PIL image, label)`` into ``(uint8 [N, C, size, size],
+    int64 [N])``, resizing (antialiased bilinear) images that are not ``size`` x ``size``.
+
+    With ``cache_dir`` the result is saved there (atomically) as ``<key>.pt`` and reused while
+    the sources are unchanged: file paths, sizes and mtimes for datasets with ``samples``, the
+    array's shape and checksum for CIFAR-like datasets with ``data``; changed sources rebuild it.
+    Datasets of neither kind are decoded every time.
+    """
+    key = _source_key(dataset) if cache_dir is not None else None
+    if key is None or cache_dir is None:
+        return _decode(dataset, size, channels)
+    identity, fingerprint = _digest([key[0], size, channels]), _digest([key[1], size, channels])
+    path = Path(cache_dir) / f"decoded-{identity[:24]}.pt"
+    if path.exists():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.get("fingerprint") == fingerprint:
+                return cached["images"], cached["labels"]
+        except Exception:  # a corrupt or foreign file: rebuild it
+            pass
+    images, labels = _decode(dataset, size, channels)
+    record = {"fingerprint": fingerprint, "images": images, "labels": labels}
+    atomic_write(path, lambda handle: torch.save(record, handle))
+    return images, labels

@@ -1,0 +1,440 @@
+"""The device-resident batch loader: batches, order, augmentation semantics against torchvision's
+per-sample transforms, sharding, and the decode cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DistributedSampler
+from torchvision.transforms import v2
+
+from imgcls import api
+from imgcls.config import LoaderConfig, TransformConfig, build_config
+from imgcls.data.cifar import load_cifar
+from imgcls.data.folder import ImageFileDataset, scan_folder
+from imgcls.data.loaders import EpochLoader, TransformedDataset
+from imgcls.data.memory import MemoryLoader, decode_to_tensor, padding_ltrb
+from imgcls.data.transforms import build_transform
+from imgcls.engine.checkpoint import load_checkpoint
+from imgcls.errors import ImgclsError
+
+CIFAR_STATS = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+
+
+def _label_coded(n: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i is filled with the value i (n <= 255): its label can be read from its pixels."""
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, size, size)
+    return images.contiguous(), torch.arange(n)
+
+
+def _coordinate_coded(size: int = 8) -> torch.Tensor:
+    """One image whose channel 0 is row + 1 and channel 1 is column + 1 (0 marks padding)."""
+    rows = torch.arange(1, size + 1).view(size, 1).expand(size, size)
+    cols = torch.arange(1, size + 1).view(1, size).expand(size, size)
+    return torch.stack([rows, cols, torch.full_like(rows, 7)]).to(torch.uint8)
+
+
+def _all_batches(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+# --------------------------------------------------------------------------- batches and order
+
+
+def test_shapes_dtypes_and_lengths():
+    images, labels = _label_coded(10)
+    loader = MemoryLoader(images, labels, batch_size=4, train=True, crop_padding=[2], hflip=0.5,
+                          mean_std=CIFAR_STATS)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 8, 8), (4, 3, 8, 8), (2, 3, 8, 8)]
+    assert all(x.dtype == torch.float32 and y.dtype == torch.int64 for x, y in batches)
+    dropped = MemoryLoader(images, labels, batch_size=4, train=True, drop_last=True)
+    assert len(dropped) == len(list(dropped)) == 2
+    evaluation = MemoryLoader(images, labels, batch_size=4, train=False, drop_last=True)
+    assert len(evaluation) == 3  # evaluation never drops images
+
+
+def test_labels_stay_aligned_and_every_image_comes_once():
+    images, labels = _label_coded(50)
+    loader = MemoryLoader(images, labels, batch_size=8, train=True, crop_padding=[4], hflip=0.5,
+                          cutout=2)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        x, y = _all_batches(loader)
+        # crop padding and cutout add zeros; the brightest pixel is still the image's own value
+        decoded = (x.amax(dim=(1, 2, 3)) * 255).round().long()
+        assert torch.equal(decoded, y)
+        assert sorted(y.tolist()) == list(range(50))
+        assert y.tolist() != list(range(50))  # shuffled
+
+
+def test_order_is_a_function_of_seed_and_epoch_and_matches_the_dataloader():
+    images, labels = _label_coded(40)
+
+    def order(seed: int, epoch: int) -> list[int]:
+        loader = MemoryLoader(images, labels, batch_size=16, train=True, seed=seed)
+        loader.set_epoch(epoch)
+        return _all_batches(loader)[1].tolist()
+
+    assert order(0, 3) == order(0, 3)
+    assert order(0, 3) != order(0, 4)
+    assert order(0, 3) != order(1, 3)
+    # the same permutation the DataLoader path's DistributedSampler draws
+    epoch_loader = EpochLoader(TransformedDataset(list(zip(images, labels.tolist(),
+                                                           strict=True)), lambda im: im),
+                               LoaderConfig(batch_size=16), train=True, seed=1)
+    epoch_loader.set_epoch(2)
+    assert [int(y) for _, ys in epoch_loader for y in ys] == order(1, 2)
+
+
+def test_augmentation_is_reproducible_for_a_resumed_run():
+    images = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8)
+    kwargs = dict(batch_size=8, train=True, crop_padding=[2], hflip=0.5, cutout=3, seed=5)
+    first = MemoryLoader(images, torch.arange(30), **kwargs)
+    runs = []
+    for epoch in range(3):
+        first.set_epoch(epoch)
+        runs.append(_all_batches(first)[0])
+    resumed = MemoryLoader(images, torch.arange(30), **kwargs)
+    resumed.set_epoch(2)
+    assert torch.equal(_all_batches(resumed)[0], runs[2])
+    assert not torch.equal(runs[1], runs[2])
+
+
+def test_eval_mode_has_fixed_order_and_no_augmentation():
+    images = torch.randint(0, 256, (9, 3, 8, 8), dtype=torch.uint8)
+    loader = MemoryLoader(images, torch.arange(9), batch_size=4, train=False, crop_padding=[4],
+                          hflip=1.0, cutout=4)
+    loader.set_epoch(7)
+    x, y = _all_batches(loader)
+    assert y.tolist() == list(range(9))
+    assert torch.equal(x, images.float().mul(1.0 / 255))
+
+
+# --------------------------------------------------------------------------- augmentation semantics
+
+
+def _offsets(outputs: list[torch.Tensor], image: torch.Tensor, padding: list[int]) -> set:
+    """The crop offset (dy, dx) into the padded image each output is, asserting there is one."""
+    left, top, right, bottom = padding_ltrb(padding)
+    h, w = image.shape[1:]
+    padded = torch.nn.functional.pad(image, (left, right, top, bottom))
+    candidates = {
+        (dy, dx): padded[:, dy : dy + h, dx : dx + w]
+        for dy in range(top + bottom + 1)
+        for dx in range(left + right + 1)
+    }
+    found = set()
+    for out in outputs:
+        hits = [k for k, c in candidates.items() if torch.equal(out, c)]
+        assert hits, "content moved in a way RandomCrop cannot produce"
+        found.add(hits[0])
+    return found
+
+
+def test_crop_offsets_match_torchvision_random_crop():
+    padding = [0, 2, 3, 4]  # left, top, right, bottom
+    image = _coordinate_coded(8)
+    loader = MemoryLoader(image.expand(600, 3, 8, 8).contiguous(), torch.zeros(600), batch_size=600,
+                          train=True, crop_padding=padding)
+    ours = [(x * 255).round().to(torch.uint8) for x in next(iter(loader))[0]]
+    crop = v2.RandomCrop(8, padding=padding)
+    torch.manual_seed(0)
+    theirs = [crop(image) for _ in range(400)]
+    ours_found, theirs_found = _offsets(ours, image, padding), _offsets(theirs, image, padding)
+    assert ours_found == theirs_found
+    assert len(ours_found) == (2 + 4 + 1) * (0 + 3 + 1)
+
+
+@pytest.mark.parametrize("padding", [[3], [1, 2]])
+def test_crop_padding_short_forms(padding):
+    image = _coordinate_coded(6)
+    loader = MemoryLoader(image.expand(400, 3, 6, 6).contiguous(), torch.zeros(400),
+                          batch_size=400, train=True, crop_padding=padding)
+    ours = [(x * 255).round().to(torch.uint8) for x in next(iter(loader))[0]]
+    left, top, right, bottom = padding_ltrb(padding)
+    assert len(_offsets(ours, image, padding)) == (top + bottom + 1) * (left + right + 1)
+
+
+def test_flip_probability_and_semantics():
+    image = _coordinate_coded(8)
+    n = 4000
+    loader = MemoryLoader(image.expand(n, 3, 8, 8).contiguous(), torch.zeros(n), batch_size=n,
+                          train=True, hflip=0.3)
+    out = (next(iter(loader))[0] * 255).round().to(torch.uint8)
+    same = (out == image).flatten(1).all(1)
+    mirrored = (out == image.flip(-1)).flatten(1).all(1)
+    assert bool((same ^ mirrored).all())
+    assert abs(mirrored.float().mean().item() - 0.3) < 0.03
+
+
+def test_alternate_flip_inverts_every_image_on_odd_epochs():
+    image = _coordinate_coded(8)
+    n = 200
+    loader = MemoryLoader(image.expand(n, 3, 8, 8).contiguous(), torch.arange(n), batch_size=32,
+                          train=True, hflip=0.5, flip_mode="alternate", seed=3)
+    flips = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        x, y = _all_batches(loader)
+        mirrored = ((x * 255).round().to(torch.uint8) == image.flip(-1)).flatten(1).all(1)
+        flips.append(mirrored[torch.argsort(y)])
+    assert bool((flips[0] ^ flips[1]).all())
+    assert torch.equal(flips[0], flips[2])
+    assert 0.35 < flips[0].float().mean().item() < 0.65
+
+
+def test_cutout_zeroes_one_square_per_image():
+    k = 3
+    images = torch.full((50, 3, 10, 10), 255, dtype=torch.uint8)
+    loader = MemoryLoader(images, torch.zeros(50), batch_size=50, train=True, cutout=k)
+    x = next(iter(loader))[0]
+    corners = set()
+    for image in x:
+        zero = image == 0
+        assert torch.equal(zero[0], zero[1]) and torch.equal(zero[0], zero[2])
+        ys, xs = torch.nonzero(zero[0], as_tuple=True)
+        assert len(ys) == k * k
+        assert int(ys.max() - ys.min()) == k - 1 and int(xs.max() - xs.min()) == k - 1
+        corners.add((int(ys.min()), int(xs.min())))
+    assert len(corners) > 10  # positions vary per sample
+
+
+def test_normalisation_equals_build_transform_eval_output():
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
+    for mean_std in (CIFAR_STATS, None):
+        transform = build_transform(TransformConfig(preset="none"), train=False, image_size=8,
+                                    native_size=8, mean_std=mean_std)
+        expected = torch.stack([transform(im) for im in images])
+        loader = MemoryLoader(images, torch.arange(12), batch_size=5, train=False,
+                              mean_std=mean_std)
+        assert torch.equal(_all_batches(loader)[0], expected)
+
+
+def test_decoded_folder_equals_the_dataloader_path(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "imgs", per_class=6)  # mixed sizes, formats and modes
+    samples, classes = scan_folder(root)
+    dataset = ImageFileDataset(samples, classes, root=str(root))
+    images, labels = decode_to_tensor(dataset, 16)
+    assert images.shape == (12, 3, 16, 16) and images.dtype == torch.uint8
+    assert labels.tolist() == [y for _, y in samples]
+    transform = build_transform(TransformConfig(preset="none"), train=False, image_size=16,
+                                mean_std=CIFAR_STATS)
+    expected_x, expected_y = _all_batches(
+        EpochLoader(TransformedDataset(dataset, transform), LoaderConfig(batch_size=4),
+                    train=False)
+    )
+    memory = MemoryLoader(images, labels, batch_size=4, train=False, mean_std=CIFAR_STATS)
+    x, y = _all_batches(memory)
+    assert torch.equal(y, expected_y)
+    assert torch.equal(x, expected_x)
+
+
+def test_augmented_statistics_agree_with_the_dataloader_path():
+    # A horizontal ramp (bright left) per channel: column means reflect crop shifts and flips.
+    n, size = 64, 16
+    ramp = torch.linspace(250, 20, size).view(1, 1, size).expand(3, size, size)
+    scale = torch.tensor([1.0, 0.7, 0.4]).view(3, 1, 1)
+    noise = torch.randint(0, 10, (n, 3, size, size), generator=torch.Generator().manual_seed(0))
+    images = (ramp * scale + noise).to(torch.uint8)
+    cfg = TransformConfig(preset="cifar")  # random_crop, crop_padding [4], hflip 0.5
+    transform = build_transform(cfg, train=True, image_size=size, native_size=size)
+    reference = EpochLoader(
+        TransformedDataset(list(zip(images, [0] * n, strict=True)), transform),
+        LoaderConfig(batch_size=32), train=True,
+    )
+    memory = MemoryLoader(images, torch.zeros(n), batch_size=32, train=True, crop_padding=[4],
+                          hflip=0.5)
+
+    def stats(loader) -> tuple[torch.Tensor, torch.Tensor]:
+        xs = []
+        for epoch in range(30):
+            loader.set_epoch(epoch)
+            xs.append(_all_batches(loader)[0])
+        x = torch.cat(xs)
+        # per-channel mean; fraction of images brighter on the right (flipped)
+        flipped = x[..., size // 2 :].mean((1, 2, 3)) > x[..., : size // 2].mean((1, 2, 3))
+        return x.mean((0, 2, 3)), flipped.float().mean()
+
+    torch.manual_seed(0)
+    ref_mean, ref_flipped = stats(reference)
+    mem_mean, mem_flipped = stats(memory)
+    assert torch.allclose(mem_mean, ref_mean, atol=0.01), (mem_mean, ref_mean)
+    assert abs(mem_flipped - 0.5) < 0.05 and abs(mem_flipped - ref_flipped) < 0.06
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("n,drop_last", [(12, False), (10, False), (10, True)])
+def test_training_shards_match_distributed_sampler(n, drop_last):
+    images, labels = _label_coded(n)
+    shares = []
+    for rank in range(3):
+        loader = MemoryLoader(images, labels, batch_size=2, train=True, seed=4,
+                              drop_last=drop_last, num_replicas=3, rank=rank)
+        loader.set_epoch(1)
+        sampler = DistributedSampler(range(n), num_replicas=3, rank=rank, seed=4 * 1_000_003,
+                                     drop_last=drop_last)
+        sampler.set_epoch(1)
+        assert loader.indices().tolist() == list(sampler)
+        shares.append(loader.indices().tolist())
+    assert len({len(s) for s in shares}) == 1
+    everything = [i for s in shares for i in s]
+    if n % 3 == 0:
+        assert sorted(everything) == list(range(n))  # disjoint and complete
+    elif not drop_last:
+        assert set(everything) == set(range(n))
+
+
+def test_eval_shards_are_disjoint_and_complete_without_repeats():
+    images, labels = _label_coded(10)
+    seen = []
+    for rank in range(3):
+        loader = MemoryLoader(images, labels, batch_size=3, train=False, num_replicas=3,
+                              rank=rank)
+        seen += _all_batches(loader)[1].tolist()
+    assert sorted(seen) == list(range(10))
+
+
+# --------------------------------------------------------------------------- decode cache
+
+
+class _CountingFolder(ImageFileDataset):
+    reads = 0
+
+    def __getitem__(self, index: int):
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+def test_cache_hit_miss_and_rebuild(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "imgs", per_class=4, size=12)
+    samples, classes = scan_folder(root)
+    dataset = _CountingFolder(samples, classes, root=str(root))
+    cache = tmp_path / "cache"
+    first = decode_to_tensor(dataset, 12, cache_dir=cache)
+    assert _CountingFolder.reads == 8
+    files = list(cache.glob("*.pt"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    second = decode_to_tensor(dataset, 12, cache_dir=cache)
+    assert _CountingFolder.reads == 8  # hit: nothing decoded
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    # another size is another cache entry
+    decode_to_tensor(dataset, 10, cache_dir=cache)
+    assert _CountingFolder.reads == 16 and len(list(cache.glob("*.pt"))) == 2
+    # a changed source file rebuilds the entry (in place)
+    path = Path(samples[0][0])
+    Image.new("RGB", (12, 12), (255, 0, 0)).save(path, format=Image.open(path).format)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    third = decode_to_tensor(dataset, 12, cache_dir=cache)
+    assert _CountingFolder.reads == 24 and len(list(cache.glob("*.pt"))) == 2
+    assert not torch.equal(third[0][0], first[0][0])
+    assert torch.equal(third[0][1:], first[0][1:])
+
+
+def test_cache_for_cifar_arrays(tmp_path, make_cifar_batches):
+    folder = make_cifar_batches(tmp_path, n_train=20, n_test=10)
+    base = load_cifar("cifar10", folder.parent, True, False, folder.name)
+    cache = tmp_path / "cache"
+    images, labels = decode_to_tensor(base, 32, cache_dir=cache)
+    assert torch.equal(images, torch.from_numpy(base.data).permute(0, 3, 1, 2))
+    assert labels.tolist() == list(base.targets)
+    stamp = next(cache.glob("*.pt")).stat().st_mtime_ns
+    decode_to_tensor(base, 32, cache_dir=cache)
+    assert next(cache.glob("*.pt")).stat().st_mtime_ns == stamp  # hit
+    base.data[0] = 255 - base.data[0]
+    rebuilt, _ = decode_to_tensor(base, 32, cache_dir=cache)
+    assert torch.equal(rebuilt[0], torch.from_numpy(base.data[0]).permute(2, 0, 1))
+
+
+def test_uncacheable_dataset_is_decoded_directly(tmp_path):
+    items = [(Image.fromarray(np.full((5, 7, 3), i, np.uint8)), i) for i in range(3)]
+    images, labels = decode_to_tensor(items, 4, cache_dir=tmp_path / "cache")
+    assert images.shape == (3, 3, 4, 4) and labels.tolist() == [0, 1, 2]
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ImgclsError, match="uint8"):
+        decode_to_tensor([(torch.rand(3, 4, 4), 0)], 4)
+
+
+# --------------------------------------------------------------------------- wiring: data.loader
+
+
+def _train_cfg(tmp_path: Path, source: Path, **overrides: object):
+    values = {
+        "model.name": "lenet", "loader.batch_size": 16, "optim.lr": 0.02,
+        "sched.warmup_epochs": 0.0, "log.progress": "off", "log.tensorboard": False,
+        "data.source": str(source), "data.root": str(tmp_path / "root"),
+        "log.output": str(tmp_path / "runs"), "data.loader": "memory",
+    }
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return build_config(overrides=values)
+
+
+def test_config_keys_are_validated():
+    with pytest.raises(ImgclsError, match="data.loader"):
+        build_config(overrides={"data.loader": "fast"})
+    with pytest.raises(ImgclsError, match="data.memory_budget_mb"):
+        build_config(overrides={"data.memory_budget_mb": -1})
+    assert build_config().data.loader == "dataloader"
+
+
+def test_memory_loader_refuses_transforms_it_cannot_do(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "imgs", per_class=4, size=32)
+    with pytest.raises(ImgclsError, match="transforms.rotation"):
+        api.train(_train_cfg(tmp_path, data, transforms__rotation=10.0, train__epochs=1))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("budget,expected", [(2048, True), (0, False)])
+def test_auto_picks_memory_when_it_fits(tmp_path, make_image_folder, monkeypatch, budget,
+                                        expected):
+    data = make_image_folder(tmp_path / "imgs", per_class=4, size=32)
+    used = []
+    real = api._memory_loaders
+    monkeypatch.setattr(api, "_memory_loaders", lambda *a: used.append(1) or real(*a))
+    api.train(_train_cfg(tmp_path, data, data__loader="auto", data__memory_budget_mb=budget,
+                         train__epochs=1))
+    assert bool(used) == expected
+    used.clear()
+    api.train(_train_cfg(tmp_path, data, data__loader="auto", transforms__rotation=5.0,
+                         train__epochs=1))
+    assert not used  # transforms it cannot do: the DataLoader
+
+
+def test_memory_training_resumes_exactly(tmp_path, make_image_folder, monkeypatch):
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=20, size=32)
+    common = dict(train__epochs=3, train__deterministic=True, model__name="simple_v3")
+    whole = api.train(_train_cfg(tmp_path, data, log__name="whole", **common))
+    assert list((tmp_path / "root" / ".imgcls-cache").glob("*.pt"))  # train and val, cached
+    real = api.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted(state, loader, **kwargs):
+        calls["n"] += 1
+        assert isinstance(loader, MemoryLoader)
+        if calls["n"] == 2:
+            next(iter(loader))
+            raise KeyboardInterrupt
+        return real(state, loader, **kwargs)
+
+    monkeypatch.setattr(api, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(_train_cfg(tmp_path, data, log__name="split", **common))
+    monkeypatch.setattr(api, "train_one_epoch", real)
+    run = tmp_path / "runs" / "split"
+    resumed = api.train(resume=run)
+    assert resumed.epochs == 3
+    a = load_checkpoint(whole.run_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.best_metric == whole.best_metric
