@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -61,8 +62,6 @@ class RunResult:
 
 
 def _progress_enabled(cfg: Config) -> bool:
-    import sys
-
     if cfg.log.progress == "auto":
         return sys.stderr.isatty()
     return cfg.log.progress == "on"

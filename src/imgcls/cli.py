@@ -40,6 +40,11 @@ Precedence: defaults < --config file < flags < KEY=VALUE. The keys and their def
 """
 
 
+def _add_trust_pickle(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="accept an old torch.save(model) file (runs its code!)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
@@ -77,9 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="folder for the report")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     evaluate.add_argument("--batch-size", type=int, help="evaluation batch size")
-
-    evaluate.add_argument("--trust-pickle", action="store_true",
-                          help="accept an old torch.save(model) file (runs its code!)")
+    _add_trust_pickle(evaluate)
 
     predict = commands.add_parser(
         "predict", help="classify images, folders or list files with a checkpoint",
@@ -95,8 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     predict.add_argument("--tta", action="store_true", help="average with a horizontal flip")
-    predict.add_argument("--trust-pickle", action="store_true",
-                         help="accept an old torch.save(model) file (runs its code!)")
+    _add_trust_pickle(predict)
 
     export = commands.add_parser(
         "export", help="export a checkpoint to ONNX or TorchScript, verified against eager",
@@ -109,8 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", help="output file (default: beside the checkpoint)")
     export.add_argument("--include-preprocess", action="store_true",
                         help="take uint8 NCHW images; resizing and normalisation inside")
-    export.add_argument("--trust-pickle", action="store_true",
-                        help="accept an old torch.save(model) file (runs its code!)")
+    _add_trust_pickle(export)
 
     convert = commands.add_parser(
         "convert", help="turn an old state_dict or torch.save(model) file into a checkpoint",
