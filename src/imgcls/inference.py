@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from imgcls import runtime
 from imgcls.config import Config, build_config
 from imgcls.data.transforms import build_transform
-from imgcls.engine.checkpoint import load_checkpoint, load_model_state
+from imgcls.engine.checkpoint import inference_weights, load_checkpoint, load_model_state
 from imgcls.models import create_model
 
 
@@ -73,7 +73,7 @@ def load_model(
     model = create_model(
         replace(cfg.model, pretrained=""), len(record["classes"]), from_checkpoint=True
     )
-    load_model_state(model, record["model"], path)
+    load_model_state(model, inference_weights(record), path)
     model.to(torch_device).eval()
     mean_std = (record["mean"], record["std"]) if record.get("mean") is not None else None
     return LoadedModel(

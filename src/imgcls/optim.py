@@ -10,11 +10,11 @@ The training loop drives the schedule through one object::
 
 **Granularity.** step, multistep, exponential and plateau change the lr at epoch boundaries
 (in :meth:`Scheduler.step_epoch`, like torch's StepLR / MultiStepLR / ReduceLROnPlateau stepped
-once per epoch); cosine and onecycle change it every batch; warmup is per batch.
+once per epoch); cosine, linear and onecycle change it every batch; warmup is per batch.
 
 **Warmup clock.** ``sched.warmup_epochs`` adds ``round(warmup_epochs * steps_per_epoch)`` batches
 in which the lr rises linearly from ``warmup_start_factor * lr`` to the lr the main schedule
-would have. Per-batch schedules (cosine, onecycle) start their clock *after* the warmup and
+would have. Per-batch schedules (cosine, linear, onecycle) start their clock *after* the warmup and
 fit their whole shape into the remaining batches (as torchvision's reference scripts do with
 SequentialLR), so cosine still ends at ``min_lr`` on the last batch. Epoch schedules count
 epochs from the start of the run, warmup included, so ``milestones=[30]`` still means "at the
@@ -38,7 +38,9 @@ from imgcls.models import find_head
 from imgcls.registry import unknown_name_error
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine", "plateau", "onecycle")
+SCHEDULERS = (
+    "none", "step", "multistep", "exponential", "cosine", "linear", "plateau", "onecycle"
+)
 _EPOCH_SCHEDULES = ("step", "multistep", "exponential")
 # torch.optim.lr_scheduler.OneCycleLR's defaults (SchedConfig does not expose them).
 ONECYCLE_DIV_FACTOR = 25.0
@@ -48,38 +50,63 @@ ONECYCLE_FINAL_DIV_FACTOR = 1e4
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """The trainable parameters as optimizer groups.
 
-    One group (``lr``) unless ``optim.head_lr_mult != 1``: then the body's group (``lr``, first,
-    left out when the body is all frozen) and the head's (``lr * head_lr_mult``), each with an
-    ``lr_scale`` (1 and head_lr_mult) by which :class:`Scheduler` keeps them in proportion. The
-    head is the layer ``model.freeze`` leaves trainable (:func:`imgcls.models.find_head`).
+    One group (``lr``) unless ``optim.head_lr_mult`` or ``optim.bias_lr_mult`` differ from 1.
+    Then the parameters split into body / head (the layer ``model.freeze`` leaves trainable,
+    :func:`imgcls.models.find_head`) and weights / biases (every 1-D parameter: biases and norm
+    parameters); each non-empty group, body weights first, has ``lr = lr * lr_scale`` with
+    ``lr_scale`` the product of the multipliers that apply, by which :class:`Scheduler` keeps
+    the groups in proportion. Bias groups get ``weight_decay / bias_lr_mult``, so the decay per
+    step (lr x weight_decay) stays the same.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ImgclsError("the model has no trainable parameters (model.freeze froze everything)")
-    if cfg.head_lr_mult == 1.0:
+    if cfg.head_lr_mult == 1.0 and cfg.bias_lr_mult == 1.0:
         return [{"params": params, "lr": cfg.lr}]
-    try:
-        head = {id(p) for p in find_head(model)[1].parameters()}
-    except ValueError:
-        raise ImgclsError(
-            f"optim.head_lr_mult={cfg.head_lr_mult}: {type(model).__name__} has no Linear or "
-            "Conv2d classifier layer to treat as the head"
-        ) from None
-    body = [p for p in params if id(p) not in head]
-    groups = [{"params": body, "lr": cfg.lr, "lr_scale": 1.0}] if body else []
-    groups.append({
-        "params": [p for p in params if id(p) in head],
-        "lr": cfg.lr * cfg.head_lr_mult,
-        "lr_scale": cfg.head_lr_mult,
-    })
+    head: set[int] = set()
+    if cfg.head_lr_mult != 1.0:
+        try:
+            head = {id(p) for p in find_head(model)[1].parameters()}
+        except ValueError:
+            raise ImgclsError(
+                f"optim.head_lr_mult={cfg.head_lr_mult}: {type(model).__name__} has no Linear "
+                "or Conv2d classifier layer to treat as the head"
+            ) from None
+    split_bias = cfg.bias_lr_mult != 1.0
+    groups = []
+    for in_head in (False, True):
+        for is_bias in (False, True) if split_bias else (False,):
+            members = [p for p in params if (id(p) in head) == in_head
+                       and (not split_bias or (p.dim() <= 1) == is_bias)]
+            if not members:
+                continue
+            scale = (cfg.head_lr_mult if in_head else 1.0) * (
+                cfg.bias_lr_mult if is_bias else 1.0)
+            group: dict[str, Any] = {"params": members, "lr": cfg.lr * scale, "lr_scale": scale}
+            if is_bias:
+                group["weight_decay"] = cfg.weight_decay / cfg.bias_lr_mult
+            groups.append(group)
     return groups
+
+
+def _kernel_flags(cfg: OptimConfig, params: list[dict[str, Any]]) -> dict[str, bool]:
+    """``optim.kernel`` as torch's ``fused`` / ``foreach`` flags. One fused or foreach kernel
+    updates every tensor at once instead of a Python loop over them (torch's default on CPU)."""
+    kernel = cfg.kernel
+    if kernel == "auto":
+        on_cuda = any(p.is_cuda for g in params for p in g["params"])
+        kernel = "fused" if on_cuda else "foreach"
+    if kernel == "fused":
+        return {"fused": True}
+    return {"foreach": kernel == "foreach"}
 
 
 def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD / Adam / AdamW over the parameters that require grad (a frozen backbone is left out).
 
     Weight decay applies to every trainable parameter, biases and BatchNorm included, as in the
-    original training scripts. ``optim.head_lr_mult`` gives the head its own parameter group
+    original training scripts. ``optim.head_lr_mult`` and ``optim.bias_lr_mult`` give the head
+    and the biases their own parameter groups
     (:func:`param_groups`).
 
     >>> opt = create_optimizer(model, OptimConfig(lr=0.01, head_lr_mult=10))  # doctest: +SKIP
@@ -87,15 +114,16 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     [0.01, 0.1]
     """
     params = param_groups(model, cfg)
+    kernel = _kernel_flags(cfg, params)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
+            weight_decay=cfg.weight_decay, **kernel,
         )
     if cfg.name in ("adam", "adamw"):
         cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
         b1, b2 = cfg.betas
-        return cls(params, lr=cfg.lr, betas=(b1, b2), weight_decay=cfg.weight_decay)
+        return cls(params, lr=cfg.lr, betas=(b1, b2), weight_decay=cfg.weight_decay, **kernel)
     raise unknown_name_error("optimizer", cfg.name, OPTIMIZERS, "optim.name")
 
 
@@ -156,6 +184,9 @@ class LrFactor:
             cos = (1.0 + math.cos(math.pi * t / self.main_steps)) / 2.0
             min_ratio = self.min_lr / self.base_lr
             return min_ratio + (1.0 - min_ratio) * cos
+        if self.kind == "linear":  # airbench's warmup-then-linear-decay, to min_lr
+            min_ratio = self.min_lr / self.base_lr
+            return 1.0 - (1.0 - min_ratio) * t / self.main_steps
         if self.kind == "onecycle":
             return self._onecycle(t)
         return 1.0  # none; plateau (ReduceLROnPlateau owns the lr after the warmup)

@@ -72,6 +72,34 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def configure_speed(device: torch.device, *, cudnn_benchmark: bool, deterministic: bool) -> None:
+    """CUDA kernel choices: autotuned convolutions and TF32 matmuls, unless determinism is asked
+    for (both change results from run to run or in the last bits)."""
+    fast = not deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark and fast
+    if device.type == "cuda" and fast:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``train.amp`` on ``device``: the autocast dtype, or None for full fp32.
+
+    ``auto`` is bf16 on GPUs that run it natively (Ampere and later), fp16 (with a grad scaler)
+    on older GPUs, and off on CPU and MPS: bf16 is several times slower than fp32 on CPUs
+    without AVX-512 BF16, and an explicit ``train.amp=bf16`` still turns it on there.
+    """
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
 def get_rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors, ints and tuples: ``torch.load(weights_only=True)`` reads it."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -214,5 +242,12 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel (checkpoints hold its plain state_dict)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The model inside torch.compile's and DistributedDataParallel's wrappers (checkpoints hold
+    its plain state_dict)."""
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model

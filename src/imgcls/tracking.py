@@ -20,6 +20,7 @@ TB_TAGS = {
     "val_top5": "val/top5",
     "lr": "lr",
     "epoch_time_s": "time/epoch_s",
+    "elapsed_s": "time/elapsed_s",
 }
 
 

@@ -92,6 +92,24 @@ class ResizeIfNeeded(torch.nn.Module):
         return self.resize(image)
 
 
+class Cutout(torch.nn.Module):
+    """Zero one ``size`` x ``size`` square, placed uniformly inside the image (DeVries and Taylor
+    2017); the per-image twin of :func:`imgcls.data.memory.batch_cutout`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        size = min(self.size, h, w)
+        top = int(torch.randint(0, h - size + 1, ()))
+        left = int(torch.randint(0, w - size + 1, ()))
+        image = image.clone()
+        image[..., top : top + size, left : left + size] = 0
+        return image
+
+
 def build_transform(
     cfg: TransformConfig,
     *,
@@ -157,6 +175,8 @@ def build_transform(
     if mean_std is not None:
         mean, std = mean_std
         steps.append(v2.Normalize(_channels(mean, in_channels), _channels(std, in_channels)))
+    if train and cfg.cutout > 0:  # after normalising: the square is the mean colour, as in memory
+        steps.append(Cutout(cfg.cutout))
     return v2.Compose(steps)
 
 

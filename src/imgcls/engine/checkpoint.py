@@ -106,6 +106,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return record
 
 
+def inference_weights(record: dict[str, Any]) -> dict[str, Any]:
+    """The weights to predict with: the EMA average when the run kept one (``train.ema``; it is
+    what validation measured), else the trained weights."""
+    ema = record.get("ema")
+    if ema:  # AveragedModel's state_dict: "module."-prefixed weights plus its counter
+        return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    return record["model"]
+
+
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
     """``model.load_state_dict`` with a one-line error when the checkpoint does not fit."""
     try:

@@ -2,7 +2,8 @@
 
 Counts are accumulated as sums on the device (no ``.item()`` per batch, which would stall a GPU)
 and divided once at the end, so the numbers are exact sums over samples, never averages of
-averages.
+averages. The speed switches (:class:`Speed`) apply to both: channels-last inputs, autocast
+(with a grad scaler for fp16) and, in evaluation, flip test-time augmentation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,25 @@ from torch import nn
 from tqdm import tqdm
 
 from imgcls.models import set_train_mode
+from imgcls.runtime import unwrap_model
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How batches run: memory format and autocast dtype (``None``: fp32)."""
+
+    channels_last: bool = False
+    amp_dtype: torch.dtype | None = None
+
+    def inputs(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if self.channels_last and images.dim() == 4:
+            return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return images.to(device, non_blocking=True)
+
+    def autocast(self, device: torch.device) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
 
 
 @dataclass
@@ -35,7 +55,29 @@ class TrainState:
     best_epoch: int | None = None
     grad_clip: float = 0.0
     accumulate: int = 1  # micro-batches per optimizer step
+    speed: Speed = field(default_factory=Speed)
+    scaler: torch.amp.GradScaler | None = None  # fp16 autocast: loss scaling
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # updated every ema_every steps
+    ema_every: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def optimizer_step(self) -> None:
+        """Clip (if asked), step the optimizer (through the grad scaler under fp16), advance
+        the schedule and the EMA."""
+        if self.scaler is not None:
+            if self.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if self.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        self.scheduler.step_batch()
+        self.step += 1
+        if self.ema is not None and self.step % self.ema_every == 0:
+            self.ema.update_parameters(unwrap_model(self.model))
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Any:
@@ -80,19 +122,17 @@ def train_one_epoch(
         last_in_window = i + 1 == window_start + window
         if i == window_start:
             state.optimizer.zero_grad(set_to_none=True)
-        images = images.to(device, non_blocking=True)
+        images = state.speed.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
         sync = nullcontext() if last_in_window or no_sync is None else no_sync()
         with sync:
-            logits = model(images)
-            loss = state.loss_fn(logits, labels)
-            (loss / window if window > 1 else loss).backward()
+            with state.speed.autocast(device):
+                logits = model(images)
+                loss = state.loss_fn(logits, labels)
+            scaled = loss / window if window > 1 else loss
+            (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
         if last_in_window:
-            if state.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), state.grad_clip)
-            state.optimizer.step()
-            state.scheduler.step_batch()
-            state.step += 1
+            state.optimizer_step()
         n = labels.shape[0]
         seen += n
         loss_sum += loss.detach().double() * n
@@ -138,12 +178,16 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    speed: Speed | None = None,
+    tta: str = "none",
 ) -> EvalResult:
     """Loss, top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix.
 
     ``reduce`` sums the per-rank sums over ranks (``runtime.all_reduce_sum``): each rank
     evaluates its own disjoint shard of the data, so the result is exact over the whole set.
+    ``tta="flip"`` scores the mean of the logits of each image and its mirror image.
     """
+    speed = speed or Speed()
     model.eval()
     k = min(5, num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -153,9 +197,13 @@ def evaluate(
     seen = 0
     total = len(loader) if hasattr(loader, "__len__") else None
     for images, labels in _progress(loader, total, desc, progress):
-        images = images.to(device, non_blocking=True)
+        images = speed.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
+        with speed.autocast(device):
+            logits = model(images)
+            if tta == "flip":
+                logits = (logits + model(images.flip(-1))) / 2
+        logits = logits.float()
         loss_sum += loss_fn(logits, labels).double() * labels.shape[0]
         best = logits.topk(k, dim=1).indices
         top1 += (best[:, 0] == labels).sum()

@@ -36,7 +36,10 @@ from torch.overrides import TorchFunctionMode
 
 from imgcls.config import ModelConfig
 from imgcls.errors import ImgclsError
-from imgcls.models import seed_cnns  # importing it registers the seed CNNs
+
+# Importing the model modules registers their models (the seed CNNs first: cifar_resnets imports
+# seed_cnns before registering its own).
+from imgcls.models import cifar_resnets, fast_nets, seed_cnns  # noqa: F401
 from imgcls.models import torchvision_models as tvm
 from imgcls.models.finetune import Stage, apply_freeze, backbone_stages
 from imgcls.registry import MODELS, unknown_name_error
