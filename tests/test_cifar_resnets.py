@@ -237,7 +237,7 @@ def test_tiny_training_run(tmp_path: Path, make_image_folder, capfd) -> None:
         "log.progress": "off",
     })
     result = api.train(cfg)
-    assert "data.loader=memory" in capfd.readouterr().err  # auto picked the device loader
+    assert "decoded into device memory" in capfd.readouterr().err  # auto picked it
     rows = [json.loads(line) for line in
             (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]

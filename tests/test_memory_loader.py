@@ -18,7 +18,14 @@ from imgcls.config import LoaderConfig, TransformConfig, build_config
 from imgcls.data.cifar import load_cifar
 from imgcls.data.folder import ImageFileDataset, scan_folder
 from imgcls.data.loaders import EpochLoader, TransformedDataset
-from imgcls.data.memory import MemoryLoader, decode_to_tensor, padding_ltrb
+from imgcls.data.memory import (
+    MemoryLoader,
+    batch_crop,
+    batch_cutout,
+    batch_flip,
+    decode_to_tensor,
+    padding_ltrb,
+)
 from imgcls.data.transforms import build_transform
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.errors import ImgclsError
@@ -108,6 +115,54 @@ def test_augmentation_is_reproducible_for_a_resumed_run():
     assert not torch.equal(runs[1], runs[2])
 
 
+@pytest.mark.parametrize("flip_mode", ["random", "alternate"])
+def test_chunk_size_never_changes_the_batches(flip_mode):
+    # The epoch's augmentation is drawn up front and applied a chunk at a time: neither the chunk
+    # size (a speed/memory knob) nor the way of cropping (window copies on the CPU, a pixel gather
+    # elsewhere) may change a single pixel, at chunk boundaries or elsewhere.
+    images = torch.randint(0, 256, (77, 3, 9, 7), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    kwargs = dict(batch_size=8, train=True, drop_last=True, seed=2, mean_std=CIFAR_STATS,
+                  crop_padding=[0, 2, 3, 1], hflip=0.5, flip_mode=flip_mode, cutout=3)
+    runs = []
+    for chunk_size, windows in [(None, True), (1, True), (24, True), (1000, True), (None, False),
+                                (16, False)]:
+        loader = MemoryLoader(images, torch.arange(77), chunk_size=chunk_size, **kwargs)
+        loader._window_crop = windows  # the CPU's window copies, or the GPU's pixel gather
+        loader.set_epoch(1)
+        runs.append(list(loader))
+    assert len(runs[0]) == 9  # 77 // 8, the tail dropped
+    for run in runs[1:]:
+        for (x, y), (x0, y0) in zip(run, runs[0], strict=True):
+            assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("windows", [True, False])
+@pytest.mark.parametrize("padding", [[3, 1, 0, 2], [0, 0, 2, 1]])
+def test_batches_are_exactly_the_drawn_crop_then_flip(windows, padding):
+    # Per image, against a direct implementation: zero pad (left, top, right, bottom), crop at
+    # the drawn offset, then mirror when the drawn coin says so; labels stay with their images.
+    images = torch.randint(1, 256, (40, 3, 6, 5), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(3))
+    left, top, right, bottom = padding
+    loader = MemoryLoader(images, torch.arange(40), batch_size=6, train=True, seed=7,
+                          crop_padding=padding, hflip=0.5, chunk_size=12)
+    loader._window_crop = windows
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        x, y = _all_batches(loader)
+        draws = loader._draw(40)  # the same seeded draws the iteration made
+        assert torch.equal(y, loader.indices())
+        for i, label in enumerate(y.tolist()):
+            padded = torch.nn.functional.pad(images[label], (left, right, top, bottom))
+            dy, dx = int(draws["dy"][i]), int(draws["dx"][i])
+            expected = padded[:, dy : dy + 6, dx : dx + 5]
+            if draws["flip"][i]:
+                expected = expected.flip(-1)
+            assert torch.equal((x[i] * 255).round().to(torch.uint8), expected), (epoch, i)
+        assert 0 < int(draws["flip"].sum()) < 40
+
+
 def test_eval_mode_has_fixed_order_and_no_augmentation():
     images = torch.randint(0, 256, (9, 3, 8, 8), dtype=torch.uint8)
     loader = MemoryLoader(images, torch.arange(9), batch_size=4, train=False, crop_padding=[4],
@@ -191,6 +246,58 @@ def test_alternate_flip_inverts_every_image_on_odd_epochs():
     assert 0.35 < flips[0].float().mean().item() < 0.65
 
 
+def test_crop_and_flip_together_match_torchvision():
+    # Asymmetric padding: a mirrored crop needs the right border on the left (the chunk buffer
+    # pads both sides by max(left, right)); every (offset, flip) torchvision makes, and no other.
+    padding = [0, 2, 3, 4]
+    image = _coordinate_coded(8)
+    n = 1500
+    loader = MemoryLoader(image.expand(n, 3, 8, 8).contiguous(), torch.zeros(n), batch_size=n,
+                          train=True, crop_padding=padding, hflip=0.5, chunk_size=100)
+    ours = [(x * 255).round().to(torch.uint8) for x in next(iter(loader))[0]]
+    crop_flip = v2.Compose([v2.RandomCrop(8, padding=padding), v2.RandomHorizontalFlip()])
+    torch.manual_seed(0)
+    theirs = [crop_flip(image) for _ in range(1500)]
+
+    def found(outputs: list[torch.Tensor]) -> set:
+        kinds = set()
+        for out in outputs:
+            plain = _offsets([out], image, padding) if _is_crop(out, image, padding) else None
+            mirrored = (_offsets([out.flip(-1)], image, padding)
+                        if _is_crop(out.flip(-1), image, padding) else None)
+            assert plain or mirrored, "neither a crop nor a mirrored crop"
+            kinds |= {(k, False) for k in plain or ()} | {(k, True) for k in mirrored or ()}
+        return kinds
+
+    assert found(ours) == found(theirs)
+    assert len(found(ours)) == 2 * (2 + 4 + 1) * (0 + 3 + 1)
+
+
+def _is_crop(out: torch.Tensor, image: torch.Tensor, padding: list[int]) -> bool:
+    left, top, right, bottom = padding_ltrb(padding)
+    h, w = image.shape[1:]
+    padded = torch.nn.functional.pad(image, (left, right, top, bottom))
+    return any(torch.equal(out, padded[:, dy : dy + h, dx : dx + w])
+               for dy in range(top + bottom + 1) for dx in range(left + right + 1))
+
+
+def test_public_batch_functions():
+    image = _coordinate_coded(8)
+    batch = image.expand(300, 3, 8, 8).contiguous()
+    padding = padding_ltrb([0, 2, 3, 4])
+    cropped = batch_crop(batch, padding, torch.Generator().manual_seed(1))
+    again = batch_crop(batch, padding, torch.Generator().manual_seed(1))
+    assert torch.equal(cropped, again) and cropped.shape == batch.shape
+    assert len(_offsets(list(cropped), image, [0, 2, 3, 4])) == (2 + 4 + 1) * (0 + 3 + 1)
+    assert batch_crop(batch, (0, 0, 0, 0), torch.Generator()) is batch
+    flip = torch.arange(300) % 3 == 0
+    flipped = batch_flip(batch, flip)
+    assert torch.equal(flipped[flip], batch[flip].flip(-1))
+    assert torch.equal(flipped[~flip], batch[~flip])
+    cut = batch_cutout(torch.ones(20, 3, 8, 8), 3, torch.Generator().manual_seed(0))
+    assert ((cut == 0).flatten(1).sum(1) == 3 * 3 * 3).all()
+
+
 def test_cutout_zeroes_one_square_per_image():
     k = 3
     images = torch.full((50, 3, 10, 10), 255, dtype=torch.uint8)
@@ -208,14 +315,22 @@ def test_cutout_zeroes_one_square_per_image():
 
 
 def test_normalisation_equals_build_transform_eval_output():
-    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
-    for mean_std in (CIFAR_STATS, None):
-        transform = build_transform(TransformConfig(preset="none"), train=False, image_size=8,
-                                    native_size=8, mean_std=mean_std)
+    # Every uint8 value in every channel. ToDtype + Normalize are fused into one multiply-add:
+    # equal up to float32 rounding; without normalisation, bit for bit.
+    images = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(12, 3, 16, 16)
+    images = images.contiguous()
+    for mean_std in (CIFAR_STATS, ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), None):
+        transform = build_transform(TransformConfig(preset="none"), train=False, image_size=16,
+                                    native_size=16, mean_std=mean_std)
         expected = torch.stack([transform(im) for im in images])
         loader = MemoryLoader(images, torch.arange(12), batch_size=5, train=False,
                               mean_std=mean_std)
-        assert torch.equal(_all_batches(loader)[0], expected)
+        x = _all_batches(loader)[0]
+        assert torch.equal(loader.normalize(images), x)  # the public form, no augmentation
+        if mean_std is None:
+            assert torch.equal(x, expected)
+        else:
+            assert torch.allclose(x, expected, rtol=0, atol=1e-6), (x - expected).abs().max()
 
 
 def test_decoded_folder_equals_the_dataloader_path(tmp_path, make_image_folder):
@@ -234,7 +349,7 @@ def test_decoded_folder_equals_the_dataloader_path(tmp_path, make_image_folder):
     memory = MemoryLoader(images, labels, batch_size=4, train=False, mean_std=CIFAR_STATS)
     x, y = _all_batches(memory)
     assert torch.equal(y, expected_y)
-    assert torch.equal(x, expected_x)
+    assert torch.allclose(x, expected_x, rtol=0, atol=1e-6)  # fused normalisation: rounding
 
 
 def test_augmented_statistics_agree_with_the_dataloader_path():
@@ -384,7 +499,7 @@ def test_config_keys_are_validated():
         build_config(overrides={"data.loader": "fast"})
     with pytest.raises(ImgclsError, match="data.memory_budget_mb"):
         build_config(overrides={"data.memory_budget_mb": -1})
-    assert build_config().data.loader == "dataloader"
+    assert build_config().data.loader == "auto"
 
 
 def test_memory_loader_refuses_transforms_it_cannot_do(tmp_path, make_image_folder):

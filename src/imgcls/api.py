@@ -266,10 +266,9 @@ def _train(
     prep = _preprocessing(cfg, data)
     train_loader: BatchLoader
     val_loader: BatchLoader | None
-    if _use_memory_loader(cfg, data, prep):
+    in_memory = _use_memory_loader(cfg, data, prep)
+    if in_memory:
         train_loader, val_loader = _memory_loaders(cfg, data, prep, info, device)
-        say(f"data.loader=memory: {len(data.train)} train / "
-            f"{len(data.val) if data.val is not None else 0} val images decoded onto {device}")
     else:
         train_loader, val_loader = _dataloaders(cfg, data, prep, info, device)
     if len(train_loader) == 0:
@@ -360,7 +359,9 @@ def _train(
     say(
         f"{'resuming' if ckpt else 'training'} {cfg.model.name} on {cfg.data.source} "
         f"({len(data.train)} train / {len(data.val) if data.val is not None else 0} val images, "
-        f"{num_classes} classes) on {device}{processes}; run folder {run_dir}"
+        f"{num_classes} classes) on {device}{processes}, images "
+        f"{'decoded into device memory' if in_memory else 'read by a DataLoader'}; "
+        f"run folder {run_dir}"
     )
 
     def grid(images: torch.Tensor, _labels: torch.Tensor) -> None:
@@ -450,8 +451,12 @@ def _speed(cfg: Config, device: torch.device) -> Speed:
 @torch.no_grad()
 def _init_from_data(model: nn.Module, loader: BatchLoader, device: torch.device,
                     images: int = 5000) -> None:
-    """Data-dependent initialisation (fastnet's whitening stem) from the first training batches;
-    the random state is put back, so the run's batches are those it would have had anyway."""
+    """Data-dependent initialisation (fastnet's whitening stem) from the first training images:
+    un-augmented from the device-resident loader, else the first batches of the DataLoader (the
+    random state is put back, so the run's batches are those it would have had anyway)."""
+    if isinstance(loader, MemoryLoader):
+        model.init_from_data(loader.normalize(loader.images[:images]))  # type: ignore[operator]
+        return
     rng = runtime.get_rng_state()
     loader.set_epoch(0)
     batches, seen = [], 0

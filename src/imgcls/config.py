@@ -29,7 +29,7 @@ class DataConfig:
     skip_bad_images: bool = False  # skip unreadable images (counted) instead of stopping
     # dataloader | memory (decode once, keep uint8 on the device, augment per batch) | auto
     # (memory when the images fit memory_budget_mb and the transforms allow it)
-    loader: str = "dataloader"
+    loader: str = "auto"
     memory_budget_mb: int = 2048  # auto: the largest decoded dataset (train + val) kept on device
 
 
@@ -104,9 +104,9 @@ class OptimConfig:
     # none | linear: lr x (world size x train.accumulate), the linear scaling rule for the larger
     # effective batch of a distributed or accumulating run
     scale_lr: str = "none"
-    # biases and norm parameters (1-D): lr x bias_lr_mult, weight_decay / bias_lr_mult (airbench
+    # normalisation layers' parameters: lr x norm_lr_mult, weight_decay / norm_lr_mult (airbench
     # trains BatchNorm biases 64x faster with the same decay per step)
-    bias_lr_mult: float = 1.0
+    norm_lr_mult: float = 1.0
     kernel: str = "auto"  # auto (fused on CUDA, foreach on CPU) | fused | foreach | loop
 
 
@@ -446,8 +446,8 @@ def validate(cfg: Config) -> None:
         o.head_lr_mult, "must be > 0",
     )
     _check(
-        math.isfinite(o.bias_lr_mult) and o.bias_lr_mult > 0, "optim.bias_lr_mult",
-        o.bias_lr_mult, "must be > 0",
+        math.isfinite(o.norm_lr_mult) and o.norm_lr_mult > 0, "optim.norm_lr_mult",
+        o.norm_lr_mult, "must be > 0",
     )
     _check(t.cutout >= 0, "transforms.cutout", t.cutout, "must be >= 0 (pixels)")
     _check(s.step_size >= 1, "sched.step_size", s.step_size, "must be >= 1")

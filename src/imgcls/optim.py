@@ -41,6 +41,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = (
     "none", "step", "multistep", "exponential", "cosine", "linear", "plateau", "onecycle"
 )
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _EPOCH_SCHEDULES = ("step", "multistep", "exponential")
 # torch.optim.lr_scheduler.OneCycleLR's defaults (SchedConfig does not expose them).
 ONECYCLE_DIV_FACTOR = 25.0
@@ -50,18 +51,18 @@ ONECYCLE_FINAL_DIV_FACTOR = 1e4
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """The trainable parameters as optimizer groups.
 
-    One group (``lr``) unless ``optim.head_lr_mult`` or ``optim.bias_lr_mult`` differ from 1.
+    One group (``lr``) unless ``optim.head_lr_mult`` or ``optim.norm_lr_mult`` differ from 1.
     Then the parameters split into body / head (the layer ``model.freeze`` leaves trainable,
-    :func:`imgcls.models.find_head`) and weights / biases (every 1-D parameter: biases and norm
-    parameters); each non-empty group, body weights first, has ``lr = lr * lr_scale`` with
-    ``lr_scale`` the product of the multipliers that apply, by which :class:`Scheduler` keeps
-    the groups in proportion. Bias groups get ``weight_decay / bias_lr_mult``, so the decay per
-    step (lr x weight_decay) stays the same.
+    :func:`imgcls.models.find_head`) and other / normalisation-layer parameters (BatchNorm,
+    GroupNorm, LayerNorm, InstanceNorm); each non-empty group, body first, has
+    ``lr = lr * lr_scale`` with ``lr_scale`` the product of the multipliers that apply, by which
+    :class:`Scheduler` keeps the groups in proportion. Norm groups get
+    ``weight_decay / norm_lr_mult``, so their decay per step (lr x weight_decay) stays the same.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ImgclsError("the model has no trainable parameters (model.freeze froze everything)")
-    if cfg.head_lr_mult == 1.0 and cfg.bias_lr_mult == 1.0:
+    if cfg.head_lr_mult == 1.0 and cfg.norm_lr_mult == 1.0:
         return [{"params": params, "lr": cfg.lr}]
     head: set[int] = set()
     if cfg.head_lr_mult != 1.0:
@@ -72,19 +73,20 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
                 f"optim.head_lr_mult={cfg.head_lr_mult}: {type(model).__name__} has no Linear "
                 "or Conv2d classifier layer to treat as the head"
             ) from None
-    split_bias = cfg.bias_lr_mult != 1.0
+    split_norm = cfg.norm_lr_mult != 1.0
+    norm = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters()}
     groups = []
     for in_head in (False, True):
-        for is_bias in (False, True) if split_bias else (False,):
+        for is_norm in (False, True) if split_norm else (False,):
             members = [p for p in params if (id(p) in head) == in_head
-                       and (not split_bias or (p.dim() <= 1) == is_bias)]
+                       and (not split_norm or (id(p) in norm) == is_norm)]
             if not members:
                 continue
             scale = (cfg.head_lr_mult if in_head else 1.0) * (
-                cfg.bias_lr_mult if is_bias else 1.0)
+                cfg.norm_lr_mult if is_norm else 1.0)
             group: dict[str, Any] = {"params": members, "lr": cfg.lr * scale, "lr_scale": scale}
-            if is_bias:
-                group["weight_decay"] = cfg.weight_decay / cfg.bias_lr_mult
+            if is_norm:
+                group["weight_decay"] = cfg.weight_decay / cfg.norm_lr_mult
             groups.append(group)
     return groups
 
@@ -105,9 +107,8 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     """SGD / Adam / AdamW over the parameters that require grad (a frozen backbone is left out).
 
     Weight decay applies to every trainable parameter, biases and BatchNorm included, as in the
-    original training scripts. ``optim.head_lr_mult`` and ``optim.bias_lr_mult`` give the head
-    and the biases their own parameter groups
-    (:func:`param_groups`).
+    original training scripts. ``optim.head_lr_mult`` and ``optim.norm_lr_mult`` give the head
+    and the normalisation layers their own parameter groups (:func:`param_groups`).
 
     >>> opt = create_optimizer(model, OptimConfig(lr=0.01, head_lr_mult=10))  # doctest: +SKIP
     >>> [g["lr"] for g in opt.param_groups]                                   # doctest: +SKIP

@@ -1,11 +1,13 @@
-"""The whole (small) dataset as one uint8 tensor on the training device, augmented per batch.
+"""The whole (small) dataset as one uint8 tensor on the training device, augmented in bulk.
 
 Small datasets (CIFAR: 150 MB as uint8) fit in device memory many times over, and then a
 DataLoader's per-image Python (decode, crop, flip, to-tensor) is the bottleneck, not the model.
-:func:`decode_to_tensor` decodes a dataset once (cached on disk); :class:`MemoryLoader` then makes
-every batch with a few batched tensor ops, as airbench does: random crop with padding, horizontal
-flip (random or alternating per epoch), cutout, then float conversion and normalisation exactly as
-:func:`imgcls.data.transforms.build_transform` does them.
+:func:`decode_to_tensor` decodes a dataset once (cached on disk); :class:`MemoryLoader` then
+draws a whole epoch's augmentation at once and applies it with a few tensor ops per chunk of
+images, as airbench does per epoch: random crop with padding, horizontal flip (random or
+alternating per epoch), then per batch float conversion and normalisation as
+:func:`imgcls.data.transforms.build_transform` does them (fused: equal up to float32 rounding),
+and cutout.
 
 Every random number comes from generators seeded with ``(seed, epoch)`` (plus the rank for
 augmentation), so a resumed run sees exactly the batches an uninterrupted one would have seen.
@@ -17,7 +19,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,28 @@ def unsupported_transforms(
 # --------------------------------------------------------------------------- batch augmentations
 
 
+def _windows(padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Every ``h`` x ``w`` window of every image of a contiguous ``[N, C, Hp, Wp]`` tensor, as one
+    overlapping (strided, copy-free) view ``[K, C, h, w]``: window ``(i, y, x)`` is entry
+    ``i * C * Hp * Wp + y * Wp + x``."""
+    n, c, hp, wp = padded.shape
+    last = (n - 1) * c * hp * wp + (hp - h) * wp + (wp - w)
+    return padded.as_strided((last + 1, c, h, w), (1, hp * wp, wp, 1))
+
+
+def _crop_padded(padded: torch.Tensor, offsets: torch.Tensor, h: int, w: int,
+                 slots: torch.Tensor | None = None) -> torch.Tensor:
+    """Image ``slots[i]`` (default ``i``) of ``padded`` cropped at flat offset ``offsets[i]``
+    (``dy * Wp + dx``): one ``index_select`` of whole windows (row copies), not a gather of
+    single pixels."""
+    n, c, hp, wp = padded.shape
+    if len(offsets) == 0:
+        return padded.new_empty((0, c, h, w))
+    if slots is None:
+        slots = torch.arange(len(offsets), device=padded.device)
+    return _windows(padded.contiguous(), h, w).index_select(0, slots * (c * hp * wp) + offsets)
+
+
 def batch_crop(
     images: torch.Tensor, padding: tuple[int, int, int, int], generator: torch.Generator
 ) -> torch.Tensor:
@@ -91,21 +115,29 @@ def batch_crop(
     left, top, right, bottom = padding
     if left + top + right + bottom == 0:
         return images
-    n, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (left, right, top, bottom))
+    n, _, h, w = images.shape
     dev = images.device
     dy = torch.randint(0, top + bottom + 1, (n,), generator=generator, device=dev)
     dx = torch.randint(0, left + right + 1, (n,), generator=generator, device=dev)
-    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    batch = torch.arange(n, device=dev)[:, None, None, None]
-    channel = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    padded = torch.nn.functional.pad(images, (left, right, top, bottom))
+    return _crop_padded(padded, dy * (w + left + right) + dx, h, w)
 
 
 def batch_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror the images whose entry of the bool vector ``flip`` is true."""
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def _cutout_mask(shape: torch.Size, size: int, top: torch.Tensor,
+                 left: torch.Tensor) -> torch.Tensor:
+    """``[N, 1, H, W]`` bool, true on the ``size`` x ``size`` square at ``(top, left)``."""
+    _, _, h, w = shape
+    dev = top.device
+    ys = torch.arange(h, device=dev)[None, :]
+    xs = torch.arange(w, device=dev)[None, :]
+    in_rows = (ys >= top[:, None]) & (ys < top[:, None] + size)
+    in_cols = (xs >= left[:, None]) & (xs < left[:, None] + size)
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
 
 
 def batch_cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -115,15 +147,13 @@ def batch_cutout(images: torch.Tensor, size: int, generator: torch.Generator) ->
     dev = images.device
     top = torch.randint(0, h - size + 1, (n,), generator=generator, device=dev)
     left = torch.randint(0, w - size + 1, (n,), generator=generator, device=dev)
-    ys = torch.arange(h, device=dev)[None, :]
-    xs = torch.arange(w, device=dev)[None, :]
-    in_rows = (ys >= top[:, None]) & (ys < top[:, None] + size)
-    in_cols = (xs >= left[:, None]) & (xs < left[:, None] + size)
-    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
-    return images.masked_fill(mask, 0)
+    return images.masked_fill(_cutout_mask(images.shape, size, top, left), 0)
 
 
 # --------------------------------------------------------------------------- the loader
+
+CPU_CHUNK = 256  # images augmented together on the CPU: uint8 working set within L2
+DEVICE_CHUNK = 8192  # elsewhere: few kernel launches per epoch
 
 
 class MemoryLoader:
@@ -132,13 +162,24 @@ class MemoryLoader:
     Training (``train=True``): each epoch is a permutation seeded with ``(seed, epoch)`` only
     (the same on every rank, and the same one :class:`EpochLoader`'s sampler draws), of which
     rank ``rank`` takes every ``num_replicas``-th index, padded with repeats to equal shares
-    like ``DistributedSampler``; then crop, flip and cutout per batch. ``flip_mode="alternate"``
+    like ``DistributedSampler``. The augmentation of the whole epoch is drawn when iteration
+    starts (crop offsets, flips, cutout squares: one vector each, from a generator seeded with
+    ``(seed, rank, epoch)``), then applied to ``chunk_size`` images at a time (gathered into a
+    zero-bordered buffer, then cropped and flipped by one copy of whole windows on the CPU, one
+    gather of pixels elsewhere); each batch is a slice of such a chunk converted to float,
+    normalised and cut out. No float copy of the data is kept. ``flip_mode="alternate"``
     (airbench) flips each image on odd epochs exactly when it was not flipped on even ones, from
     a per-image coin seeded with ``seed``. Evaluation (``train=False``): fixed order, no
     augmentation, a strided share without repeats (like :func:`imgcls.data.loaders.shard`).
 
-    Cutout zeroes the square after normalisation (the mean colour when normalised, black with
-    ``mean_std=None``).
+    Float conversion and normalisation are :func:`build_transform`'s ``ToDtype(scale=True)`` and
+    ``Normalize`` fused into one multiply-add per channel (equal up to float32 rounding, within
+    1e-6). Cutout zeroes the square after normalisation (the mean colour when normalised, black
+    with ``mean_std=None``).
+    ``chunk_size`` (default: 256 images on the CPU, to stay in cache; 8192 elsewhere, rounded up
+    to whole batches) changes speed and memory only, never the batches. Batches are contiguous
+    NCHW: on the CPU, normalising in channels_last layout costs more than converting afterwards
+    (which ``train.channels_last`` does).
 
     >>> images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
     >>> loader = MemoryLoader(images, torch.arange(10), batch_size=4, train=True, hflip=0.5)
@@ -164,6 +205,7 @@ class MemoryLoader:
         cutout: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        chunk_size: int | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
@@ -174,8 +216,10 @@ class MemoryLoader:
             raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {flip_mode!r}")
         if batch_size < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"bad batch_size={batch_size} or rank={rank}/{num_replicas}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.device = torch.device(device) if device is not None else images.device
-        self.images = images.to(self.device)
+        self.images = images.to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
         self.batch_size = batch_size
         self.train = train
@@ -184,13 +228,29 @@ class MemoryLoader:
         self.seed = seed
         self.num_replicas, self.rank = num_replicas, rank
         self.padding = padding_ltrb(crop_padding) if crop_padding is not None and train else None
+        if self.padding is not None and sum(self.padding) == 0:
+            self.padding = None  # RandomCrop to the same size without padding: the identity
         self.hflip = hflip if train else 0.0
         self.flip_mode = flip_mode
         self.cutout = cutout if train else 0
+        target = chunk_size or (CPU_CHUNK if self.device.type == "cpu" else DEVICE_CHUNK)
+        self.chunk_size = batch_size * math.ceil(target / batch_size)
+        # Crop by copying windows of an overlapping strided view on the CPU (fastest there);
+        # elsewhere one gather per chunk. Both make the same batches.
+        self._window_crop = self.device.type == "cpu"
         channels = self.images.shape[1]
+        self.scale: torch.Tensor | None = None  # [C, 1, 1] float32: x * scale + shift
+        self.shift: torch.Tensor | None = None
         if mean_std is not None:
             self.mean: list[float] | None = _channels(list(mean_std[0]), channels)
             self.std: list[float] | None = _channels(list(mean_std[1]), channels)
+            if not all(self.std):
+                raise ValueError("std evaluated to zero, leading to division by zero.")
+            # Normalize's float32 statistics, combined in float64 and rounded once.
+            mean = torch.tensor(self.mean, dtype=torch.float32).double().view(-1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).double().view(-1, 1, 1)
+            self.scale = (1.0 / (255.0 * std)).float().to(self.device)
+            self.shift = (-mean / std).float().to(self.device)
         else:
             self.mean = self.std = None
         # airbench's alternating flip: a fixed coin per image, inverted on odd epochs.
@@ -234,32 +294,135 @@ class MemoryLoader:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
+    def _draw(self, n: int) -> dict[str, torch.Tensor]:
+        """The epoch's augmentation, one entry per image of the epoch, in a fixed draw order."""
+        # Augmentations differ per rank (seed + rank), as the DataLoader's worker seeds do.
+        g = self.generator
+        g.manual_seed(((self.seed + self.rank) * 1_000_003 + self.epoch) * 7 + 3)
+        dev = self.device
+        draws: dict[str, torch.Tensor] = {}
+        if self.padding is not None:
+            left, top, right, bottom = self.padding
+            draws["dy"] = torch.randint(0, top + bottom + 1, (n,), generator=g, device=dev)
+            draws["dx"] = torch.randint(0, left + right + 1, (n,), generator=g, device=dev)
+        if self.hflip > 0 and self.flip_mode == "random":
+            draws["flip"] = torch.rand(n, generator=g, device=dev) < self.hflip
+        if self.cutout > 0:
+            _, _, h, w = self.images.shape
+            size = min(self.cutout, h, w)
+            draws["cut_top"] = torch.randint(0, h - size + 1, (n,), generator=g, device=dev)
+            draws["cut_left"] = torch.randint(0, w - size + 1, (n,), generator=g, device=dev)
+        return draws
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.indices().to(self.device)
-        # Augmentations differ per rank (seed + rank), as the DataLoader's worker seeds do.
-        self.generator.manual_seed(((self.seed + self.rank) * 1_000_003 + self.epoch) * 7 + 3)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self._batch(idx), self.labels[idx]
+        draws = self._draw(len(order))
+        if self.hflip > 0 and self.flip_mode == "alternate":
+            draws["flip"] = self.flip_base[order] ^ bool(self.epoch % 2)
+        labels = self.labels[order]
+        used = min(len(order), len(self) * self.batch_size)  # drop_last leaves a tail
+        chunk = min(self.chunk_size, used)
+        if self.padding is None and "flip" not in draws:
+            augment = self._gather_only
+        elif self._window_crop:
+            augment = self._window_augment(draws, len(order), chunk)
+        else:
+            augment = self._gather_augment(draws, len(order), chunk)
+        for start in range(0, used, self.chunk_size):
+            stop = min(start + self.chunk_size, used)
+            block = augment(order[start:stop], start, stop)  # uint8, cropped and flipped
+            for b in range(start, stop, self.batch_size):
+                e = min(b + self.batch_size, stop)
+                x = self.normalize(block[b - start : e - start])
+                if self.cutout > 0:
+                    size = min(self.cutout, *x.shape[2:])
+                    x.masked_fill_(_cutout_mask(x.shape, size, draws["cut_top"][b:e],
+                                                draws["cut_left"][b:e]), 0)
+                yield x, labels[b:e]
 
-    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
-        images = self.images[idx]
-        if self.padding is not None:
-            images = batch_crop(images, self.padding, self.generator)
-        if self.hflip > 0:
-            if self.flip_mode == "alternate":
-                flip = self.flip_base[idx] ^ bool(self.epoch % 2)
-            else:
-                flip = torch.rand(len(idx), generator=self.generator,
-                                  device=self.device) < self.hflip
-            images = batch_flip(images, flip)
-        # Exactly build_transform's ToDtype(scale=True) and Normalize, batched.
-        out = v2.functional.to_dtype(images, torch.float32, scale=True)
-        if self.mean is not None and self.std is not None:
-            out = v2.functional.normalize(out, self.mean, self.std)
-        if self.cutout > 0:
-            out = batch_cutout(out, self.cutout, self.generator)
-        return out
+    def _gather_only(self, idx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return self.images.index_select(0, idx)
+
+    def _window_augment(self, draws: dict[str, torch.Tensor], n: int,
+                        chunk: int) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+        """Crop and flip by copying windows (the CPU's way): a chunk's images go into the interior
+        of slots ``[0, k)`` of a zero-bordered buffer, their mirror images into slots ``[k, 2k)``,
+        then one ``index_select`` of whole windows crops and flips them all. The buffer's left and
+        right borders are both ``max(left, right)`` wide, since mirroring swaps them:
+        ``flip(crop(pad(x), dy, dx)) = crop(pad(flip(x)), dy, left + right - dx)`` with the mirror
+        image's left border being the original's right one."""
+        left, top, right, bottom = self.padding or (0, 0, 0, 0)
+        side = max(left, right)
+        _, c, h, w = self.images.shape
+        row = w + 2 * side
+        zero = torch.zeros(n, dtype=torch.int64, device=self.device)
+        shift = draws["dy"] * row if "dy" in draws else zero
+        col = draws.get("dx", zero)
+        offsets = shift + (side - left) + col
+        flip = draws.get("flip")
+        if flip is not None:
+            offsets = torch.where(flip, shift + (side + left) - col, offsets)
+        buffer = self.images.new_zeros(
+            (chunk * (2 if flip is not None else 1), c, h + top + bottom, row))
+
+        def augment(idx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+            k = len(idx)
+            slots = buffer[: 2 * k if flip is not None else k]
+            interior = slots[:, :, top : top + h, side : side + w]
+            # Gathering into a contiguous tensor and copying that is faster than
+            # index_select(out=interior); mirroring it is faster than mirroring the interior.
+            images = self.images.index_select(0, idx)
+            interior[:k].copy_(images)
+            slot = torch.arange(k, device=idx.device)
+            if flip is not None:
+                interior[k:].copy_(images.flip(-1))
+                slot = slot + k * flip[start:stop]
+            return _crop_padded(slots, offsets[start:stop], h, w, slot)
+
+        return augment
+
+    def _gather_augment(self, draws: dict[str, torch.Tensor], n: int,
+                        chunk: int) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+        """Crop and flip with one gather of single pixels from a zero-padded chunk (the GPU's
+        way: one kernel, and no overlapping views, which not every backend copies lazily)."""
+        left, top, right, bottom = self.padding or (0, 0, 0, 0)
+        _, c, h, w = self.images.shape
+        dev = self.device
+        buffer = self.images.new_zeros((chunk, c, h + top + bottom, w + left + right))
+        rows = torch.arange(h, device=dev)
+        cols = torch.arange(w, device=dev)
+        channels = torch.arange(c, device=dev)[None, :, None, None]
+        zero = torch.zeros(n, dtype=torch.int64, device=dev)
+        dy, dx = draws.get("dy", zero), draws.get("dx", zero)
+        flip = draws.get("flip")
+
+        def augment(idx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+            k = len(idx)
+            padded = buffer[:k]
+            padded[:, :, top : top + h, left : left + w] = self.images.index_select(0, idx)
+            ys = (dy[start:stop, None] + rows)[:, None, :, None]
+            xs = cols[None, :].expand(k, w)
+            if flip is not None:  # column j of a mirrored crop is column w - 1 - j of the crop
+                xs = torch.where(flip[start:stop, None], w - 1 - xs, xs)
+            xs = (dx[start:stop, None] + xs)[:, None, None, :]
+            picked = torch.arange(k, device=dev)[:, None, None, None]
+            return padded[picked, channels, ys, xs]
+
+        return augment
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` images (on the loader's device) as float32 batches are made of,
+        without augmentation: e.g. ``loader.normalize(loader.images[:5000])`` for a
+        data-dependent initialisation.
+
+        ``ToDtype(float32, scale=True)`` then ``Normalize`` as one multiply-add per channel,
+        ``x * (1 / (255 std)) - mean / std``: equal to build_transform's ``(x / 255 - mean) /
+        std`` up to float32 rounding (a few ulps, under 1e-6 for image statistics), and 15-20%
+        faster on the CPU than the three separate steps."""
+        out = images.to(torch.float32)
+        if self.scale is not None and self.shift is not None:
+            return out.mul_(self.scale).add_(self.shift)
+        return out.mul_(1.0 / 255)  # exactly ToDtype(float32, scale=True)
 
 
 # --------------------------------------------------------------------------- decode + disk cache

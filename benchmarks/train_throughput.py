@@ -1,0 +1,466 @@
+"""Training images per second: imgcls's training loop against the plain tutorial loop, with the
+same model, batch size and images, measured side by side in one run; plus the FLOPs achieved.
+
+The tutorial loop (seed 001's code path): torchvision ``ImageFolder`` with PIL transforms
+(``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize`` with the
+CIFAR-10 mean/std), ``DataLoader(shuffle=True, num_workers=0)``, ``SGD(lr, momentum=0.9)`` with
+torch's default (on CPU: per-tensor, not foreach) kernels, the model in its default contiguous
+memory format, fp32, ``loss.item()`` and the batch accuracy's ``.item()`` on every batch.
+
+The imgcls loop (what ``imgcls train`` does): the images decoded once by ``decode_to_tensor``
+(cached on disk; its time is reported on its own, not in the images/s), ``MemoryLoader`` with the
+same augmentations made per batch, the model in channels_last with ``Speed(channels_last=True)``,
+``imgcls.optim.create_optimizer`` (foreach on CPU, fused on CUDA), ``create_scheduler`` and
+``create_loss`` from the model's recipe (``configs/simple_v3_seed.yaml`` for simple_v3,
+``configs/fast.yaml`` for fastnet, imgcls's defaults for other models), and
+``imgcls.engine.loop.train_one_epoch`` over a ``TrainState``. fastnet's whitening stem is set from
+the data first (as ``imgcls train`` does), and both loops start from the same weights. The
+tutorial's SGD uses the recipe's lr. ``--compile`` adds a third row: imgcls's loop with the model
+``torch.compile``d (its compile time is reported on its own).
+
+Each measurement is a fixed number of training steps (``--steps``) after ``--warmup`` untimed
+steps, counting the images actually trained on (epochs roll over as in training; the tutorial
+starts a new DataLoader iterator, imgcls calls ``set_epoch``). Repeats alternate which loop runs
+first, so a machine that slows down slows both; medians are reported.
+
+FLOPs: one training step (forward, loss and backward) is counted with
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions), per image. ``gflops`` is
+that times imgcls's images/s; ``roof_gflops`` is this machine's fp32 matmul rate measured in the
+same run (the median of 2048 x 2048 ``torch.mm`` timings, a few per repeat, with torch's default
+threads unless ``--threads``); ``utilisation`` = gflops / roof_gflops, as measured (it can exceed
+1: oneDNN's conv kernels can beat the sgemm measured).
+
+Torch's default thread count (one per core) is the right one on an idle machine; on a 2-core
+machine that also runs something else, two OpenMP threads wait on each other and every rate
+(the roof too) can drop several-fold. Check the load averages printed at the start and end.
+
+    python benchmarks/train_throughput.py           # all of ../shared/data/cifar10, batch 128,
+                                                    # 3 repeats (about 5 minutes on 2 cores)
+    python benchmarks/train_throughput.py --quick   # 512 images, a few steps (under a minute)
+    python benchmarks/train_throughput.py --models simple_v3,fastnet --steps 40 --repeats 3 \\
+        --batch-size 128 --data PATH --cache-dir DIR [--compile] [--device cpu] [--threads N]
+
+``--data`` is a folder of class folders or a folder holding ``train/`` (its class folders).
+Prints a table, then as its last line one JSON object: per model ``imgcls_img_s``,
+``tutorial_img_s``, ``ratio`` (imgcls / tutorial), ``gflops``, ``roof_gflops``, ``utilisation``,
+``mflop_per_img`` (and extras), plus ``roof_gflops``, ``decode_s``, ``images``, ``device``, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from imgcls.config import Config, build_config, load_yaml
+from imgcls.data.cifar import MEAN_STD
+from imgcls.data.folder import ImageFileDataset, scan_folder
+from imgcls.data.memory import MemoryLoader, decode_to_tensor
+from imgcls.engine.loop import Speed, TrainState, train_one_epoch
+from imgcls.models import create_model
+from imgcls.optim import create_loss, create_optimizer, create_scheduler
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR_MEAN, CIFAR_STD = MEAN_STD["cifar10"]
+SIZE = 32
+PADDING = 4
+RECIPES = {"simple_v3": "configs/simple_v3_seed.yaml", "fastnet": "configs/fast.yaml"}
+# Steps per measurement in the full run: about 20 s of imgcls's loop each on 2 cores.
+DEFAULT_STEPS = {"simple_v3": 180, "fastnet": 80}
+FALLBACK_STEPS = 80
+QUICK_IMAGES = 512
+QUICK_STEPS = 3
+ROOF_N = 2048
+ROOF_PER_REPEAT = 3
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def resolve_folder(data: Path) -> Path:
+    """The folder of class folders: ``data/train`` when there is one, else ``data``."""
+    data = data.expanduser().resolve()
+    return data / "train" if (data / "train").is_dir() else data
+
+
+def pick_samples(
+    folder: Path, limit: int | None
+) -> tuple[list[tuple[str, int]], list[str], list[int]]:
+    """The files both imgcls's scan and ImageFolder read, optionally a seeded subset of
+    ``limit``; returns (imgcls samples, classes, ImageFolder indices of the same files)."""
+    samples, classes = scan_folder(folder)
+    tutorial = datasets.ImageFolder(str(folder))
+    if list(tutorial.classes) != classes:
+        raise SystemExit(f"ImageFolder and imgcls see different classes in {folder}")
+    index = {path: i for i, (path, _) in enumerate(tutorial.samples)}
+    common = [(p, y) for p, y in samples if p in index]
+    if limit is not None and limit < len(common):
+        g = torch.Generator().manual_seed(0)
+        keep = sorted(torch.randperm(len(common), generator=g)[:limit].tolist())
+        common = [common[i] for i in keep]
+    if not common:
+        raise SystemExit(f"no images that both ImageFolder and imgcls read in {folder}")
+    return common, classes, [index[p] for p, _ in common]
+
+
+def tutorial_loader(folder: Path, indices: list[int], batch_size: int) -> DataLoader:
+    """The tutorial's pipeline: ImageFolder + PIL transforms + a plain DataLoader."""
+    train_tf = transforms.Compose([
+        transforms.RandomCrop(SIZE, padding=PADDING),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+    ])
+    full = datasets.ImageFolder(str(folder), transform=train_tf)
+    data = full if len(indices) == len(full) else Subset(full, indices)
+    return DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0)
+
+
+def endless(loader: Iterable[Batch], set_epoch: Callable[[int], None] | None = None
+            ) -> Iterator[Batch]:
+    """Batches of epoch after epoch, as training would draw them."""
+    for epoch in itertools.count():
+        if set_epoch is not None:
+            set_epoch(epoch)
+        yield from loader
+
+
+class Steps:
+    """``steps`` batches taken from a shared endless stream: a loader for train_one_epoch."""
+
+    def __init__(self, batches: Iterator[Batch], steps: int) -> None:
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        return itertools.islice(self.batches, self.steps)
+
+
+def decode(dataset: ImageFileDataset, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 float, bool]:
+    """(images, labels, seconds, was it already cached)."""
+    before = {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("decoded-*.pt")}
+    start = time.perf_counter()
+    images, labels = decode_to_tensor(dataset, SIZE, cache_dir=cache_dir)
+    seconds = time.perf_counter() - start
+    after = {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("decoded-*.pt")}
+    return images, labels, seconds, bool(before) and after == before
+
+
+# --------------------------------------------------------------------------- the two loops
+
+
+def recipe_config(model: str, batch_size: int) -> Config:
+    """The model's recipe (optimizer, schedule, loss) with this benchmark's batch size."""
+    recipe = RECIPES.get(model)
+    base = load_yaml(ROOT / recipe) if recipe else {}
+    return build_config(base, {"model.name": model, "loader.batch_size": batch_size})
+
+
+class ImgclsRun:
+    """imgcls's loop: TrainState + train_one_epoch on MemoryLoader batches."""
+
+    def __init__(self, model: nn.Module, cfg: Config, loader: MemoryLoader,
+                 device: torch.device, compile_model: bool = False) -> None:
+        model = model.to(device, memory_format=torch.channels_last)
+        optimizer = create_optimizer(model, cfg.optim)
+        scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, len(loader))
+        self.state = TrainState(
+            model=torch.compile(model) if compile_model else model, optimizer=optimizer,
+            scheduler=scheduler, loss_fn=create_loss(cfg.optim).to(device), device=device,
+            speed=Speed(channels_last=True),
+        )
+        self.batches = endless(loader, loader.set_epoch)
+        self.last_loss = math.nan
+
+    def run(self, steps: int) -> tuple[float, int]:
+        """Seconds and images trained for ``steps`` steps."""
+        start = time.perf_counter()
+        metrics = train_one_epoch(self.state, Steps(self.batches, steps))
+        seconds = time.perf_counter() - start
+        self.last_loss = metrics["train_loss"]
+        return seconds, int(metrics["train_samples"])
+
+
+class TutorialRun:
+    """Seed 001's loop, as written there (per-batch ``.item()``, default SGD kernels)."""
+
+    def __init__(self, model: nn.Module, lr: float, loader: DataLoader,
+                 device: torch.device) -> None:
+        self.model = model.to(device)
+        self.device = device
+        self.loss_function = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
+        self.batches = endless(loader)
+        self.last_loss = math.nan
+
+    def run(self, steps: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        self.model.train()
+        train_loss, train_acc, count = 0.0, 0.0, 0
+        for imgs, targets in itertools.islice(self.batches, steps):
+            imgs, targets = imgs.to(self.device), targets.to(self.device)
+            output = self.model(imgs)
+            acc = (output.argmax(dim=1) == targets).float().sum()
+            loss = self.loss_function(output, targets)
+            train_loss += loss.item()
+            train_acc += acc.item()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            count += targets.shape[0]
+        seconds = time.perf_counter() - start
+        self.last_loss = train_loss / max(steps, 1)
+        return seconds, count
+
+
+# --------------------------------------------------------------------------- FLOPs and roof
+
+
+def step_flops(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor,
+               labels: torch.Tensor) -> int:
+    """FLOPs of one training step's forward, loss and backward on this batch (on a copy)."""
+    model = copy.deepcopy(model)
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+    return int(counter.get_total_flops())
+
+
+def matmul_gflops(device: torch.device, n: int = ROOF_N, reps: int = ROOF_PER_REPEAT
+                  ) -> list[float]:
+    """fp32 ``torch.mm`` of two n x n matrices, GFLOP/s per timing (after one untimed)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.mm(a, b, out=out)
+    sync()
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync()
+        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return rates
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(results: dict[str, dict[str, Any]], rows: dict[str, dict[str, list[float]]]) -> str:
+    head = (f"{'model':<11} {'loop':<16} {'median img/s':>13} {'min':>9} {'max':>9} "
+            f"{'ratio':>7} {'GFLOP/s':>9} {'roof':>8} {'util':>6}")
+    lines = [head]
+    for model, r in results.items():
+        for loop, rates in rows[model].items():
+            median = statistics.median(rates)
+            extra = ""
+            if loop == "imgcls":
+                extra = (f"{r['ratio']:>6.2f}x {r['gflops']:>9.1f} {r['roof_gflops']:>8.1f} "
+                         f"{r['utilisation']:>6.2f}")
+            elif loop == "imgcls+compile":
+                extra = f"{median / r['tutorial_img_s']:>6.2f}x"
+            lines.append(f"{model:<11} {loop:<16} {median:>13,.1f} {min(rates):>9,.1f} "
+                         f"{max(rates):>9,.1f} {extra}".rstrip())
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cifar10",
+                        help="folder of class folders, or a folder holding train/")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_IMAGES} images (or fewer) and {QUICK_STEPS} steps")
+    parser.add_argument("--models", default="simple_v3,fastnet",
+                        help="comma-separated model names")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per measurement (default: "
+                             + ", ".join(f"{m} {s}" for m, s in DEFAULT_STEPS.items())
+                             + f", others {FALLBACK_STEPS}; --quick: {QUICK_STEPS})")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps before each measurement (default 2; --quick: 1)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help=f"use this many images (a seeded subset); --quick: {QUICK_IMAGES}")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="decode cache folder (default: <temp>/imgcls-benchmark-cache)")
+    parser.add_argument("--device", default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time imgcls's loop with the model torch.compile'd")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for everything, the roof included (default: "
+                             "torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be positive")
+        torch.set_num_threads(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    limit = args.limit if args.limit is not None else (QUICK_IMAGES if args.quick else None)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if not models:
+        parser.error("--models names no model")
+    if args.repeats < 1 or args.batch_size < 1 or warmup < 0 or (args.steps or 1) < 1 or (
+            limit is not None and limit < 1):
+        parser.error("--repeats, --batch-size, --steps and --limit must be positive")
+
+    def steps_for(model: str) -> int:
+        if args.steps is not None:
+            return args.steps
+        return QUICK_STEPS if args.quick else DEFAULT_STEPS.get(model, FALLBACK_STEPS)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    load_before = os.getloadavg()
+    folder = resolve_folder(args.data)
+    samples, classes, indices = pick_samples(folder, limit)
+    print(f"data: {folder} ({len(samples)} images, {len(classes)} classes)", flush=True)
+    print(f"batch {args.batch_size}, {args.repeats} repeats, warm-up {warmup} steps, device "
+          f"{device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load "
+          f"average {load_before[0]:.2f}", flush=True)
+
+    cache_dir = (args.cache_dir or Path(tempfile.gettempdir()) / "imgcls-benchmark-cache")
+    cache_dir = cache_dir.expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dataset = ImageFileDataset(samples, classes, root=str(folder))
+    images, labels, decode_s, was_cached = decode(dataset, cache_dir)
+    print(f"imgcls decode_to_tensor: {decode_s:.2f}s" + (" (cache hit)" if was_cached else "")
+          + f", cache {cache_dir}", flush=True)
+
+    roof: list[float] = matmul_gflops(device)
+    results: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, list[float]]] = {}
+    for model_name in models:
+        steps = steps_for(model_name)
+        cfg = recipe_config(model_name, args.batch_size)
+        memory = MemoryLoader(
+            images, labels, batch_size=args.batch_size, train=True, shuffle=True,
+            seed=args.seed, device=device, mean_std=(CIFAR_MEAN, CIFAR_STD),
+            crop_padding=PADDING, hflip=0.5,
+        )
+        torch.manual_seed(args.seed)
+        base = create_model(cfg.model, len(classes)).to(device)
+        if hasattr(base, "init_from_data"):  # fastnet's whitening stem, as imgcls train sets it
+            memory.set_epoch(0)
+            first = torch.cat([x for x, _ in itertools.islice(memory, 5000 // args.batch_size
+                                                               + 1)])[:5000]
+            base.init_from_data(first)
+        sample_images, sample_labels = next(iter(memory))
+        flops = step_flops(base, create_loss(cfg.optim).to(device), sample_images,
+                           sample_labels)
+        flop_per_img = flops / sample_images.shape[0]
+
+        runs: dict[str, ImgclsRun | TutorialRun] = {
+            "imgcls": ImgclsRun(copy.deepcopy(base), cfg, memory, device),
+            "tutorial": TutorialRun(copy.deepcopy(base), cfg.optim.lr,
+                                    tutorial_loader(folder, indices, args.batch_size), device),
+        }
+        compile_s = None
+        if args.compile:
+            compiled_memory = MemoryLoader(
+                images, labels, batch_size=args.batch_size, train=True, shuffle=True,
+                seed=args.seed, device=device, mean_std=(CIFAR_MEAN, CIFAR_STD),
+                crop_padding=PADDING, hflip=0.5,
+            )
+            compiled = ImgclsRun(copy.deepcopy(base), cfg, compiled_memory, device,
+                                 compile_model=True)
+            compile_s, _ = compiled.run(1)  # the first step compiles
+            print(f"{model_name} torch.compile + first step: {compile_s:.1f}s", flush=True)
+            runs["imgcls+compile"] = compiled
+        rows[model_name] = {name: [] for name in runs}
+        print(f"{model_name}: {flop_per_img / 1e6:.1f} MFLOP per image per training step, "
+              f"{steps} steps per measurement", flush=True)
+        for r in range(args.repeats):
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))
+            for name in order:
+                run = runs[name]
+                if warmup:
+                    run.run(warmup)
+                seconds, count = run.run(steps)
+                rows[model_name][name].append(count / seconds)
+                print(f"repeat {r + 1}/{args.repeats} {model_name} {name}: {seconds:.2f}s "
+                      f"{count} images {count / seconds:,.1f} img/s (loss {run.last_loss:.3f})",
+                      flush=True)
+            roof += matmul_gflops(device)
+        for name, run in runs.items():
+            if not math.isfinite(run.last_loss):
+                print(f"warning: {model_name} {name}'s loss is {run.last_loss}", flush=True)
+        ours = statistics.median(rows[model_name]["imgcls"])
+        theirs = statistics.median(rows[model_name]["tutorial"])
+        results[model_name] = {
+            "imgcls_img_s": ours,
+            "tutorial_img_s": theirs,
+            "ratio": ours / theirs,
+            "gflops": flop_per_img * ours / 1e9,
+            "mflop_per_img": flop_per_img / 1e6,
+            "steps": steps,
+            "imgcls_runs": [round(v, 1) for v in rows[model_name]["imgcls"]],
+            "tutorial_runs": [round(v, 1) for v in rows[model_name]["tutorial"]],
+        }
+        if args.compile:
+            results[model_name]["imgcls_compile_img_s"] = statistics.median(
+                rows[model_name]["imgcls+compile"])
+            results[model_name]["compile_s"] = compile_s
+
+    roof_gflops = statistics.median(roof)
+    for r in results.values():
+        r["roof_gflops"] = roof_gflops
+        r["utilisation"] = r["gflops"] / roof_gflops
+    load_after = os.getloadavg()
+    print()
+    print(table(results, rows))
+    print(f"\nroof: fp32 {ROOF_N}x{ROOF_N} torch.mm, median of {len(roof)} timings "
+          f"{roof_gflops:.1f} GFLOP/s (min {min(roof):.1f}, max {max(roof):.1f}); one-time "
+          f"decode {decode_s:.2f}s for {len(samples)} images; load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
+
+    def rounded(value: Any) -> Any:
+        return round(value, 3) if isinstance(value, float) else value
+
+    out: dict[str, Any] = {m: {k: rounded(v) for k, v in r.items()} for m, r in results.items()}
+    out.update({
+        "roof_gflops": round(roof_gflops, 3),
+        "decode_s": round(decode_s, 3),
+        "decode_was_cached": was_cached,
+        "images": len(samples),
+        "batch_size": args.batch_size,
+        "warmup_steps": warmup,
+        "repeats": args.repeats,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "load_before": round(load_before[0], 2),
+        "load_after": round(load_after[0], 2),
+        "quick": args.quick,
+    })
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Smoke tests of the scripts in benchmarks/: each runs (``--quick``) on a tiny generated data set
+and ends with one JSON line of results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str | Path, timeout: float = 300) -> dict[str, Any]:
+    """Run ``benchmarks/<script>`` with ``args`` under this interpreter; assert it exits 0 and
+    return the JSON object on the last line of its stdout."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"{script} printed nothing; stderr:\n{proc.stderr}"
+    try:
+        result = json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"{script}'s last line is not JSON: {lines[-1]!r}") from exc
+    assert isinstance(result, dict), f"{script}'s last line is not a JSON object: {lines[-1]!r}"
+    return result
+
+
+def test_pipeline_quick(tmp_path: Path, make_image_folder) -> None:
+    # 2 classes x 8 images of 32 x 32 in a train/ folder: fewer images than one batch of 64.
+    data = make_image_folder(tmp_path / "data", per_class=8, layout="train_val", size=32)
+    result = run_benchmark("pipeline.py", "--data", data, "--quick", "--device", "cpu")
+    for key in ("tutorial_img_s", "imgcls_img_s", "ratio"):
+        assert result[key] > 0, result
+    assert 0 < result["images"] <= 16
+    assert result["decode_s"] > 0 and result["cache_hit_s"] > 0
+
+
+def test_train_throughput_quick(tmp_path: Path, make_image_folder) -> None:
+    # 2 classes x 8 images of 32 x 32, 8 of them used: every batch is the whole 8 (one batch
+    # shape, so no kernel set-up inside the timed steps), 2 timed steps, both models. One thread:
+    # two OpenMP threads on a 2-core machine that runs anything else crawl (10x slower).
+    data = make_image_folder(tmp_path / "data", per_class=8, layout="train_val", size=32)
+    result = run_benchmark(
+        "train_throughput.py", "--data", data, "--quick", "--device", "cpu", "--limit", "8",
+        "--batch-size", "8", "--steps", "2", "--warmup", "1", "--repeats", "1",
+        "--cache-dir", tmp_path / "cache", "--threads", "1",
+    )
+    for model in ("simple_v3", "fastnet"):
+        r = result[model]
+        for key in ("imgcls_img_s", "tutorial_img_s", "ratio", "gflops", "roof_gflops",
+                    "utilisation", "mflop_per_img"):
+            assert r[key] > 0, (model, key, r)
+        assert r["roof_gflops"] == result["roof_gflops"]
+    # one training step of fastnet costs about 3 x its 0.24 GFLOP forward
+    assert 500 < result["fastnet"]["mflop_per_img"] < 1000, result["fastnet"]
+    assert result["roof_gflops"] > 0 and result["images"] == 8
+    assert result["decode_s"] > 0 and result["device"] == "cpu"
+
+
+def test_time_to_accuracy_quick(tmp_path: Path, make_image_folder) -> None:
+    # 2 classes x 10 learnable images: one epoch of each recipe on a stratified 18 / 2 split.
+    data = make_image_folder(tmp_path / "data", per_class=10, size=32)
+    result = run_benchmark(
+        "time_to_accuracy.py", "--data", data, "--quick", "--epochs", "1",
+        "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
+    )
+    assert result["device"] == "cpu"
+    for recipe in ("fast", "simple_v3_seed"):
+        r = result[recipe]
+        for pct in ("85", "88", "90", "92", "94"):
+            hit = r[pct]
+            assert set(hit) == {"seconds", "epochs"}, hit
+            assert (hit["seconds"] is None) == (hit["epochs"] is None), hit
+            if hit["seconds"] is not None:
+                assert hit["seconds"] > 0 and hit["epochs"] == 1, hit
+        assert 0 <= r["best_val_acc"] <= 1 and 0 <= r["final_val_acc"] <= 1, r
+        assert r["total_seconds"] > 0 and r["epochs_run"] == 1, r
+        assert r["train_images"] == 18 and r["val_images"] == 2, r
+        assert (Path(r["run_dir"]) / "metrics.jsonl").is_file()
