@@ -47,49 +47,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
-from torchvision import datasets, transforms
+from tutorial_data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    ROOT,
+    pick_samples,
+    resolve_folder,
+    timed_decode,
+    tutorial_loader,
+)
 
-from imgcls.data.cifar import MEAN_STD
-from imgcls.data.folder import ImageFileDataset, scan_folder
-from imgcls.data.memory import MemoryLoader, decode_to_tensor
+from imgcls.data.folder import ImageFileDataset
+from imgcls.data.memory import MemoryLoader
 
-ROOT = Path(__file__).resolve().parent.parent
-CIFAR_MEAN, CIFAR_STD = MEAN_STD["cifar10"]
 QUICK_IMAGES = 2560  # 40 batches of 64
-SIZE = 32
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-def resolve_folder(data: Path) -> Path:
-    """The folder of class folders: ``data/train`` when there is one, else ``data``."""
-    data = data.expanduser().resolve()
-    return data / "train" if (data / "train").is_dir() else data
-
-
-def pick_samples(
-    folder: Path, limit: int | None
-) -> tuple[list[tuple[str, int]], list[str], list[int], int]:
-    """imgcls's scan of ``folder`` and the matching ImageFolder indices, on the files both read.
-
-    Returns (imgcls samples, classes, ImageFolder indices of the same files in the same order,
-    files only one of the two reads). With ``limit``, a seeded random subset of that many.
-    """
-    samples, classes = scan_folder(folder)
-    tutorial = datasets.ImageFolder(str(folder))
-    if list(tutorial.classes) != classes:
-        raise SystemExit(f"ImageFolder and imgcls see different classes in {folder}")
-    index = {path: i for i, (path, _) in enumerate(tutorial.samples)}
-    common = [(p, y) for p, y in samples if p in index]
-    only_one = len(samples) + len(tutorial.samples) - 2 * len(common)
-    if limit is not None and limit < len(common):
-        g = torch.Generator().manual_seed(0)
-        keep = sorted(torch.randperm(len(common), generator=g)[:limit].tolist())
-        common = [common[i] for i in keep]
-    if not common:
-        raise SystemExit(f"no images that both ImageFolder and imgcls read in {folder}")
-    return common, classes, [index[p] for p, _ in common], only_one
 
 
 def timed_pass(batches: Batches, device: torch.device) -> tuple[float, int]:
@@ -113,33 +86,11 @@ def timed_pass(batches: Batches, device: torch.device) -> tuple[float, int]:
     return time.perf_counter() - start, count
 
 
-def tutorial_loader(folder: Path, indices: list[int], batch_size: int, workers: int) -> DataLoader:
-    """The tutorial's pipeline: ImageFolder + PIL transforms + a plain DataLoader."""
-    train_tf = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
-    ])
-    full = datasets.ImageFolder(str(folder), transform=train_tf)
-    data = full if len(indices) == len(full) else Subset(full, indices)
-    return DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers)
-
-
 def decode(dataset: ImageFileDataset, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor,
                                                                  float, float, bool]:
     """(images, labels, first decode seconds, cache hit seconds, was the first call a hit)."""
-    def cached() -> dict[str, int]:
-        return {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("decoded-*.pt")}
-
-    before = cached()
-    start = time.perf_counter()
-    images, labels = decode_to_tensor(dataset, SIZE, cache_dir=cache_dir)
-    decode_s = time.perf_counter() - start
-    was_hit = cached() == before and bool(before)
-    start = time.perf_counter()
-    again, again_labels = decode_to_tensor(dataset, SIZE, cache_dir=cache_dir)
-    hit_s = time.perf_counter() - start
+    images, labels, decode_s, was_hit = timed_decode(dataset, cache_dir)
+    again, again_labels, hit_s, _ = timed_decode(dataset, cache_dir)
     if not (torch.equal(again, images) and torch.equal(again_labels, labels)):
         raise RuntimeError("the cached decode differs from the first one")
     return images, labels, decode_s, hit_s, was_hit

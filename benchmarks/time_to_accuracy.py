@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tutorial_data import ROOT, resolve_folder
 
 from imgcls import api
 from imgcls.config import Config, build_config, load_yaml, parse_override
@@ -47,7 +48,6 @@ from imgcls.data.folder import scan_folder
 from imgcls.errors import ImgclsError
 from imgcls.runtime import resolve_device
 
-ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {
     "fast": ROOT / "configs/fast.yaml",
     "simple_v3_seed": ROOT / "configs/simple_v3_seed.yaml",
@@ -55,12 +55,6 @@ RECIPES = {
 THRESHOLDS = (85, 88, 90, 92, 94)
 QUICK_IMAGES = 2000
 QUICK_EPOCHS = 1
-
-
-def resolve_folder(data: Path) -> Path:
-    """The folder of class folders: ``data/train`` when there is one, else ``data``."""
-    data = data.expanduser().resolve()
-    return data / "train" if (data / "train").is_dir() else data
 
 
 def quick_list_file(folder: Path, images: int, out: Path) -> tuple[Path, int]:

@@ -63,22 +63,26 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision import datasets, transforms
+from tutorial_data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    PADDING,
+    ROOT,
+    pick_samples,
+    resolve_folder,
+    timed_decode,
+    tutorial_loader,
+)
 
 from imgcls.config import Config, build_config, load_yaml
-from imgcls.data.cifar import MEAN_STD
-from imgcls.data.folder import ImageFileDataset, scan_folder
-from imgcls.data.memory import MemoryLoader, decode_to_tensor
+from imgcls.data.folder import ImageFileDataset
+from imgcls.data.memory import MemoryLoader
 from imgcls.engine.loop import Speed, TrainState, train_one_epoch
 from imgcls.models import create_model
 from imgcls.optim import create_loss, create_optimizer, create_scheduler
 
-ROOT = Path(__file__).resolve().parent.parent
-CIFAR_MEAN, CIFAR_STD = MEAN_STD["cifar10"]
-SIZE = 32
-PADDING = 4
 RECIPES = {"simple_v3": "configs/simple_v3_seed.yaml", "fastnet": "configs/fast.yaml"}
 # Steps per measurement in the full run: about 20 s of imgcls's loop each on 2 cores.
 DEFAULT_STEPS = {"simple_v3": 180, "fastnet": 80}
@@ -92,45 +96,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 # --------------------------------------------------------------------------- data
-
-
-def resolve_folder(data: Path) -> Path:
-    """The folder of class folders: ``data/train`` when there is one, else ``data``."""
-    data = data.expanduser().resolve()
-    return data / "train" if (data / "train").is_dir() else data
-
-
-def pick_samples(
-    folder: Path, limit: int | None
-) -> tuple[list[tuple[str, int]], list[str], list[int]]:
-    """The files both imgcls's scan and ImageFolder read, optionally a seeded subset of
-    ``limit``; returns (imgcls samples, classes, ImageFolder indices of the same files)."""
-    samples, classes = scan_folder(folder)
-    tutorial = datasets.ImageFolder(str(folder))
-    if list(tutorial.classes) != classes:
-        raise SystemExit(f"ImageFolder and imgcls see different classes in {folder}")
-    index = {path: i for i, (path, _) in enumerate(tutorial.samples)}
-    common = [(p, y) for p, y in samples if p in index]
-    if limit is not None and limit < len(common):
-        g = torch.Generator().manual_seed(0)
-        keep = sorted(torch.randperm(len(common), generator=g)[:limit].tolist())
-        common = [common[i] for i in keep]
-    if not common:
-        raise SystemExit(f"no images that both ImageFolder and imgcls read in {folder}")
-    return common, classes, [index[p] for p, _ in common]
-
-
-def tutorial_loader(folder: Path, indices: list[int], batch_size: int) -> DataLoader:
-    """The tutorial's pipeline: ImageFolder + PIL transforms + a plain DataLoader."""
-    train_tf = transforms.Compose([
-        transforms.RandomCrop(SIZE, padding=PADDING),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
-    ])
-    full = datasets.ImageFolder(str(folder), transform=train_tf)
-    data = full if len(indices) == len(full) else Subset(full, indices)
-    return DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0)
 
 
 def endless(loader: Iterable[Batch], set_epoch: Callable[[int], None] | None = None
@@ -153,17 +118,6 @@ class Steps:
 
     def __iter__(self) -> Iterator[Batch]:
         return itertools.islice(self.batches, self.steps)
-
-
-def decode(dataset: ImageFileDataset, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor,
-                                                                 float, bool]:
-    """(images, labels, seconds, was it already cached)."""
-    before = {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("decoded-*.pt")}
-    start = time.perf_counter()
-    images, labels = decode_to_tensor(dataset, SIZE, cache_dir=cache_dir)
-    seconds = time.perf_counter() - start
-    after = {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("decoded-*.pt")}
-    return images, labels, seconds, bool(before) and after == before
 
 
 # --------------------------------------------------------------------------- the two loops
@@ -340,7 +294,7 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     load_before = os.getloadavg()
     folder = resolve_folder(args.data)
-    samples, classes, indices = pick_samples(folder, limit)
+    samples, classes, indices, _ = pick_samples(folder, limit)
     print(f"data: {folder} ({len(samples)} images, {len(classes)} classes)", flush=True)
     print(f"batch {args.batch_size}, {args.repeats} repeats, warm-up {warmup} steps, device "
           f"{device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load "
@@ -350,7 +304,7 @@ def main() -> None:
     cache_dir = cache_dir.expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     dataset = ImageFileDataset(samples, classes, root=str(folder))
-    images, labels, decode_s, was_cached = decode(dataset, cache_dir)
+    images, labels, decode_s, was_cached = timed_decode(dataset, cache_dir)
     print(f"imgcls decode_to_tensor: {decode_s:.2f}s" + (" (cache hit)" if was_cached else "")
           + f", cache {cache_dir}", flush=True)
 

@@ -501,7 +501,7 @@ def _use_memory_loader(cfg: Config, data: DataSplit, prep: _Preprocessing) -> bo
             "or auto"
         )
     images = len(data.train) + (len(data.val) if data.val is not None else 0)  # type: ignore[arg-type]
-    nbytes = images * cfg.model.in_channels * prep.image_size**2
+    nbytes = _decoded_bytes(cfg, images, prep)
     fits = nbytes <= cfg.data.memory_budget_mb * 2**20
     use = mode == "memory" or (mode == "auto" and not unsupported and fits)
     if cfg.transforms.flip_mode == "alternate" and not use:
@@ -523,8 +523,13 @@ def _memory_fits(cfg: Config, images: int, prep: _Preprocessing) -> bool:
         return False
     if unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels):
         return False
-    nbytes = images * cfg.model.in_channels * prep.image_size**2
-    return cfg.data.loader == "memory" or nbytes <= cfg.data.memory_budget_mb * 2**20
+    return (cfg.data.loader == "memory"
+            or _decoded_bytes(cfg, images, prep) <= cfg.data.memory_budget_mb * 2**20)
+
+
+def _decoded_bytes(cfg: Config, images: int, prep: _Preprocessing) -> int:
+    """Device memory the decoded uint8 images take."""
+    return images * cfg.model.in_channels * prep.image_size**2
 
 
 def _cache_dir(cfg: Config) -> Path:
