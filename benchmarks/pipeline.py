@@ -191,8 +191,8 @@ def main() -> None:
         key = name.removeprefix("tutorial ").replace("=", "")
         result[f"tutorial_{key}_img_s"] = round(value, 1)
     result.update({
-        "decode_s": round(decode_s, 3),
-        "cache_hit_s": round(hit_s, 3),
+        "decode_s": round(decode_s, 6),
+        "cache_hit_s": round(hit_s, 6),
         "decode_was_cached": was_hit,
         "images": len(samples),
         "batch_size": args.batch_size,

@@ -95,7 +95,7 @@ def thresholds(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | 
     for pct in THRESHOLDS:
         hit = next((r for r in rows if r.get("val_acc") is not None
                     and r["val_acc"] >= pct / 100), None)
-        out[str(pct)] = {"seconds": round(hit["elapsed_s"], 1) if hit else None,
+        out[str(pct)] = {"seconds": round(hit["elapsed_s"], 6) if hit else None,
                          "epochs": int(hit["epoch"]) if hit else None}
     return out
 
@@ -113,12 +113,12 @@ def run_recipe(cfg: Config, recipe: Path) -> dict[str, Any]:
     out.update({
         "best_val_acc": max(accs) if accs else None,
         "final_val_acc": accs[-1] if accs else None,
-        "total_seconds": round(result.seconds, 1),
-        "wall_seconds": round(wall, 1),
+        "total_seconds": round(result.seconds, 6),
+        "wall_seconds": round(wall, 6),
         "epochs_run": len(rows),
         "epochs_planned": cfg.train.epochs,
         "max_minutes": cfg.train.max_minutes,
-        "seconds_per_epoch": round(rows[-1]["elapsed_s"] / len(rows), 1) if rows else None,
+        "seconds_per_epoch": round(rows[-1]["elapsed_s"] / len(rows), 3) if rows else None,
         "train_images": len(split["train"]),
         "val_images": len(split["val"]),
         "batch_size": cfg.loader.batch_size,

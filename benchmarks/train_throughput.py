@@ -401,7 +401,7 @@ def main() -> None:
     out: dict[str, Any] = {m: {k: rounded(v) for k, v in r.items()} for m, r in results.items()}
     out.update({
         "roof_gflops": round(roof_gflops, 3),
-        "decode_s": round(decode_s, 3),
+        "decode_s": round(decode_s, 6),
         "decode_was_cached": was_cached,
         "images": len(samples),
         "batch_size": args.batch_size,
