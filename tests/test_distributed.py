@@ -175,6 +175,24 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path, make_image_f
 
 
 @pytest.mark.slow
+def test_two_process_resume_continues_exactly(tmp_path, make_image_folder):
+    # Crops and flips drawn in each rank's main process (DataLoader, no workers) from the global
+    # RNG: every rank re-seeds per epoch, so epoch 2 after a resume draws what it draws unbroken.
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=8,
+                             layout="train_val", size=32)
+    runs = tmp_path / "runs"
+    common = ["--data", str(data), "--output", str(runs), *FAST, "sched.name=none",
+              "transforms.preset=cifar", "data.loader=dataloader", "loader.num_workers=0",
+              "train.deterministic=true"]
+    _ok(_torchrun([*common, "--name", "unbroken", "--epochs", "2"]))
+    _ok(_torchrun([*common, "--name", "resumed", "--epochs", "1"]))
+    _ok(_torchrun(["--resume", str(runs / "resumed"), "train.epochs=2"]))
+    _assert_same_weights(runs / "unbroken", runs / "resumed", tol=0)
+    rows = _metrics(runs / "unbroken"), _metrics(runs / "resumed")
+    assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
+
+
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, make_image_folder):
     # 24 training images, batch 4 per process: DistributedSampler (no shuffle) gives rank r the
     # indices r, r+2, ..., so step k's two micro-batches together are the 1-process batch k of 8;

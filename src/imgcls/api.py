@@ -330,9 +330,6 @@ def _train(
         state.best_metric, state.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         runtime.set_rng_state(ckpt["rng"])
     if info.distributed:
-        # Augmentation differs per rank (seed + rank); a resumed run cannot restore every rank's
-        # saved state (the checkpoint holds rank 0's), so it moves on to fresh per-epoch seeds.
-        runtime.seed_everything(cfg.train.seed + info.rank + info.world_size * state.epoch)
         train_model: nn.Module = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -374,6 +371,12 @@ def _train(
         while state.epoch < cfg.train.epochs:
             epoch_start = time.perf_counter()
             train_loader.set_epoch(state.epoch)
+            if info.distributed:
+                # Ranks must augment differently, and the checkpoint holds only rank 0's RNG
+                # state: each rank re-seeds per epoch, so a resume at the same world size is exact.
+                runtime.seed_everything(
+                    runtime.rank_epoch_seed(cfg.train.seed, info.rank, info.world_size, state.epoch)
+                )
             lr = optimizer.param_groups[0]["lr"]
             hook = grid if (state.epoch == 0 and cfg.log.image_grid and info.is_main) else None
             metrics: dict[str, Any] = train_one_epoch(

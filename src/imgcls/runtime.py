@@ -60,6 +60,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_epoch_seed(seed: int, rank: int, world_size: int, epoch: int) -> int:
+    """A distinct seed per (seed, epoch, rank): seeds 0 and 1 never share an epoch's streams."""
+    return (seed * 1_000_003 + epoch) * world_size + rank
+
+
 def configure_determinism(deterministic: bool) -> None:
     """Deterministic kernels when asked (same weights on every run); otherwise the fastest ones."""
     if deterministic:
