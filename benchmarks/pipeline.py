@@ -50,7 +50,7 @@ import torch
 from tutorial_data import (
     CIFAR_MEAN,
     CIFAR_STD,
-    ROOT,
+    add_data_argument,
     pick_samples,
     resolve_folder,
     timed_decode,
@@ -110,8 +110,7 @@ def table(rows: dict[str, list[float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cifar10",
-                        help="folder of class folders, or a folder holding train/")
+    add_data_argument(parser)
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_IMAGES} images (or fewer) and 3 repeats")
     parser.add_argument("--repeats", type=int, default=None, help="default 5 (--quick: 3)")

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tutorial_data import ROOT, resolve_folder
+from tutorial_data import ROOT, add_data_argument, resolve_folder
 
 from imgcls import api
 from imgcls.config import Config, build_config, load_yaml, parse_override
@@ -145,8 +145,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cifar10",
-                        help="folder of class folders, or a folder holding train/")
+    add_data_argument(parser)
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help=f"comma-separated: {', '.join(RECIPES)} or paths to .yaml recipes")
     parser.add_argument("--quick", action="store_true",

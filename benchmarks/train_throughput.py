@@ -70,6 +70,7 @@ from tutorial_data import (
     CIFAR_STD,
     PADDING,
     ROOT,
+    add_data_argument,
     pick_samples,
     resolve_folder,
     timed_decode,
@@ -246,8 +247,7 @@ def table(results: dict[str, dict[str, Any]], rows: dict[str, dict[str, list[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cifar10",
-                        help="folder of class folders, or a folder holding train/")
+    add_data_argument(parser)
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_IMAGES} images (or fewer) and {QUICK_STEPS} steps")
     parser.add_argument("--models", default="simple_v3,fastnet",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -18,6 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CIFAR_MEAN, CIFAR_STD = MEAN_STD["cifar10"]
 SIZE = 32
 PADDING = 4
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """Every benchmark's ``--data``: the shared CIFAR-10 copy beside the checkout by default."""
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cifar10",
+                        help="folder of class folders, or a folder holding train/")
 
 
 def resolve_folder(data: Path) -> Path:
