@@ -36,10 +36,9 @@ from typing import Any
 
 import torch
 
-from imgcls import runtime
 from imgcls.config import build_config
 from imgcls.data.transforms import resolve_normalization
-from imgcls.engine.checkpoint import save_checkpoint
+from imgcls.engine.record import CheckpointRecord
 from imgcls.export import export_checkpoint, onnx_session
 from imgcls.inference import load_model
 from imgcls.models import create_model, get_model_info
@@ -49,33 +48,21 @@ NUM_CLASSES = 10
 
 
 def write_checkpoint(name: str, size: int, path: Path, num_classes: int = NUM_CLASSES) -> Path:
-    """A checkpoint of a randomly initialised ``name`` with the keys training's ``_save`` writes
-    (no optimiser or scheduler state: nothing here resumes from it)."""
+    """A checkpoint of a randomly initialised ``name``, as training writes one but without the
+    optimiser and scheduler state (nothing here resumes from it)."""
     cfg = build_config(overrides={"model.name": name, "transforms.image_size": size})
     info = get_model_info(name)
     mean_std = resolve_normalization(cfg.transforms, model_default=info.default_normalize,
                                      pretrained=False, dataset_mean_std=None)
     torch.manual_seed(0)
     model = create_model(cfg.model, num_classes)
-    save_checkpoint({
-        "model": model.state_dict(),
-        "optimizer": {},
-        "scheduler": {},
-        "epoch": 0,
-        "step": 0,
-        "best_metric": None,
-        "best_epoch": None,
-        "config": cfg.to_dict(),
-        "classes": [f"class_{k}" for k in range(num_classes)],
-        "input_size": size,
-        "in_channels": cfg.model.in_channels,
-        "mean": mean_std[0] if mean_std else None,
-        "std": mean_std[1] if mean_std else None,
-        "native_size": None,
-        "metrics": {},
-        "rng": runtime.get_rng_state(),
-        "provenance": {"note": "random weights, written by benchmarks/predict_throughput.py"},
-    }, path)
+    CheckpointRecord(
+        model=model.state_dict(), config=cfg.to_dict(),
+        classes=[f"class_{k}" for k in range(num_classes)], input_size=size,
+        in_channels=cfg.model.in_channels,
+        mean=mean_std[0] if mean_std else None, std=mean_std[1] if mean_std else None,
+        provenance={"note": "random weights, written by benchmarks/predict_throughput.py"},
+    ).save(path)
     return path
 
 

@@ -9,12 +9,13 @@ memory format, fp32, ``loss.item()`` and the batch accuracy's ``.item()`` on eve
 
 The imgcls loop (what ``imgcls train`` does): the images decoded once by ``decode_to_tensor``
 (cached on disk; its time is reported on its own, not in the images/s), ``MemoryLoader`` with the
-same augmentations made per batch, the model in channels_last with ``Speed(channels_last=True)``,
-``imgcls.optim.create_optimizer`` (foreach on CPU, fused on CUDA), ``create_scheduler`` and
-``create_loss`` from the model's recipe (``configs/simple_v3_seed.yaml`` for simple_v3,
-``configs/fast.yaml`` for fastnet, imgcls's defaults for other models), and
-``imgcls.engine.loop.train_one_epoch`` over a ``TrainState``. fastnet's whitening stem is set from
-the data first (as ``imgcls train`` does), and both loops start from the same weights. The
+same augmentations made per batch, the model in channels_last,
+the optimiser (foreach on CPU, fused on CUDA), schedule, loss and speed switches that
+``imgcls train`` builds (``imgcls.engine.components``) from the model's recipe
+(``configs/simple_v3_seed.yaml`` for simple_v3, ``configs/fast.yaml`` for fastnet, imgcls's
+defaults for other models), and ``imgcls.engine.loop.train_one_epoch`` over that
+``TrainState``. fastnet's whitening stem is set from the data first (as ``imgcls train`` does,
+``components.build_model``), and both loops start from the same weights. The
 tutorial's SGD uses the recipe's lr. ``--compile`` adds a third row: imgcls's loop with the model
 ``torch.compile``d (its compile time is reported on its own).
 
@@ -80,9 +81,9 @@ from tutorial_data import (
 from imgcls.config import Config, build_config, load_yaml
 from imgcls.data.folder import ImageFileDataset
 from imgcls.data.memory import MemoryLoader
-from imgcls.engine.loop import Speed, TrainState, train_one_epoch
-from imgcls.models import create_model
-from imgcls.optim import create_loss, create_optimizer, create_scheduler
+from imgcls.engine import components
+from imgcls.engine.loop import train_one_epoch
+from imgcls.optim import create_loss
 
 RECIPES = {"simple_v3": "configs/simple_v3_seed.yaml", "fastnet": "configs/fast.yaml"}
 # Steps per measurement in the full run: about 20 s of imgcls's loop each on 2 cores.
@@ -132,18 +133,16 @@ def recipe_config(model: str, batch_size: int) -> Config:
 
 
 class ImgclsRun:
-    """imgcls's loop: TrainState + train_one_epoch on MemoryLoader batches."""
+    """imgcls's loop: the TrainState ``imgcls train`` builds (``engine.components``) and
+    train_one_epoch on MemoryLoader batches."""
 
     def __init__(self, model: nn.Module, cfg: Config, loader: MemoryLoader,
                  device: torch.device, compile_model: bool = False) -> None:
         model = model.to(device, memory_format=torch.channels_last)
-        optimizer = create_optimizer(model, cfg.optim)
-        scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, len(loader))
-        self.state = TrainState(
-            model=torch.compile(model) if compile_model else model, optimizer=optimizer,
-            scheduler=scheduler, loss_fn=create_loss(cfg.optim).to(device), device=device,
-            speed=Speed(channels_last=True),
-        )
+        self.state = components.build_train_state(cfg, model, device,
+                                                  steps_per_epoch=len(loader))
+        if compile_model:
+            self.state.model = torch.compile(self.state.model)
         self.batches = endless(loader, loader.set_epoch)
         self.last_loss = math.nan
 
@@ -320,12 +319,10 @@ def main() -> None:
             crop_padding=PADDING, hflip=0.5,
         )
         torch.manual_seed(args.seed)
-        base = create_model(cfg.model, len(classes)).to(device)
-        if hasattr(base, "init_from_data"):  # fastnet's whitening stem, as imgcls train sets it
-            memory.set_epoch(0)
-            first = torch.cat([x for x, _ in itertools.islice(memory, 5000 // args.batch_size
-                                                               + 1)])[:5000]
-            base.init_from_data(first)
+        # as imgcls train builds it (fastnet's whitening stem set from the data), then in the
+        # default memory format: the tutorial loop gets a plain copy, imgcls's run converts its own
+        base = components.build_model(cfg, len(classes), device, train_loader=memory)
+        base = base.to(memory_format=torch.contiguous_format)
         sample_images, sample_labels = next(iter(memory))
         flops = step_flops(base, create_loss(cfg.optim).to(device), sample_images,
                            sample_labels)

@@ -207,3 +207,38 @@ def make_list_file():
 def make_cifar_batches():
     """Factory: ``make_cifar_batches(root, n_train, n_test, num_classes, learnable, kind)``."""
     return _make_cifar_batches
+
+
+class InterruptDuringEpoch:
+    """A training callback that stops the run in the middle of epoch ``epoch + 1`` as Ctrl-C
+    would: after epoch ``epoch`` is saved, one more batch is drawn, then KeyboardInterrupt."""
+
+    key = ""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_fit_start(self, trainer) -> None: ...
+
+    def on_first_batch(self, trainer, images, labels) -> None: ...
+
+    def on_fit_end(self, trainer) -> None: ...
+
+    def on_epoch_end(self, trainer, metrics):
+        if metrics["epoch"] == self.epoch:
+            inner = trainer.train_loader
+
+            class Interrupting:
+                def __len__(self) -> int:
+                    return len(inner)
+
+                def set_epoch(self, epoch: int) -> None:
+                    inner.set_epoch(epoch)
+
+                def __iter__(self):
+                    iterator = iter(inner)
+                    yield next(iterator)  # part of an epoch happens, then the interrupt
+                    raise KeyboardInterrupt
+
+            trainer.train_loader = Interrupting()
+        return None

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 
@@ -83,3 +85,18 @@ def test_time_to_accuracy_quick(tmp_path: Path, make_image_folder) -> None:
         assert r["total_seconds"] > 0 and r["epochs_run"] == 1, r
         assert r["train_images"] == 18 and r["val_images"] == 2, r
         assert (Path(r["run_dir"]) / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_compare_revisions_quick(tmp_path: Path, make_image_folder) -> None:
+    # HEAD against this working tree: 2 classes x 10 images, one epoch each, one repeat.
+    data = make_image_folder(tmp_path / "data", per_class=10, size=32)
+    result = run_benchmark(
+        "compare_revisions.py", "--base", "HEAD", "--data", data, "--limit", "20",
+        "--config", "configs/lenet_seed.yaml", "--epochs", "1", "--repeats", "1",
+        "--set", "loader.batch_size=8", "log.tensorboard=false",
+    )
+    assert 0 < result["images"] <= 20 and result["base"] == "HEAD"
+    for tree in ("base", "this"):
+        assert result["median"][tree]["epoch_s"] > 0 and result["median"][tree]["wall_s"] > 0
+    assert result["ratio_this_over_base"]["wall_s"] > 0

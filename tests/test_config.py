@@ -347,6 +347,73 @@ def test_valid_edge_values(overrides):
     build_config(overrides=overrides)
 
 
+# --------------------------------------------------------------------------- early stopping
+
+
+def test_monitor_and_early_stop_defaults():
+    cfg = build_config()
+    assert cfg.train.monitor == "val_acc"
+    assert cfg.train.early_stop_patience == 0  # off
+    assert cfg.train.early_stop_min_delta == 0.0
+    assert cfg.sched.plateau_metric == "monitor"  # follows train.monitor
+
+
+@pytest.mark.parametrize(
+    "metric", ["val_acc", "val_loss", "val_top5", "val_macro_f1", "val_balanced_acc"]
+)
+def test_monitor_accepts_every_metric(metric):
+    assert build_config(overrides={"train.monitor": metric}).train.monitor == metric
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "val_f1", "train_loss", ""])
+def test_bad_monitor_is_refused(metric):
+    with pytest.raises(ImgclsError) as info:
+        build_config(overrides={"train.monitor": metric})
+    message = str(info.value)
+    assert "train.monitor" in message
+    assert repr(metric) in message
+    assert "val_macro_f1" in message  # the choices are listed
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"train.early_stop_patience": -1}, "train.early_stop_patience"),
+        ({"train.early_stop_min_delta": -0.01}, "train.early_stop_min_delta"),
+        ({"train.early_stop_min_delta": float("inf")}, "train.early_stop_min_delta"),
+        ({"train.early_stop_min_delta": float("nan")}, "train.early_stop_min_delta"),
+        ({"sched.plateau_metric": "val_f1"}, "sched.plateau_metric"),
+    ],
+)
+def test_bad_early_stop_values_are_refused(overrides, key):
+    with pytest.raises(ImgclsError) as info:
+        build_config(overrides=overrides)
+    assert key in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_early_stop_values_from_the_command_line():
+    overrides = dict(
+        parse_override(t)
+        for t in ["train.early_stop_patience=5", "train.early_stop_min_delta=1e-3",
+                  "train.monitor=val_loss"]
+    )
+    cfg = build_config(overrides=overrides)
+    assert cfg.train.early_stop_patience == 5
+    assert cfg.train.early_stop_min_delta == pytest.approx(0.001)
+    assert cfg.train.monitor == "val_loss"
+
+
+@pytest.mark.parametrize(
+    "metric", ["monitor", "val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc"]
+)
+def test_plateau_metric_choices(metric):
+    # val_loss and val_acc are what old configs say; they keep working
+    cfg = build_config(overrides={"sched.name": "plateau", "sched.plateau_metric": metric})
+    assert cfg.sched.plateau_metric == metric
+
+
 # --------------------------------------------------------------------------- YAML files
 
 

@@ -175,6 +175,23 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path, make_image_f
 
 
 @pytest.mark.slow
+def test_two_processes_stop_early_together(tmp_path, make_image_folder):
+    # Rank 0 decides and broadcasts: a rank that went on alone would hang the job until
+    # train.dist_timeout_min and fail it.
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8,
+                             layout="train_val", size=32)
+    runs = tmp_path / "runs"
+    proc = _torchrun(["--data", str(data), "--output", str(runs), "--name", "early", *FAST,
+                      "--epochs", "8", "train.monitor=val_loss", "train.early_stop_patience=2",
+                      "train.early_stop_min_delta=10"])
+    _ok(proc)
+    assert proc.stderr.count("stopping early after epoch 3") == 1  # said once, by rank 0
+    assert [r["epoch"] for r in _metrics(runs / "early")] == [1, 2, 3]
+    ckpt = load_checkpoint(runs / "early" / "checkpoints" / "last.pt")
+    assert ckpt["callbacks"]["early_stopping"]["stopped_epoch"] == 3
+
+
+@pytest.mark.slow
 def test_two_process_resume_continues_exactly(tmp_path, make_image_folder):
     # Crops and flips drawn in each rank's main process (DataLoader, no workers) from the global
     # RNG: every rank re-seeds per epoch, so epoch 2 after a resume draws what it draws unbroken.

@@ -156,7 +156,7 @@ def test_sidecar_describes_the_input(checkpoints, tmp_path):
     record = load_model(checkpoints["lenet"]).record
     assert side["classes"] == ["a", "b", "c"]
     assert side["input_size"] == 32
-    assert side["mean"] == record["mean"] and side["std"] == record["std"]
+    assert side["mean"] == record.mean and side["std"] == record.std
     assert side["input_dtype"] == "float32" and side["input_layout"] == "NCHW"
     assert side["format"] == "torchscript"
     assert side["source_checkpoint"] == str(checkpoints["lenet"].resolve())

@@ -287,8 +287,8 @@ def test_head_lr_mult_with_frozen_backbone_and_plateau() -> None:
     model = create_model(ModelConfig(name="resnet18"), 3)
     opt = create_optimizer(model, OptimConfig(lr=0.01, head_lr_mult=5.0))
     sched = create_scheduler(
-        opt, SchedConfig(name="plateau", plateau_patience=0, plateau_factor=0.1, min_lr=0.002,
-                         warmup_epochs=0.0), 5, 1)
+        opt, SchedConfig(name="plateau", plateau_metric="val_loss", plateau_patience=0,
+                         plateau_factor=0.1, min_lr=0.002, warmup_epochs=0.0), 5, 1)
     for _ in range(4):
         opt.step()
         sched.step_batch()

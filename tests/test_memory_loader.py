@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import InterruptDuringEpoch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
@@ -510,41 +511,25 @@ def test_memory_loader_refuses_transforms_it_cannot_do(tmp_path, make_image_fold
 
 
 @pytest.mark.parametrize("budget,expected", [(2048, True), (0, False)])
-def test_auto_picks_memory_when_it_fits(tmp_path, make_image_folder, monkeypatch, budget,
-                                        expected):
+def test_auto_picks_memory_when_it_fits(tmp_path, make_image_folder, capsys, budget, expected):
     data = make_image_folder(tmp_path / "imgs", per_class=4, size=32)
-    used = []
-    real = api._memory_loaders
-    monkeypatch.setattr(api, "_memory_loaders", lambda *a: used.append(1) or real(*a))
+    memory = "decoded into device memory"
     api.train(_train_cfg(tmp_path, data, data__loader="auto", data__memory_budget_mb=budget,
                          train__epochs=1))
-    assert bool(used) == expected
-    used.clear()
+    assert (memory in capsys.readouterr().err) == expected
     api.train(_train_cfg(tmp_path, data, data__loader="auto", transforms__rotation=5.0,
                          train__epochs=1))
-    assert not used  # transforms it cannot do: the DataLoader
+    assert "read by a DataLoader" in capsys.readouterr().err  # transforms it cannot do
 
 
-def test_memory_training_resumes_exactly(tmp_path, make_image_folder, monkeypatch):
+def test_memory_training_resumes_exactly(tmp_path, make_image_folder):
     data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=20, size=32)
     common = dict(train__epochs=3, train__deterministic=True, model__name="simple_v3")
     whole = api.train(_train_cfg(tmp_path, data, log__name="whole", **common))
     assert list((tmp_path / "root" / ".imgcls-cache").glob("*.pt"))  # train and val, cached
-    real = api.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupted(state, loader, **kwargs):
-        calls["n"] += 1
-        assert isinstance(loader, MemoryLoader)
-        if calls["n"] == 2:
-            next(iter(loader))
-            raise KeyboardInterrupt
-        return real(state, loader, **kwargs)
-
-    monkeypatch.setattr(api, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        api.train(_train_cfg(tmp_path, data, log__name="split", **common))
-    monkeypatch.setattr(api, "train_one_epoch", real)
+        api.train(_train_cfg(tmp_path, data, log__name="split", **common),
+                  callbacks=[InterruptDuringEpoch(1)])
     run = tmp_path / "runs" / "split"
     resumed = api.train(resume=run)
     assert resumed.epochs == 3

@@ -195,7 +195,8 @@ def test_warmup_clocks() -> None:
 
 
 def test_plateau_reacts_to_flat_metric() -> None:
-    cfg = _sched(name="plateau", plateau_factor=0.5, plateau_patience=1, min_lr=0.03)
+    cfg = _sched(name="plateau", plateau_metric="val_loss", plateau_factor=0.5,
+                 plateau_patience=1, min_lr=0.03)
     lrs = _lrs(cfg, epochs=7, spe=1, metrics=lambda e: {"val_loss": 1.0})
     # epoch 0 sets the best; 2 bad epochs (> patience 1) -> halve; the floor is min_lr.
     assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.03, 0.03])
@@ -205,15 +206,35 @@ def test_plateau_reacts_to_flat_metric() -> None:
 
 
 def test_plateau_ignores_warmup_epochs_and_needs_its_metric() -> None:
-    cfg = _sched(name="plateau", plateau_factor=0.5, plateau_patience=0, warmup_epochs=2.0)
+    cfg = _sched(name="plateau", plateau_metric="val_loss", plateau_factor=0.5,
+                 plateau_patience=0, warmup_epochs=2.0)
     lrs = _lrs(cfg, epochs=5, spe=1, metrics=lambda e: {"val_loss": 1.0})
     # Epoch 0 ends inside the warmup: not fed. Epoch 1 (ends with the warmup) sets the best,
     # every later epoch is bad (patience 0) -> halve each time.
     assert lrs == pytest.approx([0.01, 0.055, 0.1, 0.05, 0.025])
     opt = _optimizer()
-    sched = create_scheduler(opt, _sched(name="plateau"), 2, 1)
+    sched = create_scheduler(opt, _sched(name="plateau"), 2, 1, monitor="val_loss")
     with pytest.raises(ImgclsError, match="val_loss"):
         sched.step_epoch({"train_loss": 1.0})
+
+
+@pytest.mark.parametrize("monitor,flat,rising", [("val_acc", True, False),
+                                                  ("val_macro_f1", True, False),
+                                                  ("val_loss", True, True)])
+def test_plateau_follows_train_monitor_and_its_direction(monitor, flat, rising) -> None:
+    """sched.plateau_metric=monitor (the default) watches train.monitor, maximising every
+    metric but the loss."""
+    def lrs(values):
+        opt = _optimizer()
+        sched = create_scheduler(opt, _sched(name="plateau", plateau_patience=0), 3, 1,
+                                 monitor=monitor)
+        for value in values:
+            sched.step_batch()
+            sched.step_epoch({monitor: value})
+        return opt.param_groups[0]["lr"]
+
+    assert (lrs([0.5, 0.5, 0.5]) < LR) == flat
+    assert (lrs([0.1, 0.2, 0.3]) < LR) == rising  # a rising loss is a bad sign
 
 
 def _metric(epoch: int) -> dict[str, float]:

@@ -7,13 +7,17 @@ import io
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import _make_image_folder, _make_list_file
+from torch import nn
 
 from imgcls import api, predict
 from imgcls.cli import main
 from imgcls.config import build_config
+from imgcls.engine.loop import evaluate, tta_logits
 from imgcls.errors import ImgclsError
 
 CLASSES = ("ants", "bees", "wasps")
@@ -116,6 +120,45 @@ def test_tta_averages_to_a_distribution(ckpt, images):
         agree += a.top[0][0] == b.top[0][0]
     assert agree / len(plain.results) >= 0.8
     assert _probs(plain) != _probs(flip)  # the flip really was averaged in
+
+
+class _FlipSensitive(nn.Module):
+    """Logits A for an image brighter on its left, B for its mirror image: chosen so that the
+    mean of the logits (class 0) and the mean of the probabilities (class 1) disagree."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        left = x[..., :half].mean(dim=(1, 2, 3)) > x[..., half:].mean(dim=(1, 2, 3))
+        a, b = torch.tensor([4.0, 0.0, 3.9]), torch.tensor([0.0, 3.0, -6.0])
+        return torch.where(left[:, None], a, b)
+
+
+def test_one_flip_tta_for_evaluate_and_predict():
+    model, cpu = _FlipSensitive(), torch.device("cpu")
+    images = torch.zeros(2, 3, 8, 8)
+    images[..., :4] = 1.0
+    result = evaluate(model, [(images, torch.tensor([0, 1]))], nn.CrossEntropyLoss(), cpu, 3,
+                      tta="flip")
+    assert result.confusion[:, 0].sum() == 2  # evaluate: class 0 for both images
+    loaded = SimpleNamespace(model=model, device=cpu, classes=list(CLASSES))
+    tops = predict._classify(loaded, list(images), k=3, tta=True)  # type: ignore[arg-type]
+    assert [top[0][0] for top in tops] == [CLASSES[0]] * 2
+    expected = tta_logits(model, images, "flip")[0].softmax(dim=0)
+    assert [p for _, p in tops[0]] == pytest.approx(sorted(expected.tolist(), reverse=True))
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_predict_and_evaluate_score_alike(ckpt, tmp_path, tta):
+    """One test-time augmentation: evaluate's top-1 is exactly the share of images whose top
+    prediction from `predict` is their true class, with and without the flip."""
+    data = _make_image_folder(tmp_path / "data", classes=CLASSES, per_class=12, size=32,
+                              layout="train_val", seed=3)
+    summary = api.evaluate_checkpoint(ckpt, data=str(data), split="val", device="cpu", tta=tta,
+                                      output=tmp_path / "eval")
+    report = predict.predict(ckpt, [data / "val"], top_k=1, device="cpu", tta=tta == "flip")
+    right = [Path(r.path).parent.name == r.top[0][0] for r in report.results]
+    assert summary["n"] == len(right) == 3 * 12
+    assert summary["top1"] == pytest.approx(sum(right) / len(right), abs=1e-12)
 
 
 def test_list_file_and_single_files(ckpt, images, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import InterruptDuringEpoch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcls import api
@@ -95,28 +96,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, make_image_folder, monkeypatch):
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, make_image_folder):
     data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=24, size=32)
     common = dict(train__epochs=4, train__deterministic=True, model__name="simple_v3",
                   sched__name="cosine", sched__warmup_epochs=1.0)
     whole = api.train(_cfg(tmp_path, data, log__name="whole", **common))
 
     # Stop the second run in the middle of epoch 3, as Ctrl-C would.
-    real = api.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupted(state, loader, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            iterator = iter(loader)
-            next(iterator)  # part of an epoch happens, then the interrupt
-            raise KeyboardInterrupt
-        return real(state, loader, **kwargs)
-
-    monkeypatch.setattr(api, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        api.train(_cfg(tmp_path, data, log__name="split", **common))
-    monkeypatch.setattr(api, "train_one_epoch", real)
+        api.train(_cfg(tmp_path, data, log__name="split", **common),
+                  callbacks=[InterruptDuringEpoch(2)])
     run = tmp_path / "runs" / "split"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
     resumed = api.train(resume=run)

@@ -45,33 +45,51 @@ def _add_trust_pickle(parser: argparse.ArgumentParser) -> None:
                         help="accept an old torch.save(model) file (runs its code!)")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imgcls",
-        description="Train, evaluate and ship image classifiers with PyTorch.",
-        epilog="Run `imgcls COMMAND --help` for a command's options.",
-    )
-    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The options of `train`, shared by `lr-find` (the same run, swept instead of trained)."""
+    parser.add_argument("--config", help="YAML recipe (see configs/)")
+    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+        if flag in skip:
+            continue
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
+                            help=f"{text} [{key}]")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
 
+
+def _add_train(commands: Any) -> None:
     train = commands.add_parser(
         "train", help="train a model (checkpoints, metrics.jsonl, TensorBoard)",
         description="Train an image classifier into runs/NAME.",
         epilog=TRAIN_EPILOG + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--config", help="YAML recipe (see configs/)")
     train.add_argument("--resume", metavar="RUN", help="run folder (or checkpoint) to continue")
-    for flag, (key, kind, text) in TRAIN_FLAGS.items():
-        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
-                           help=f"{text} [{key}]")
     train.add_argument("--nproc", type=int, metavar="N",
                        help="train with N processes on this machine: re-launches itself "
                        "through torchrun (DistributedDataParallel)")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
+    _add_train_options(train)
 
+
+def _add_lr_find(commands: Any) -> None:
+    lr_find = commands.add_parser(
+        "lr-find", help="LR range test: sweep the learning rate, plot the loss, suggest an lr",
+        description="Trains the run's model for --steps batches while the learning rate grows "
+        "exponentially from --start-lr to --end-lr, then writes lr_find.csv and lr_find.png to "
+        "--output and prints a suggested lr: where the smoothed loss falls fastest, before its "
+        "minimum. Takes the same options as `imgcls train`; writes no run folder.",
+    )
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="default 1e-7")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="default 10")
+    lr_find.add_argument("--steps", type=int, default=100, help="sweep steps (default 100)")
+    lr_find.add_argument("--output", dest="sweep_output", default=".",
+                         help="folder for lr_find.csv and lr_find.png (default: here)")
+    _add_train_options(lr_find, skip=("output", "name"))  # it makes no run folder
+
+
+def _add_evaluate(commands: Any) -> None:
     evaluate = commands.add_parser(
-        "evaluate", help="evaluate a checkpoint: loss, top-1/top-5, per class, confusion matrix",
+        "evaluate", help="evaluate a checkpoint: loss, top-1/top-5, per-class precision/recall/"
+        "F1, macro-F1, balanced accuracy, confusion matrix",
         description="Evaluate a checkpoint; the report goes to RUN/eval/ unless --output.",
     )
     evaluate.add_argument("checkpoint", help="a checkpoint, e.g. runs/NAME/checkpoints/best.pt")
@@ -82,8 +100,12 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="folder for the report")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     evaluate.add_argument("--batch-size", type=int, help="evaluation batch size")
+    evaluate.add_argument("--tta", choices=["none", "flip"],
+                          help="test-time augmentation (default: the run's train.tta)")
     _add_trust_pickle(evaluate)
 
+
+def _add_predict(commands: Any) -> None:
     predict = commands.add_parser(
         "predict", help="classify images, folders or list files with a checkpoint",
         description="Top-k classes and probabilities for each image. Exit code 1 when some "
@@ -97,9 +119,12 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    predict.add_argument("--tta", action="store_true", help="average with a horizontal flip")
+    predict.add_argument("--tta", action="store_true",
+                         help="add the horizontal flip (scored as evaluate's train.tta=flip)")
     _add_trust_pickle(predict)
 
+
+def _add_export(commands: Any) -> None:
     export = commands.add_parser(
         "export", help="export a checkpoint to ONNX or TorchScript, verified against eager",
         description="Writes the model file and a JSON sidecar (classes, input size, mean, std), "
@@ -113,6 +138,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="take uint8 NCHW images; resizing and normalisation inside")
     _add_trust_pickle(export)
 
+
+def _add_convert(commands: Any) -> None:
     convert = commands.add_parser(
         "convert", help="turn an old state_dict or torch.save(model) file into a checkpoint",
         description="Converts a plain state_dict file, or (with --trust-pickle) a whole-model "
@@ -130,11 +157,26 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="the normalisation the model was trained with (default none)")
     convert.add_argument("--input-size", type=int, help="input size (default: the model's)")
 
+
+def _add_models(commands: Any) -> None:
     models = commands.add_parser("models", help="list the models, input sizes, parameter counts")
     models.add_argument("--imgcls-only", action="store_true",
                         help="only imgcls's own models, not torchvision's")
     models.add_argument("--num-classes", type=int, default=10,
                         help="class count for the parameter counts (default 10)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcls",
+        description="Train, evaluate and ship image classifiers with PyTorch.",
+        epilog="Run `imgcls COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_lr_find, _add_evaluate, _add_predict, _add_export,
+                _add_convert, _add_models):
+        add(commands)
     return parser
 
 
@@ -143,7 +185,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         overrides.update(flatten(load_yaml(args.config), where=f" file {args.config}"))
     for flag, (key, _, _) in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
     for text in args.overrides:
@@ -200,16 +242,37 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     summary = api.evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, output=args.output,
         device=args.device, batch_size=args.batch_size, trust_pickle=args.trust_pickle,
+        tta=args.tta,
     )
     if args.json:
         print(api.dumps(summary))
-    else:
-        print(f"{summary['split']}: top1 {summary['top1']:.4f}  top5 {summary['top5']:.4f}  "
-              f"loss {summary['loss']:.4f}  n {summary['n']}")
-        width = max(len(name) for name in summary["per_class"])
-        for name, acc in summary["per_class"].items():
-            print(f"  {name:<{width}}  {acc:.4f}")
-        print(f"report: {summary['output']}")
+        return 0
+    print(f"{summary['split']}: top1 {summary['top1']:.4f}  top5 {summary['top5']:.4f}  "
+          f"loss {summary['loss']:.4f}  macro_f1 {summary['macro_f1']:.4f}  balanced_acc "
+          f"{summary['balanced_acc']:.4f}  n {summary['n']}")
+    width = max(len("class"), *(len(name) for name in summary["per_class"]))
+    print(f"  {'class':<{width}}  precision  recall      f1  support")
+    for name, c in summary["per_class"].items():
+        print(f"  {name:<{width}}  {c['precision']:>9.4f}  {c['recall']:>6.4f}  "
+              f"{c['f1']:>6.4f}  {c['support']:>7}")
+    print(f"report: {summary['output']}")
+    return 0
+
+
+def _run_lr_find(args: argparse.Namespace) -> int:
+    from imgcls import api
+
+    result = api.lr_find(
+        build_config(overrides=_train_overrides(args)), output=args.sweep_output,
+        start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
+    )
+    stopped = " (stopped early: the loss diverged)" if result.stopped_early else ""
+    print(f"swept {result.steps} steps{stopped}; curve: {result.png} and {result.csv}")
+    if result.suggestion is None:
+        print(f"no suggestion: {result.how}")
+        return 0
+    print(f"suggested lr: {result.suggestion:.3g} ({result.how.rstrip('.')})")
+    print(f"train with it: imgcls train ... --lr {result.suggestion:.3g}")
     return 0
 
 
@@ -290,19 +353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # KEY=VALUE pairs may stand anywhere among the flags, which argparse's positional
     # arguments do not allow: collect the leftovers here.
     args, extra = parser.parse_known_args(argv)
-    leftovers = [x for x in extra if x.startswith("-") or args.command != "train"]
+    leftovers = [x for x in extra
+                 if x.startswith("-") or args.command not in ("train", "lr-find")]
     if leftovers:
         parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
-    if args.command == "train":
+    if args.command in ("train", "lr-find"):
         args.overrides = [*args.overrides, *extra]
-        if args.nproc is not None and args.nproc > 1:
-            try:
-                return _launch_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
-            except ImgclsError as exc:
-                print(f"imgcls: error: {exc}", file=sys.stderr)
-                return 2
+    if args.command == "train" and args.nproc is not None and args.nproc > 1:
+        try:
+            return _launch_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
+        except ImgclsError as exc:
+            print(f"imgcls: error: {exc}", file=sys.stderr)
+            return 2
     runners = {
         "train": _run_train,
+        "lr-find": _run_lr_find,
         "evaluate": _run_evaluate,
         "predict": _run_predict,
         "export": _run_export,

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, first_line
+from imgcls.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ class SchedConfig:
     milestones: list[int] = field(default_factory=list)  # multistep: epochs
     gamma: float = 0.1  # step, multistep, exponential: decay factor
     min_lr: float = 0.0  # cosine: final lr; plateau: floor
-    plateau_metric: str = "val_loss"  # plateau: val_loss | val_acc
+    # plateau: monitor (follow train.monitor) | val_loss | val_acc | val_top5 | val_macro_f1 |
+    # val_balanced_acc
+    plateau_metric: str = "monitor"
     plateau_factor: float = 0.1
     plateau_patience: int = 10
     max_lr: float | None = None  # onecycle: peak lr (None: optim.lr)
@@ -147,6 +150,11 @@ class TrainConfig:
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     ema_every: int = 1  # EMA update every N optimizer steps (decay applied per update)
     tta: str = "none"  # evaluation: none | flip (average the logits of the image and its mirror)
+    # the metric that picks best.pt and drives sched.name=plateau and early stopping: val_acc |
+    # val_loss | val_top5 | val_macro_f1 | val_balanced_acc (loss is minimised, the rest maximised)
+    monitor: str = "val_acc"
+    early_stop_patience: int = 0  # 0: off; else stop after N epochs without a better train.monitor
+    early_stop_min_delta: float = 0.0  # early stopping: an improvement must exceed this
 
 
 @dataclass(frozen=True)
@@ -283,8 +291,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ImgclsError(f"config file not found: {path}") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8 text
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImgclsError(f"cannot read config file {path}: {first}") from None
+        raise ImgclsError(f"cannot read config file {path}: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -330,7 +337,7 @@ def build_config(
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def describe_keys() -> str:
@@ -344,6 +351,9 @@ def describe_keys() -> str:
 
 
 # --------------------------------------------------------------------------- validation
+
+# What train.monitor and sched.plateau_metric may watch: val_loss is minimised, the rest maximised.
+MONITOR_METRICS = ("val_acc", "val_loss", "val_top5", "val_macro_f1", "val_balanced_acc")
 
 CHOICES = {
     "data.loader": ("auto", "memory", "dataloader"),
@@ -360,7 +370,10 @@ CHOICES = {
     "transforms.flip_mode": ("random", "alternate"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
     "train.tta": ("none", "flip"),
-    "sched.plateau_metric": ("val_loss", "val_acc"),
+    "train.monitor": MONITOR_METRICS,
+    "sched.plateau_metric": (
+        "monitor", "val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc"
+    ),
     "log.progress": ("auto", "on", "off"),
 }
 
@@ -377,16 +390,32 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         value = tree[section][name]
         _check(value in choices, key, value, f"expected one of {', '.join(choices)}")
-    d, ld, t, o, s, tr = cfg.data, cfg.loader, cfg.transforms, cfg.optim, cfg.sched, cfg.train
+    _validate_data(cfg.data)
+    _validate_loader(cfg.loader)
+    _validate_transforms(cfg.transforms)
+    _validate_model(cfg.model)
+    _validate_optim(cfg.optim)
+    _validate_sched(cfg.sched)
+    _validate_train(cfg.train)
+    _validate_log(cfg.log)
+
+
+def _validate_data(d: DataConfig) -> None:
     _check(bool(d.source), "data.source", d.source, "must not be empty")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     _check(d.memory_budget_mb >= 0, "data.memory_budget_mb", d.memory_budget_mb, "must be >= 0")
+
+
+def _validate_loader(ld: LoaderConfig) -> None:
     _check(ld.batch_size >= 1, "loader.batch_size", ld.batch_size, "must be >= 1")
     _check(
         ld.eval_batch_size is None or ld.eval_batch_size >= 1,
         "loader.eval_batch_size", ld.eval_batch_size, "must be >= 1",
     )
     _check(ld.num_workers >= 0, "loader.num_workers", ld.num_workers, "must be >= 0")
+
+
+def _validate_transforms(t: TransformConfig) -> None:
     _check(
         t.image_size is None or t.image_size >= 1, "transforms.image_size", t.image_size,
         "must be >= 1",
@@ -418,14 +447,20 @@ def validate(cfg: Config) -> None:
             len(t.mean) == len(t.std) > 0 and all(v > 0 for v in t.std),
             "transforms.mean/std", (t.mean, t.std), "custom needs equal-length mean and std > 0",
         )
-    _check(cfg.model.in_channels in (1, 3), "model.in_channels", cfg.model.in_channels, "1 or 3")
-    _check(bool(cfg.model.name), "model.name", cfg.model.name, "must not be empty")
+    _check(t.cutout >= 0, "transforms.cutout", t.cutout, "must be >= 0 (pixels)")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _check(m.in_channels in (1, 3), "model.in_channels", m.in_channels, "1 or 3")
+    _check(bool(m.name), "model.name", m.name, "must not be empty")
     _check(
-        cfg.model.freeze in ("none", "backbone")
-        or re.fullmatch(r"\d+", str(cfg.model.freeze)) is not None,
-        "model.freeze", cfg.model.freeze,
+        m.freeze in ("none", "backbone") or re.fullmatch(r"\d+", str(m.freeze)) is not None,
+        "model.freeze", m.freeze,
         "none, backbone (true), or N to freeze the first N stages (e.g. 2)",
     )
+
+
+def _validate_optim(o: OptimConfig) -> None:
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.momentum >= 0, "optim.momentum", o.momentum, "must be >= 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -449,7 +484,9 @@ def validate(cfg: Config) -> None:
         math.isfinite(o.norm_lr_mult) and o.norm_lr_mult > 0, "optim.norm_lr_mult",
         o.norm_lr_mult, "must be > 0",
     )
-    _check(t.cutout >= 0, "transforms.cutout", t.cutout, "must be >= 0 (pixels)")
+
+
+def _validate_sched(s: SchedConfig) -> None:
     _check(s.step_size >= 1, "sched.step_size", s.step_size, "must be >= 1")
     _check(s.gamma > 0, "sched.gamma", s.gamma, "must be > 0")
     _check(
@@ -468,6 +505,9 @@ def validate(cfg: Config) -> None:
         0 < s.warmup_start_factor <= 1, "sched.warmup_start_factor", s.warmup_start_factor,
         "must be in (0, 1]",
     )
+
+
+def _validate_train(tr: TrainConfig) -> None:
     _check(tr.epochs >= 1, "train.epochs", tr.epochs, "must be >= 1")
     _check(tr.seed >= 0, "train.seed", tr.seed, "must be >= 0")
     _check(tr.grad_clip >= 0, "train.grad_clip", tr.grad_clip, "must be >= 0")
@@ -480,6 +520,17 @@ def validate(cfg: Config) -> None:
         re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", tr.device) is not None,
         "train.device", tr.device, "auto, cpu, cuda, cuda:N or mps",
     )
-    _check(bool(cfg.log.output), "log.output", cfg.log.output, "must not be empty")
-    _check("/" not in cfg.log.name and "\\" not in cfg.log.name, "log.name", cfg.log.name,
+    _check(
+        tr.early_stop_patience >= 0, "train.early_stop_patience", tr.early_stop_patience,
+        "must be >= 0 (0: off)",
+    )
+    _check(
+        math.isfinite(tr.early_stop_min_delta) and tr.early_stop_min_delta >= 0,
+        "train.early_stop_min_delta", tr.early_stop_min_delta, "must be >= 0 and finite",
+    )
+
+
+def _validate_log(lg: LogConfig) -> None:
+    _check(bool(lg.output), "log.output", lg.output, "must not be empty")
+    _check("/" not in lg.name and "\\" not in lg.name, "log.name", lg.name,
            "a run name, not a path (use --output for the folder)")

@@ -29,8 +29,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,7 +42,8 @@ from torch import nn
 
 import imgcls
 from imgcls.data.transforms import _channels
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, first_line
+from imgcls.files import atomic_write_file
 from imgcls.inference import LoadedModel, load_model
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportReport", "Preprocess", "export_checkpoint",
@@ -211,31 +210,15 @@ def _write_error(path: Path, exc: BaseException) -> ImgclsError:
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``: an
-    interrupted export never leaves half a model file under the final name."""
+    """An interrupted export never leaves half a model file under the final name."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        atomic_write_file(path, write)
     except OSError as exc:
         raise _write_error(path, exc) from None
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it a file's usual mode
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text[:limit]
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 @contextlib.contextmanager

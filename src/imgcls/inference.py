@@ -15,7 +15,8 @@ from torchvision.transforms import v2
 from imgcls import runtime
 from imgcls.config import Config, build_config
 from imgcls.data.transforms import build_transform
-from imgcls.engine.checkpoint import inference_weights, load_checkpoint, load_model_state
+from imgcls.engine.checkpoint import load_model_state
+from imgcls.engine.record import CheckpointRecord
 from imgcls.models import create_model
 
 
@@ -26,13 +27,13 @@ class LoadedModel:
     input_size: int
     mean_std: tuple[list[float], list[float]] | None
     config: Config
-    record: dict[str, Any]  # the checkpoint dict (epoch, metrics, ...)
+    record: CheckpointRecord  # what the checkpoint holds (epoch, metrics, provenance, ...)
     device: torch.device
     path: Path
 
     @property
     def native_size(self) -> int | None:
-        return self.record.get("native_size")
+        return self.record.native_size
 
     def eval_transform(self, *, native_size: int | None = None) -> v2.Compose:
         """The evaluation transform of training: resize policy, input size, normalisation."""
@@ -43,14 +44,14 @@ class LoadedModel:
         )
 
 
-def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Any]:
-    """An imgcls checkpoint dict; with ``trust_pickle``, an old ``torch.save(model)`` file is
+def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> CheckpointRecord:
+    """An imgcls checkpoint; with ``trust_pickle``, an old ``torch.save(model)`` file is
     unpickled (running its code, with a warning) and converted in memory."""
     if trust_pickle:
         from imgcls.legacy import read_any_checkpoint
 
         return read_any_checkpoint(path, trust_pickle=True)
-    return load_checkpoint(path)
+    return CheckpointRecord.load(path)
 
 
 def load_model(
@@ -67,16 +68,15 @@ def load_model(
     """
     path = Path(path)
     record = read_checkpoint(path, trust_pickle=trust_pickle)
-    cfg = build_config(record["config"], overrides)
+    cfg = build_config(record.config, overrides)
     torch_device = device if isinstance(device, torch.device) else runtime.resolve_device(device)
     # The weights come from the checkpoint: never download or read pretrained ones again.
     model = create_model(
-        replace(cfg.model, pretrained=""), len(record["classes"]), from_checkpoint=True
+        replace(cfg.model, pretrained=""), len(record.classes), from_checkpoint=True
     )
-    load_model_state(model, inference_weights(record), path)
+    load_model_state(model, record.inference_weights(), path)
     model.to(torch_device).eval()
-    mean_std = (record["mean"], record["std"]) if record.get("mean") is not None else None
     return LoadedModel(
-        model=model, classes=list(record["classes"]), input_size=int(record["input_size"]),
-        mean_std=mean_std, config=cfg, record=record, device=torch_device, path=path,
+        model=model, classes=list(record.classes), input_size=int(record.input_size),
+        mean_std=record.mean_std, config=cfg, record=record, device=torch_device, path=path,
     )

@@ -41,8 +41,9 @@ from torch.serialization import SourceChangeWarning
 from imgcls.config import ModelConfig, build_config
 from imgcls.data.cifar import MEAN_STD as CIFAR_MEAN_STD
 from imgcls.data.transforms import HALF, IMAGENET_MEAN, IMAGENET_STD
-from imgcls.engine.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
-from imgcls.errors import ImgclsError
+from imgcls.engine.checkpoint import FORMAT
+from imgcls.engine.record import CheckpointRecord
+from imgcls.errors import ImgclsError, first_line
 from imgcls.models import MODELS, STATE_DICT_KEYS, create_model, extract_state_dict, get_model_info
 from imgcls.models import torchvision_models as tvm
 from imgcls.models.seed_cnns import CIFAR10NetSimpleV3, CIFAR10Network, LeNet
@@ -77,8 +78,8 @@ NORMALIZE_CHOICES = tuple(_NORMALIZATION)
 # --------------------------------------------------------------------------- public API
 
 
-def read_any_checkpoint(path: str | Path, *, trust_pickle: bool) -> dict[str, Any]:
-    """An imgcls checkpoint dict from ``path``.
+def read_any_checkpoint(path: str | Path, *, trust_pickle: bool) -> CheckpointRecord:
+    """An imgcls checkpoint record from ``path``.
 
     An imgcls checkpoint is read with :func:`load_checkpoint`. With ``trust_pickle``, a
     whole-model pickle (``torch.save(model)``) is unpickled, which runs code from the file (a
@@ -86,18 +87,17 @@ def read_any_checkpoint(path: str | Path, *, trust_pickle: bool) -> dict[str, An
     input size. Anything else is refused with load_checkpoint's error; nothing in the file runs.
 
     >>> record = read_any_checkpoint("old_model.pth", trust_pickle=True)  # doctest: +SKIP
-    >>> record["config"]["model"]["name"], record["classes"][:3]            # doctest: +SKIP
+    >>> record.config["model"]["name"], record.classes[:3]                  # doctest: +SKIP
     ('simple_v3', ['0', '1', '2'])
     """
     path = Path(path)
     try:
-        return load_checkpoint(path)
+        return CheckpointRecord.load(path)
     except ImgclsError:
         if not trust_pickle or not _pickle_globals(path):
             raise
     state, hint = _unpickle_state(path)
-    record = _make_record(state, hint, source=path)
-    return {"format": FORMAT, "version": VERSION, **record}
+    return _make_record(state, hint, source=path)
 
 
 def convert(
@@ -134,11 +134,11 @@ def convert(
         normalize=normalize, input_size=input_size,
     )
     try:
-        save_checkpoint(record, out)
+        record.save(out)
     except OSError as exc:
         raise ImgclsError(f"convert: cannot write {out}: {exc.strerror or exc}") from None
-    log.info("converted %s (%s, %d classes) to %s", source, record["config"]["model"]["name"],
-             len(record["classes"]), out)
+    log.info("converted %s (%s, %d classes) to %s", source, record.config["model"]["name"],
+             len(record.classes), out)
     return out
 
 
@@ -195,8 +195,8 @@ def _pickle_globals(path: Path, error: Exception | None = None) -> list[str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).split("WeightsUnpickler error: ", 1)[-1].strip()
-    return ((text.splitlines() or [type(exc).__name__])[0])[:160]
+    # torch's weights-only refusal puts the useful part after this prefix
+    return first_line(Exception(str(exc).split("WeightsUnpickler error: ", 1)[-1]), limit=160)
 
 
 def _mapping_pickle_module(path: Path, mapped: list[str]) -> types.ModuleType:
@@ -441,8 +441,8 @@ def _make_record(
     num_classes: int | None = None,
     normalize: str = "none",
     input_size: int | None = None,
-) -> dict[str, Any]:
-    """The checkpoint dict ``inference.load_model`` needs (no optimiser: not resumable)."""
+) -> CheckpointRecord:
+    """The checkpoint ``inference.load_model`` needs (no optimiser: not resumable)."""
     _check_options(classes, num_classes, normalize, input_size)
     arch, state = _recognise(state, hint, model, source)
     if num_classes is not None and num_classes != arch.num_classes:
@@ -477,21 +477,15 @@ def _make_record(
         overrides["transforms.mean"], overrides["transforms.std"] = mean_std
     if input_size is not None:
         overrides["transforms.image_size"] = input_size
-    return {
-        "model": state,
-        "config": build_config(overrides=overrides).to_dict(),
-        "classes": names or [str(i) for i in range(arch.num_classes)],
-        "input_size": size,
-        "in_channels": arch.in_channels,
-        "mean": mean_std[0] if mean_std else None,
-        "std": mean_std[1] if mean_std else None,
-        "native_size": None,
-        # Unknown: the file does not say how long it was trained. No optimizer, scheduler or rng:
-        # a converted checkpoint cannot be resumed, only evaluated, used or fine-tuned from.
-        "epoch": None,
-        "step": 0,
-        "best_metric": None,
-        "best_epoch": None,
-        "metrics": {},
-        "provenance": {"converted_from": str(source)},
-    }
+    # Unknown: how long it was trained. No optimizer, scheduler or rng: a converted checkpoint
+    # cannot be resumed, only evaluated, used or fine-tuned from.
+    return CheckpointRecord(
+        model=state,
+        config=build_config(overrides=overrides).to_dict(),
+        classes=names or [str(i) for i in range(arch.num_classes)],
+        input_size=size,
+        in_channels=arch.in_channels,
+        mean=mean_std[0] if mean_std else None,
+        std=mean_std[1] if mean_std else None,
+        provenance={"converted_from": str(source)},
+    )

@@ -33,6 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from imgcls.config import OptimConfig, SchedConfig
+from imgcls.engine.metrics import get_monitor
 from imgcls.errors import ImgclsError
 from imgcls.models import find_head
 from imgcls.registry import unknown_name_error
@@ -217,7 +218,7 @@ class Scheduler:
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int,
-        steps_per_epoch: int,
+        steps_per_epoch: int, monitor: str = "val_acc",
     ) -> None:
         if cfg.name not in SCHEDULERS:
             raise unknown_name_error("scheduler", cfg.name, SCHEDULERS, "sched.name")
@@ -238,10 +239,11 @@ class Scheduler:
         ]
         self._lambda = LambdaLR(optimizer, self.factors)  # sets lr = base * factor(0, 0)
         self._plateau: ReduceLROnPlateau | None = None
-        self.metric = cfg.plateau_metric
+        # plateau follows train.monitor unless sched.plateau_metric names another metric
+        self.metric = monitor if cfg.plateau_metric == "monitor" else cfg.plateau_metric
         if cfg.name == "plateau":
             self._plateau = ReduceLROnPlateau(
-                optimizer, mode="min" if cfg.plateau_metric == "val_loss" else "max",
+                optimizer, mode=get_monitor(self.metric).mode,
                 factor=cfg.plateau_factor, patience=cfg.plateau_patience,
                 min_lr=[cfg.min_lr * scale for scale in self.scales],
             )
@@ -316,7 +318,9 @@ class Scheduler:
 
 
 def create_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int,
+    monitor: str = "val_acc",
 ) -> Scheduler:
-    """The schedule ``cfg`` describes, for a run of ``epochs`` x ``steps_per_epoch`` batches."""
-    return Scheduler(optimizer, cfg, epochs, steps_per_epoch)
+    """The schedule ``cfg`` describes, for a run of ``epochs`` x ``steps_per_epoch`` batches;
+    ``monitor`` (``train.monitor``) is what ``plateau`` watches unless told otherwise."""
+    return Scheduler(optimizer, cfg, epochs, steps_per_epoch, monitor)

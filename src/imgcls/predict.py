@@ -24,8 +24,9 @@ import torch
 from torchvision.transforms import v2
 
 from imgcls.data import IMAGE_EXTENSIONS, load_rgb
-from imgcls.engine.checkpoint import atomic_write
+from imgcls.engine.loop import tta_logits
 from imgcls.errors import ImgclsError
+from imgcls.files import atomic_write
 from imgcls.inference import LoadedModel, load_model
 
 LIST_SUFFIX = ".txt"
@@ -137,10 +138,8 @@ def _classify(
 ) -> list[list[tuple[str, float]]]:
     """Top-k ``(class, probability)`` pairs, highest first, for one batch of prepared images."""
     batch = torch.stack(images).to(loaded.device)
-    probs = loaded.model(batch).float().softmax(dim=1)
-    if tta:
-        # Average probabilities, not logits: each view votes with a proper distribution.
-        probs = (probs + loaded.model(batch.flip(-1)).float().softmax(dim=1)) / 2
+    # evaluate's test-time augmentation, so both score an image alike
+    probs = tta_logits(loaded.model, batch, "flip" if tta else "none").float().softmax(dim=1)
     top_probs, top_index = (t.cpu().tolist() for t in probs.topk(k, dim=1))
     return [
         [(loaded.classes[i], p) for i, p in zip(index, prob, strict=True)]
@@ -160,8 +159,8 @@ def predict(
 ) -> PredictReport:
     """Classify every image in ``inputs``; returns a report with one result per image.
 
-    ``top_k`` is capped at the number of classes. ``tta`` averages the softmax of each image and
-    of its horizontal flip.
+    ``top_k`` is capped at the number of classes. ``tta`` adds the horizontal flip, scored as
+    ``evaluate`` with ``train.tta=flip`` scores it (:func:`imgcls.engine.loop.tta_logits`).
     """
     if top_k < 1:
         raise ImgclsError(f"--top-k must be at least 1, got {top_k}")

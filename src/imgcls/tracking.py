@@ -12,12 +12,19 @@ import torch
 from torch import nn
 
 # TensorBoard tags for the per-epoch metrics (metrics.jsonl keeps the plain names).
+# Per-class precision, recall and F1 go to "val_class_<metric>/<class>", up to this many classes
+# (beyond it TensorBoard's scalar list stops being readable; metrics.jsonl keeps them all).
+MAX_CLASS_SCALARS = 100
 TB_TAGS = {
     "train_loss": "train/loss",
     "train_acc": "train/acc",
     "val_loss": "val/loss",
     "val_acc": "val/acc",
     "val_top5": "val/top5",
+    "val_macro_f1": "val/macro_f1",
+    "val_balanced_acc": "val/balanced_acc",
+    "val_macro_precision": "val/macro_precision",
+    "val_macro_recall": "val/macro_recall",
     "lr": "lr",
     "epoch_time_s": "time/epoch_s",
     "elapsed_s": "time/elapsed_s",
@@ -66,10 +73,17 @@ class RunLogger:
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics) + "\n")
         if self.writer is not None:
+            step = metrics["epoch"]
             for key, tag in TB_TAGS.items():
                 value = metrics.get(key)
                 if value is not None:
-                    self.writer.add_scalar(tag, value, global_step=metrics["epoch"])
+                    self.writer.add_scalar(tag, value, global_step=step)
+            per_class = metrics.get("val_per_class") or {}
+            if len(per_class) <= MAX_CLASS_SCALARS:
+                for name, scores in per_class.items():
+                    for metric in ("precision", "recall", "f1"):
+                        self.writer.add_scalar(f"val_class_{metric}/{name}", scores[metric],
+                                               global_step=step)
             self.writer.flush()
 
     def log_images(self, tag: str, images: torch.Tensor, step: int = 0) -> None:

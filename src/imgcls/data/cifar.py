@@ -9,7 +9,7 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision.datasets.utils import download_and_extract_archive
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, first_line
 
 NATIVE_SIZE = 32
 MEAN_STD = {
@@ -110,7 +110,7 @@ def load_cifar(
             root.mkdir(parents=True, exist_ok=True)
             download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
         except Exception as exc:  # offline, proxy, TLS, bad archive: many exception types
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise ImgclsError(
                 f"cannot download {title} into {root} ({reason}); {_local_copy_hint(name)}"
             ) from None

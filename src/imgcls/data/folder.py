@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -34,7 +34,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
         # Pillow's own message names the file object, not the path; ours names the path.
         raise ImgclsError(f"cannot read image {path}: not a recognised image file") from None
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImgclsError(f"cannot read image {path}: {reason}") from None
 
 

@@ -30,8 +30,8 @@ from torchvision.transforms import v2
 
 from imgcls.config import TransformConfig
 from imgcls.data.transforms import _channels, apply_preset
-from imgcls.engine.checkpoint import atomic_write
 from imgcls.errors import ImgclsError
+from imgcls.files import atomic_write
 
 FLIP_MODES = ("random", "alternate")
 

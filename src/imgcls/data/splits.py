@@ -12,6 +12,7 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from imgcls.errors import ImgclsError
+from imgcls.files import atomic_write_text
 
 SPLIT_VERSION = 1
 KINDS = ("indices", "files")
@@ -116,12 +117,8 @@ def check_classes(record: dict[str, Any], classes: Sequence[str], source: str) -
 def save_split(record: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a record as JSON: one key per line, lists kept compact (they can be 50k long)."""
     check_record(record)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items())
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("{\n" + body + "\n}\n", encoding="utf-8")
-    os.replace(tmp, path)  # never leave a half-written split.json behind
+    atomic_write_text(Path(path), "{\n" + body + "\n}\n")  # never a half-written split.json
 
 
 def load_split(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,48 +7,17 @@ never half of one.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, first_line
+from imgcls.files import atomic_write
 
 FORMAT = "imgcls-checkpoint"
 VERSION = 1
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform can open a directory (Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it a file's usual mode
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C included: never leave the temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
@@ -92,8 +61,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"({', '.join(unsafe[:3])}) that would run code when loaded; imgcls refuses it "
                 f"(if you trust it: --trust-pickle, or `imgcls convert --trust-pickle`)"
             ) from None
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImgclsError(f"{path} is not an imgcls checkpoint ({reason[:160]})") from None
+        raise ImgclsError(
+            f"{path} is not an imgcls checkpoint ({first_line(exc, limit=160)})"
+        ) from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ImgclsError(
             f"{path} is not an imgcls checkpoint (no '{FORMAT}' marker); a plain state_dict "
@@ -104,15 +74,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} was written by a newer imgcls (checkpoint version {record['version']})"
         )
     return record
-
-
-def inference_weights(record: dict[str, Any]) -> dict[str, Any]:
-    """The weights to predict with: the EMA average when the run kept one (``train.ema``; it is
-    what validation measured), else the trained weights."""
-    ema = record.get("ema")
-    if ema:  # AveragedModel's state_dict: "module."-prefixed weights plus its counter
-        return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
-    return record["model"]
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:

@@ -154,6 +154,22 @@ def train_one_epoch(
     }
 
 
+TTA_MODES = ("none", "flip")
+
+
+def tta_logits(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's logits for ``images`` under test-time augmentation: ``none``, or ``flip``:
+    the mean of the logits of each image and of its mirror image (as airbench does). evaluate
+    and predict both call this, so they score every image the same way; predict's
+    probabilities are the softmax of these logits."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    logits = model(images)
+    if tta == "flip":
+        logits = (logits + model(images.flip(-1))) / 2
+    return logits
+
+
 @dataclass
 class EvalResult:
     loss: float
@@ -185,7 +201,7 @@ def evaluate(
 
     ``reduce`` sums the per-rank sums over ranks (``runtime.all_reduce_sum``): each rank
     evaluates its own disjoint shard of the data, so the result is exact over the whole set.
-    ``tta="flip"`` scores the mean of the logits of each image and its mirror image.
+    ``tta="flip"`` scores each image by :func:`tta_logits`.
     """
     speed = speed or Speed()
     model.eval()
@@ -200,9 +216,7 @@ def evaluate(
         images = speed.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
         with speed.autocast(device):
-            logits = model(images)
-            if tta == "flip":
-                logits = (logits + model(images.flip(-1))) / 2
+            logits = tta_logits(model, images, tta)
         logits = logits.float()
         loss_sum += loss_fn(logits, labels).double() * labels.shape[0]
         best = logits.topk(k, dim=1).indices

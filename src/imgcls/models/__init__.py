@@ -25,7 +25,7 @@ Fine-tuning options (the seeds' recipes):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -310,72 +310,100 @@ def load_pretrained_file(
     first_weight = f"{first[0]}.weight" if first else None
     label = name or type(model).__name__
 
-    merged: dict[str, torch.Tensor] = {}
-    missing: list[str] = []
-    mismatched: list[str] = []
-    adapted: list[str] = []
-    shapes: dict[str, str] = {}
+    match = _match_keys(own, state, first_weight)
+    unexpected = [k for k in state if k not in own]
+    report = LoadReport(
+        path=str(path),
+        loaded=tuple(match.merged),
+        missing=tuple(match.missing),
+        unexpected=tuple(unexpected),
+        mismatched=tuple(match.mismatched),
+        head=tuple(
+            k for k in (*match.missing, *match.mismatched) if k.startswith(head_name + ".")
+        ),
+        adapted=tuple(match.adapted),
+        ignored=tuple(k for k in unexpected if k.startswith(tvm.AUX_PREFIXES)),
+    )
+    problems = [
+        f"{k} missing" if k in match.missing else match.shapes.get(k, f"unexpected {k}")
+        for k in report.problems
+    ]
+    _check_fit(path, label, problems, report, strict=strict)
+    model.load_state_dict({**own, **match.merged})
+    log.info("model.pretrained: loaded %d tensors from %s; new head, not loaded: %s",
+             len(match.merged), path, ", ".join(report.head) or "none")
+    if problems:
+        _warn_partial_fit(path, label, report, match.shapes)
+    return report
+
+
+@dataclass
+class _KeyMatch:
+    """How a file's state_dict lines up with the model's, key by key (model order)."""
+
+    merged: dict[str, torch.Tensor] = field(default_factory=dict)  # to load (as is, or summed)
+    missing: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # RGB filters summed for a 1-channel model
+    shapes: dict[str, str] = field(default_factory=dict)  # mismatched key -> both shapes, in words
+
+
+def _match_keys(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], first_weight: str | None
+) -> _KeyMatch:
+    match = _KeyMatch()
     for key, target in own.items():
         src = state.get(key)
         if src is None:
-            missing.append(key)
+            match.missing.append(key)
         elif src.shape == target.shape:
-            merged[key] = src
+            match.merged[key] = src
         elif (
             key == first_weight and src.dim() == 4
             and target.shape[1] == 1 and src.shape[0] == target.shape[0]
             and src.shape[2:] == target.shape[2:]
         ):
-            merged[key] = src.sum(dim=1, keepdim=True)  # see tvm.adapt_first_conv
-            adapted.append(key)
+            match.merged[key] = src.sum(dim=1, keepdim=True)  # see tvm.adapt_first_conv
+            match.adapted.append(key)
         else:
-            mismatched.append(key)
-            shapes[key] = f"{key} is {_shape(src)} in the file, {_shape(target)} here"
-    unexpected = [k for k in state if k not in own]
-    report = LoadReport(
-        path=str(path),
-        loaded=tuple(merged),
-        missing=tuple(missing),
-        unexpected=tuple(unexpected),
-        mismatched=tuple(mismatched),
-        head=tuple(k for k in (*missing, *mismatched) if k.startswith(head_name + ".")),
-        adapted=tuple(adapted),
-        ignored=tuple(k for k in unexpected if k.startswith(tvm.AUX_PREFIXES)),
-    )
-    problems = [
-        f"{k} missing" if k in missing else shapes.get(k, f"unexpected {k}")
-        for k in report.problems
-    ]
+            match.mismatched.append(key)
+            match.shapes[key] = f"{key} is {_shape(src)} in the file, {_shape(target)} here"
+    return match
+
+
+def _check_fit(
+    path: Path, label: str, problems: list[str], report: LoadReport, *, strict: bool
+) -> None:
+    """Raise when the file is for another architecture (``strict``) or nothing of it fits."""
     if problems and strict:
         hint = (" or saved with model.head=append?"
-                if any(".add_linear." in k for k in (*missing, *unexpected)) else "?")
+                if any(".add_linear." in k for k in (*report.missing, *report.unexpected))
+                else "?")
         raise ImgclsError(
             f"model.pretrained file {path} does not fit model {label}: "
             f"{len(problems)} problem(s), e.g. {'; '.join(problems[:3])} "
             f"(saved from another architecture or in_channels{hint} "
             "model.strict_load=false loads what fits)"
         )
-    if not merged:
+    if not report.loaded:
         raise ImgclsError(
             f"model.pretrained file {path}: not one tensor fits model {label} (e.g. "
             f"{'; '.join(problems[:3])}); it was saved from another architecture"
         )
-    model.load_state_dict({**own, **merged})
-    log.info("model.pretrained: loaded %d tensors from %s; new head, not loaded: %s",
-             len(merged), path, ", ".join(report.head) or "none")
-    if problems:
-        own_problems = set(report.problems)
-        gone = [k for k in missing if k in own_problems]
-        other = [k for k in mismatched if k in own_problems]
-        extra = [k for k in unexpected if k in own_problems]
-        log.warning(
-            "model.pretrained file %s only partly fits %s (model.strict_load=false): "
-            "%d missing key(s) keep their initialisation: %s; %d key(s) of another shape not "
-            "loaded: %s; %d unexpected key(s) ignored: %s",
-            path, label, len(gone), _first(gone) or "-", len(other),
-            _first([shapes[k] for k in other]) or "-", len(extra), _first(extra) or "-",
-        )
-    return report
+
+
+def _warn_partial_fit(path: Path, label: str, report: LoadReport, shapes: dict[str, str]) -> None:
+    own_problems = set(report.problems)
+    gone = [k for k in report.missing if k in own_problems]
+    other = [k for k in report.mismatched if k in own_problems]
+    extra = [k for k in report.unexpected if k in own_problems]
+    log.warning(
+        "model.pretrained file %s only partly fits %s (model.strict_load=false): "
+        "%d missing key(s) keep their initialisation: %s; %d key(s) of another shape not "
+        "loaded: %s; %d unexpected key(s) ignored: %s",
+        path, label, len(gone), _first(gone) or "-", len(other),
+        _first([shapes[k] for k in other]) or "-", len(extra), _first(extra) or "-",
+    )
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -1,0 +1,206 @@
+"""From data to batches: the input size and normalisation a run uses, and the loaders that serve
+its images (device-resident :class:`MemoryLoader` or a DataLoader), built the same way for
+``train``, ``evaluate``, the LR finder and the benchmarks.
+
+``data.loader`` picks the loader: ``memory`` decodes every image once (cached under
+``<data.root>/.imgcls-cache``), keeps the uint8 tensor on the device and augments per batch;
+``dataloader`` runs torchvision transforms per image; ``auto`` takes memory when the images fit
+``data.memory_budget_mb`` and the transforms are ones it can do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from imgcls import runtime
+from imgcls.config import Config
+from imgcls.data.loaders import BatchLoader, EpochLoader, TransformedDataset, shard
+from imgcls.data.memory import MemoryLoader, decode_to_tensor, unsupported_transforms
+from imgcls.data.sources import DataSplit
+from imgcls.data.transforms import apply_preset, build_transform, resolve_normalization
+from imgcls.errors import ImgclsError
+from imgcls.models import get_model_info
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What every image becomes before the model: its size and its normalisation."""
+
+    image_size: int
+    mean_std: tuple[list[float], list[float]] | None
+
+
+@dataclass
+class TrainLoaders:
+    train: BatchLoader
+    val: BatchLoader | None
+    in_memory: bool  # device-resident (MemoryLoader) rather than a DataLoader
+
+
+def resolve_preprocessing(cfg: Config, data: DataSplit) -> Preprocessing:
+    """The input size (transforms.image_size, else the model's) and the normalisation."""
+    info = get_model_info(cfg.model.name, cfg.model.pretrained)
+    size = cfg.transforms.image_size or info.input_size
+    if info.fixed_size and size != info.input_size:
+        raise ImgclsError(
+            f"transforms.image_size={size} does not suit {cfg.model.name}, which takes "
+            f"{info.input_size}x{info.input_size} images only"
+        )
+    mean_std = resolve_normalization(
+        cfg.transforms, model_default=info.default_normalize,
+        pretrained=bool(cfg.model.pretrained), dataset_mean_std=data.mean_std,
+    )
+    return Preprocessing(size, mean_std)
+
+
+def pin_memory(cfg: Config, device: torch.device) -> bool:
+    if cfg.loader.pin_memory is None:
+        return device.type == "cuda"
+    return cfg.loader.pin_memory
+
+
+def cache_dir(cfg: Config) -> Path:
+    return Path(cfg.data.root).expanduser() / ".imgcls-cache"
+
+
+def decoded_bytes(cfg: Config, images: int, prep: Preprocessing) -> int:
+    """Device memory the decoded uint8 images take."""
+    return images * cfg.model.in_channels * prep.image_size**2
+
+
+def eval_batch_size(cfg: Config) -> int:
+    return cfg.loader.eval_batch_size or 2 * cfg.loader.batch_size
+
+
+# --------------------------------------------------------------------------- training
+
+
+def build_train_loaders(cfg: Config, data: DataSplit, prep: Preprocessing,
+                        info: runtime.DistInfo, device: torch.device) -> TrainLoaders:
+    """The training loader (sharded per rank) and the validation loader (a disjoint share per
+    rank, no padding repeats: the metric sums are all-reduced), of the kind ``data.loader``
+    picks."""
+    if use_memory_loader(cfg, data, prep):
+        train, val = _memory_loaders(cfg, data, prep, info, device)
+        loaders = TrainLoaders(train, val, in_memory=True)
+    else:
+        train_dl, val_dl = _dataloaders(cfg, data, prep, info, device)
+        loaders = TrainLoaders(train_dl, val_dl, in_memory=False)
+    if len(loaders.train) == 0:
+        raise ImgclsError(
+            f"no training batches: {len(data.train)} image(s) with loader.batch_size="  # type: ignore[arg-type]
+            f"{cfg.loader.batch_size} and loader.drop_last={cfg.loader.drop_last}"
+        )
+    return loaders
+
+
+def use_memory_loader(cfg: Config, data: DataSplit, prep: Preprocessing) -> bool:
+    """``data.loader`` for training: memory, dataloader, or auto (memory when it fits and can do
+    the transforms)."""
+    mode = cfg.data.loader
+    unsupported = unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels)
+    if mode == "memory" and unsupported:
+        raise ImgclsError(
+            f"data.loader=memory cannot apply {', '.join(unsupported)} (it does random "
+            "crop, horizontal flip, cutout and normalisation only); use data.loader=dataloader "
+            "or auto"
+        )
+    images = len(data.train) + (len(data.val) if data.val is not None else 0)  # type: ignore[arg-type]
+    nbytes = decoded_bytes(cfg, images, prep)
+    fits = nbytes <= cfg.data.memory_budget_mb * 2**20
+    use = mode == "memory" or (mode == "auto" and not unsupported and fits)
+    if cfg.transforms.flip_mode == "alternate" and not use:
+        why = ("data.loader=dataloader" if mode == "dataloader" else
+               f"it cannot apply {', '.join(unsupported)}" if unsupported else
+               f"{nbytes / 2**20:.0f} MB of images exceed data.memory_budget_mb="
+               f"{cfg.data.memory_budget_mb}")
+        raise ImgclsError(
+            "transforms.flip_mode=alternate needs the device-resident loader, which this run "
+            f"cannot use ({why}); use transforms.flip_mode=random"
+        )
+    return use
+
+
+def _dataloaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: runtime.DistInfo,
+                 device: torch.device) -> tuple[EpochLoader, EpochLoader | None]:
+    train_transform = build_transform(
+        cfg.transforms, train=True, image_size=prep.image_size, native_size=data.native_size,
+        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
+    )
+    train_loader = EpochLoader(
+        TransformedDataset(data.train, train_transform), cfg.loader, train=True,
+        seed=cfg.train.seed, pin_memory=pin_memory(cfg, device),
+        num_replicas=info.world_size, rank=info.rank, deterministic=cfg.train.deterministic,
+    )
+    val_loader = None
+    if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
+        val_loader = eval_dataloader(cfg, shard(data.val, info.world_size, info.rank), prep,
+                                     data.native_size, device)
+    return train_loader, val_loader
+
+
+def _memory_loaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: runtime.DistInfo,
+                    device: torch.device) -> tuple[MemoryLoader, MemoryLoader | None]:
+    """Decode the train and val sets once (cached) and keep them on ``device``; the same
+    augmentations as :func:`build_transform`, made per batch."""
+    tf = apply_preset(cfg.transforms, prep.image_size)
+    ld = cfg.loader
+    images, labels = decode_to_tensor(data.train, prep.image_size, cache_dir=cache_dir(cfg))
+    train_loader = MemoryLoader(
+        images, labels, batch_size=ld.batch_size, train=True, shuffle=ld.shuffle,
+        drop_last=ld.drop_last, seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
+        crop_padding=list(tf.crop_padding) if tf.random_crop else None, hflip=tf.hflip,
+        flip_mode=tf.flip_mode, cutout=tf.cutout, num_replicas=info.world_size, rank=info.rank,
+    )
+    val_loader = None
+    if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
+        val_loader = memory_eval_loader(cfg, data.val, prep, device, info)
+    return train_loader, val_loader
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def build_eval_loader(cfg: Config, dataset: Dataset, prep: Preprocessing,
+                      native_size: int | None, device: torch.device) -> BatchLoader:
+    """A loader for evaluating a checkpoint: device-resident when ``data.loader`` allows it, the
+    evaluation transforms need no resizing or cropping, and the images fit the budget."""
+    if _eval_fits_memory(cfg, len(dataset), prep):  # type: ignore[arg-type]
+        return memory_eval_loader(cfg, dataset, prep, device)
+    return eval_dataloader(cfg, dataset, prep, native_size, device)
+
+
+def memory_eval_loader(cfg: Config, dataset: Dataset, prep: Preprocessing, device: torch.device,
+                       info: runtime.DistInfo | None = None) -> MemoryLoader:
+    """Decoded once (cached); with ``info``, a disjoint strided share per rank."""
+    info = info or runtime.DistInfo()
+    images, labels = decode_to_tensor(dataset, prep.image_size, cache_dir=cache_dir(cfg))
+    return MemoryLoader(
+        images, labels, batch_size=eval_batch_size(cfg), train=False, seed=cfg.train.seed,
+        device=device, mean_std=prep.mean_std, num_replicas=info.world_size, rank=info.rank,
+    )
+
+
+def eval_dataloader(cfg: Config, dataset: Dataset, prep: Preprocessing,
+                    native_size: int | None, device: torch.device) -> EpochLoader:
+    transform = build_transform(
+        cfg.transforms, train=False, image_size=prep.image_size, native_size=native_size,
+        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
+    )
+    return EpochLoader(
+        TransformedDataset(dataset, transform), cfg.loader, train=False, seed=cfg.train.seed,
+        pin_memory=pin_memory(cfg, device),
+    )
+
+
+def _eval_fits_memory(cfg: Config, images: int, prep: Preprocessing) -> bool:
+    if cfg.data.loader == "dataloader":
+        return False
+    if unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels):
+        return False
+    return (cfg.data.loader == "memory"
+            or decoded_bytes(cfg, images, prep) <= cfg.data.memory_budget_mb * 2**20)

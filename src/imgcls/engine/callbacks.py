@@ -1,0 +1,161 @@
+"""What a training run does around its loop, one callback each: checkpoints, metrics logging,
+the time limit and early stopping. Each keeps its own state, saved in the checkpoint and restored
+on ``--resume`` (see :class:`imgcls.engine.trainer.Callback`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls import runtime
+from imgcls.config import LogConfig
+from imgcls.data.transforms import denormalize
+from imgcls.engine.checkpoint import copy_checkpoint
+from imgcls.engine.metrics import Monitor
+from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.trainer import Callback, Trainer
+from imgcls.errors import ImgclsError
+from imgcls.tracking import RunLogger
+
+
+class Checkpointer(Callback):
+    """``checkpoints/last.pt`` after every epoch and ``best.pt`` when the monitored metric
+    improved (every epoch when there is no validation set). ``template`` holds what does not
+    change during the run (config, classes, preprocessing, provenance)."""
+
+    def __init__(self, run_dir: Path, template: CheckpointRecord) -> None:
+        self.folder = run_dir / "checkpoints"
+        self.template = template
+
+    def record(self, trainer: Trainer) -> CheckpointRecord:
+        state = trainer.state
+        return dataclasses.replace(
+            self.template,
+            # the unwrapped model: a checkpoint of a DDP run loads in one process and vice versa
+            model=runtime.unwrap_model(state.model).state_dict(),
+            optimizer=state.optimizer.state_dict(),
+            scheduler=state.scheduler.state_dict(),
+            epoch=state.epoch, step=state.step,
+            best_metric=state.best_metric, best_epoch=state.best_epoch,
+            metrics=trainer.last_metrics,
+            rng=runtime.get_rng_state(),
+            ema=state.ema.state_dict() if state.ema is not None else None,
+            scaler=state.scaler.state_dict() if state.scaler is not None else None,
+            callbacks=trainer.callback_states(),
+        )
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
+        last = self.folder / "last.pt"
+        self.record(trainer).save(last)
+        if trainer.improved:
+            copy_checkpoint(last, self.folder / "best.pt")
+        return None
+
+
+class MetricsLogger(Callback):
+    """metrics.jsonl, TensorBoard (scalars, a grid of the first batch, the graph) and the
+    console line of each epoch."""
+
+    def __init__(self, run_dir: Path, log: LogConfig, *, resume_epoch: int | None,
+                 mean_std: tuple[list[float], list[float]] | None,
+                 graph_input: torch.Tensor | None, say: Callable[[str], None]) -> None:
+        self.run_dir, self.log, self.resume_epoch = run_dir, log, resume_epoch
+        self.mean_std, self.graph_input, self.say = mean_std, graph_input, say
+        self.logger: RunLogger | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        # On resume, rows after the checkpoint's epoch (a run that died before saving) go.
+        self.logger = RunLogger(self.run_dir, tensorboard=self.log.tensorboard,
+                                resume_epoch=self.resume_epoch)
+        if self.log.graph and self.graph_input is not None:
+            model = runtime.unwrap_model(trainer.state.model)
+            self.logger.log_graph(model, self.graph_input.to(trainer.state.device))
+
+    def on_first_batch(self, trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.logger is not None and self.log.image_grid:
+            self.logger.log_images("train/batch", denormalize(images.float(), self.mean_std))
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
+        if self.logger is not None:
+            self.logger.log_epoch(metrics)
+        self.say(epoch_line(metrics, trainer.epochs))
+        return None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+
+def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {m['epoch']}/{epochs}",
+             f"train_loss {m['train_loss']:.4f}", f"train_acc {m['train_acc']:.4f}"]
+    if m.get("val_acc") is not None:
+        parts += [f"val_loss {m['val_loss']:.4f}", f"val_acc {m['val_acc']:.4f}",
+                  f"val_top5 {m['val_top5']:.4f}", f"val_macro_f1 {m['val_macro_f1']:.4f}"]
+    parts += [f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
+    return "  ".join(parts)
+
+
+class TimeLimit(Callback):
+    """``train.max_minutes``: stop after the epoch that ends past the limit (resumable)."""
+
+    def __init__(self, max_minutes: float, run_dir: Path) -> None:
+        self.max_minutes, self.run_dir = max_minutes, run_dir
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
+        if self.max_minutes <= 0 or trainer.state.epoch >= trainer.epochs:
+            return None
+        if metrics["elapsed_s"] < self.max_minutes * 60:
+            return None
+        return (f"stopping after epoch {trainer.state.epoch}: train.max_minutes="
+                f"{self.max_minutes:g} reached; `imgcls train --resume {self.run_dir}` "
+                "continues the run")
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs. Its counter is saved in the checkpoint, so ``--resume`` keeps counting."""
+
+    key = "early_stopping"
+
+    def __init__(self, monitor: Monitor, patience: int, min_delta: float = 0.0) -> None:
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0  # epochs since the last improvement
+        self.stopped_epoch: int | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.stopped_epoch is not None and self.wait >= self.patience:
+            raise ImgclsError(
+                f"this run stopped early at epoch {self.stopped_epoch} ({self.monitor.name} "
+                f"had not improved for {self.wait} epochs); to train on, resume with a larger "
+                "train.early_stop_patience, or 0 to switch early stopping off"
+            )
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
+        value = metrics[self.monitor.name]
+        if self.monitor.better(value, self.best, self.min_delta):
+            self.best, self.best_epoch, self.wait = value, metrics["epoch"], 0
+            return None
+        self.wait += 1
+        if self.wait < self.patience or trainer.state.epoch >= trainer.epochs:
+            return None
+        self.stopped_epoch = metrics["epoch"]
+        best = f"{self.best:.4f}" if self.best is not None and math.isfinite(self.best) else "none"
+        return (f"stopping early after epoch {self.stopped_epoch}: {self.monitor.name} has not "
+                f"improved by more than {self.min_delta:g} for {self.wait} epochs (best {best} "
+                f"at epoch {self.best_epoch}); best.pt holds epoch {trainer.state.best_epoch}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        self.wait, self.stopped_epoch = int(state.get("wait", 0)), state.get("stopped_epoch")

@@ -1,0 +1,136 @@
+"""The parts a training run is made of, built from the config in one place: the model (with
+its data-dependent initialisation, memory format and SyncBatchNorm), the optimiser, schedule,
+loss, EMA and grad scaler (a :class:`TrainState`), the weights and counters of a resumed run,
+and the DDP and ``torch.compile`` wrappers. ``train``, the LR finder and the benchmarks all use
+these, so none of them assembles a run by hand."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imgcls import runtime
+from imgcls.config import Config
+from imgcls.data.memory import MemoryLoader
+from imgcls.engine.checkpoint import load_model_state
+from imgcls.engine.loop import Speed, TrainState
+from imgcls.engine.record import CheckpointRecord
+from imgcls.errors import ImgclsError
+from imgcls.models import create_model
+from imgcls.optim import create_loss, create_optimizer, create_scheduler
+
+
+def create_speed(cfg: Config, device: torch.device) -> Speed:
+    """``train.channels_last`` and ``train.amp`` on ``device``."""
+    return Speed(channels_last=cfg.train.channels_last,
+                 amp_dtype=runtime.autocast_dtype(cfg.train.amp, device))
+
+
+def build_model(cfg: Config, num_classes: int, device: torch.device, *, train_loader: object,
+                resuming: bool = False, dist: runtime.DistInfo | None = None) -> nn.Module:
+    """The model on ``device``, in the memory format training uses. A new run's data-dependent
+    layers (fastnet's whitening stem) are set from ``train_loader``'s first images; a resumed
+    run's weights come from the checkpoint, so nothing is downloaded or initialised."""
+    dist = dist or runtime.DistInfo()
+    model_cfg = replace(cfg.model, pretrained="") if resuming else cfg.model
+    # Every rank builds the same initial weights (same seed); DDP also broadcasts rank 0's.
+    model = create_model(model_cfg, num_classes, from_checkpoint=resuming).to(device)
+    if not resuming and hasattr(model, "init_from_data") and not cfg.model.pretrained:
+        init_from_data(model, train_loader, device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.distributed and cfg.model.sync_bn:
+        if device.type != "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
+            raise ImgclsError(f"model.sync_bn=true needs CUDA devices; this run is on {device}")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+@torch.no_grad()
+def init_from_data(model: nn.Module, loader: object, device: torch.device,
+                   images: int = 5000) -> None:
+    """Data-dependent initialisation from the first training images: un-augmented from the
+    device-resident loader, else the first batches of the DataLoader (the random state is put
+    back, so the run's batches are those it would have had anyway)."""
+    if isinstance(loader, MemoryLoader):
+        model.init_from_data(loader.normalize(loader.images[:images]))  # type: ignore[operator]
+        return
+    rng = runtime.get_rng_state()
+    loader.set_epoch(0)  # type: ignore[attr-defined]
+    batches, seen = [], 0
+    for batch, _labels in loader:  # type: ignore[attr-defined]
+        batches.append(batch.to(device).float())
+        seen += len(batch)
+        if seen >= images:
+            break
+    runtime.set_rng_state(rng)
+    model.init_from_data(torch.cat(batches)[:images])  # type: ignore[operator]
+
+
+def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
+                      steps_per_epoch: int, world_size: int = 1) -> TrainState:
+    """Optimiser (lr scaled by ``optim.scale_lr``), schedule, loss, EMA and grad scaler."""
+    optim_cfg = cfg.optim
+    if cfg.optim.scale_lr == "linear":  # lr x (global batch / loader.batch_size)
+        optim_cfg = replace(cfg.optim, lr=cfg.optim.lr * world_size * cfg.train.accumulate)
+    optimizer = create_optimizer(model, optim_cfg)
+    scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch,
+                                 monitor=cfg.train.monitor)
+    ema = None
+    if cfg.train.ema > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema),
+            use_buffers=True,
+        )
+    speed = create_speed(cfg, device)
+    return TrainState(
+        model=model, optimizer=optimizer, scheduler=scheduler,
+        loss_fn=create_loss(cfg.optim).to(device), device=device, grad_clip=cfg.train.grad_clip,
+        accumulate=cfg.train.accumulate, speed=speed,
+        scaler=torch.amp.GradScaler(device.type) if speed.amp_dtype == torch.float16 else None,
+        ema=ema, ema_every=cfg.train.ema_every,
+    )
+
+
+def steps_per_epoch(cfg: Config, batches: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` micro-batches (``train.accumulate``)."""
+    return math.ceil(batches / cfg.train.accumulate)
+
+
+def restore_train_state(state: TrainState, record: CheckpointRecord, path: Path) -> None:
+    """Continue exactly where ``record`` stopped: weights, optimiser, schedule, EMA, scaler,
+    counters, best metric and every RNG."""
+    record.require_resumable(path)
+    load_model_state(state.model, record.model, path)
+    try:
+        state.optimizer.load_state_dict(record.optimizer)  # type: ignore[arg-type]
+    except ValueError as exc:  # parameter groups differ: head_lr_mult or freeze changed
+        raise ImgclsError(
+            f"cannot resume {path} with a different optim.head_lr_mult or model.freeze "
+            f"than it was trained with ({exc})"
+        ) from None
+    state.scheduler.load_state_dict(record.scheduler)
+    if state.ema is not None and record.ema:
+        state.ema.load_state_dict(record.ema)
+    if state.scaler is not None and record.scaler:
+        state.scaler.load_state_dict(record.scaler)
+    state.epoch, state.step = int(record.epoch or 0), record.step
+    state.best_metric, state.best_epoch = record.best_metric, record.best_epoch
+    runtime.set_rng_state(record.rng)  # type: ignore[arg-type]
+
+
+def wrap_for_training(state: TrainState, cfg: Config, dist: runtime.DistInfo,
+                      device: torch.device) -> None:
+    """DistributedDataParallel under torchrun, then ``torch.compile`` when asked. Evaluation and
+    checkpoints keep using the plain model (``runtime.unwrap_model``)."""
+    if dist.distributed:
+        state.model = nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.train.compile:
+        # Training steps run compiled; evaluation stays eager (one graph, no eval-mode recompile).
+        state.model = torch.compile(state.model)

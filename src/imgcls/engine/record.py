@@ -1,0 +1,140 @@
+"""The checkpoint record: one type for what a checkpoint holds, written and read in one place.
+
+Training, resume, ``convert``, ``inference.load_model``, ``export`` and the benchmarks all go
+through :class:`CheckpointRecord`, so a field is named once. On disk it is a plain dict of
+tensors, numbers, strings, lists and dicts (``torch.load(weights_only=True)`` reads it back without
+running any code), written atomically by :func:`imgcls.engine.checkpoint.save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import imgcls
+from imgcls.engine.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from imgcls.errors import ImgclsError
+
+# What every record needs to rebuild and use a model; the rest has defaults.
+REQUIRED = ("model", "config", "classes", "input_size")
+
+
+@dataclass
+class CheckpointRecord:
+    """A trained (or converted) model with everything needed to use it, and, when it came from
+    training, everything needed to resume that training exactly.
+
+    >>> record = CheckpointRecord.load("runs/NAME/checkpoints/best.pt")  # doctest: +SKIP
+    >>> record.classes, record.epoch, record.resumable                    # doctest: +SKIP
+    """
+
+    model: dict[str, torch.Tensor]  # the unwrapped model's state_dict
+    config: dict[str, Any]  # Config.to_dict() of the run
+    classes: list[str]
+    input_size: int
+    in_channels: int = 3
+    mean: list[float] | None = None  # normalisation of the evaluation transform (None: [0, 1])
+    std: list[float] | None = None
+    native_size: int | None = None  # the data's own image size, when all images share one
+    epoch: int | None = None  # epochs completed (None: unknown, for converted files)
+    step: int = 0  # optimizer steps completed
+    best_metric: float | None = None  # the best value of `monitor` so far
+    best_epoch: int | None = None
+    monitor: str = "val_acc"  # the metric best_metric and best.pt refer to
+    metrics: dict[str, Any] = field(default_factory=dict)  # the epoch's metrics row
+    provenance: dict[str, Any] = field(default_factory=dict)
+    # ---- training state: present in training checkpoints, absent in converted ones
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None  # AveragedModel state (train.ema > 0)
+    scaler: dict[str, Any] | None = None  # GradScaler state (fp16 autocast)
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by callback key
+
+    @property
+    def resumable(self) -> bool:
+        return self.optimizer is not None and self.scheduler is not None
+
+    @property
+    def mean_std(self) -> tuple[list[float], list[float]] | None:
+        if self.mean is None or self.std is None:
+            return None
+        return list(self.mean), list(self.std)
+
+    def inference_weights(self) -> dict[str, torch.Tensor]:
+        """The weights to predict with: the EMA average when the run kept one (``train.ema``; it
+        is what validation measured), else the trained weights."""
+        if self.ema:  # AveragedModel's state_dict: "module."-prefixed weights plus its counter
+            return {k.removeprefix("module."): v for k, v in self.ema.items()
+                    if k.startswith("module.")}
+        return self.model
+
+    # ------------------------------------------------------------------ to and from a dict
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict written to disk (without the format marker, which save adds)."""
+        # not dataclasses.asdict: it would deep-copy every tensor
+        payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        # Optional training state is left out rather than stored as None: a converted
+        # checkpoint says plainly that it has no optimiser.
+        for key in ("optimizer", "scheduler", "rng", "ema", "scaler"):
+            if payload[key] is None:
+                del payload[key]
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: str | Path) -> CheckpointRecord:
+        """A record from a loaded dict; a missing required field is a one-line error naming it.
+
+        Records written before a field existed get its default (``monitor``: val_acc, the only
+        metric best.pt followed then)."""
+        for key in REQUIRED:
+            if key not in payload:
+                raise ImgclsError(f"checkpoint {path} has no {key!r} field; it is damaged or "
+                                  "was not written by imgcls")
+        names = {f.name for f in dataclasses.fields(cls)}
+        record = cls(**{k: v for k, v in payload.items() if k in names})
+        if not isinstance(record.config, dict) or not isinstance(record.classes, (list, tuple)):
+            raise ImgclsError(f"checkpoint {path}: field 'config' or 'classes' has the wrong type")
+        record.classes = [str(c) for c in record.classes]
+        return record
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temporary file, fsync, rename)."""
+        save_checkpoint(self.to_payload(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CheckpointRecord:
+        """Read safely (``weights_only=True``); nothing in the file runs."""
+        return cls.from_payload(load_checkpoint(path), path)
+
+    def require_resumable(self, path: str | Path) -> None:
+        if self.resumable and self.rng is not None and self.epoch is not None:
+            return
+        source = self.provenance.get("converted_from")
+        origin = f" (converted from {source})" if source else ""
+        raise ImgclsError(
+            f"{path} holds weights only{origin} and cannot be resumed; start a new run from it "
+            f"with model.pretrained={path}"
+        )
+
+
+def provenance(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
+    """Which software and hardware made a checkpoint (results carry their provenance)."""
+    return {
+        "imgcls": imgcls.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object would not load weights_only
+        "python": platform.python_version(),
+        "device": str(device),
+        "world_size": world_size,
+    }
+
+
+__all__ = ["FORMAT", "REQUIRED", "VERSION", "CheckpointRecord", "provenance"]

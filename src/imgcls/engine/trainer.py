@@ -1,0 +1,205 @@
+"""The epoch loop, and the hooks that everything around it plugs into.
+
+:class:`Trainer` runs epochs (train, validate, advance the schedule, track the best value of the
+monitored metric) and calls its callbacks; checkpointing, logging, the time limit and early
+stopping are callbacks (``engine/callbacks.py``), so a new feature is a new callback, not a longer
+loop. A callback may ask to stop at the end of an epoch by returning a reason; in a distributed
+run rank 0's decision is broadcast, so every rank stops after the same epoch.
+
+    trainer = Trainer(state, train_loader, val_loader, epochs=30, classes=classes,
+                      monitor=get_monitor("val_acc"), callbacks=[...])
+    trainer.fit()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcls import runtime
+from imgcls.engine.loop import EvalResult, TrainState, evaluate, train_one_epoch
+from imgcls.engine.metrics import Monitor, classification_metrics, epoch_metrics_from_eval
+
+# The validation keys of an epoch's metrics row (None when the run has no validation set).
+VAL_KEYS = ("val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc",
+            "val_macro_precision", "val_macro_recall")
+
+
+class Callback:
+    """A piece of the run that reacts to the loop. Override what you need; all hooks are
+    optional. ``key`` names the callback's state in the checkpoint ("" : it keeps none)."""
+
+    key: str = ""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (of this process: after a resume, the next epoch)."""
+
+    def on_first_batch(self, trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """The first training batch of a new run (not of a resumed one), as the model sees it."""
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
+        """After each epoch's validation, with its metrics row; return a reason to stop."""
+        return None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch, or when the run stops on an error or Ctrl-C."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on ``--resume``)."""
+
+
+class Trainer:
+    """Runs ``state`` from ``state.epoch`` to ``epochs``, calling ``callbacks`` in order."""
+
+    def __init__(
+        self,
+        state: TrainState,
+        train_loader: Any,
+        val_loader: Any | None,
+        *,
+        epochs: int,
+        classes: Sequence[str],
+        monitor: Monitor | None,
+        callbacks: Sequence[Callback] = (),
+        dist: runtime.DistInfo | None = None,
+        seed: int = 0,
+        tta: str = "none",
+        progress: bool = False,
+        start_time: float | None = None,
+        say: Callable[[str], None] = lambda _message: None,
+    ) -> None:
+        self.state = state
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.epochs = epochs
+        self.classes = list(classes)
+        self.monitor = monitor  # None: no validation set, best.pt follows the last epoch
+        self.callbacks = list(callbacks)
+        self.dist = dist or runtime.DistInfo()
+        self.seed, self.tta, self.progress = seed, tta, progress
+        self.start_time = start_time if start_time is not None else time.perf_counter()
+        self.say = say
+        self.improved = False  # did the epoch just run set a new best?
+        self.stop_reason: str | None = None
+        self.last_metrics: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation measures: the EMA average when kept, else the plain model
+        (not the DDP wrapper: ranks' shards differ in size and its forward would sync)."""
+        if self.state.ema is not None:
+            return self.state.ema.module
+        return runtime.unwrap_model(self.state.model)
+
+    def callback_states(self) -> dict[str, dict[str, Any]]:
+        return {cb.key: cb.state_dict() for cb in self.callbacks if cb.key}
+
+    def load_callback_states(self, states: dict[str, dict[str, Any]]) -> None:
+        for cb in self.callbacks:
+            if cb.key and cb.key in states:
+                cb.load_state_dict(states[cb.key])
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``epochs`` or until a callback stops the run; returns the last metrics."""
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        try:
+            while self.state.epoch < self.epochs:
+                metrics = self.run_epoch()
+                reasons = [r for cb in self.callbacks if (r := cb.on_epoch_end(self, metrics))]
+                # Rank 0 decides for all: clocks (and so the time limit) differ between ranks.
+                reason = runtime.broadcast_object(reasons[0] if reasons else None)
+                if reason:
+                    self.stop_reason = reason
+                    self.say(reason)
+                    break
+            # every rank returns only once rank 0's last checkpoint is on disk
+            runtime.barrier()
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        return self.last_metrics
+
+    def run_epoch(self) -> dict[str, Any]:
+        """One epoch: train, validate, step the epoch schedule, update the best; its metrics."""
+        state = self.state
+        epoch_start = time.perf_counter()
+        self.train_loader.set_epoch(state.epoch)
+        if self.dist.distributed:
+            # Ranks must augment differently, and the checkpoint holds only rank 0's RNG state:
+            # each rank re-seeds per epoch, so a resume at the same world size is exact.
+            runtime.seed_everything(runtime.rank_epoch_seed(
+                self.seed, self.dist.rank, self.dist.world_size, state.epoch))
+        lr = state.optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(
+            state, self.train_loader, progress=self.progress,
+            on_first_batch=self._first_batch if state.epoch == 0 else None,
+            reduce=runtime.all_reduce_sum if self.dist.distributed else None,
+        )
+        result = self.validate()
+        state.epoch += 1
+        metrics: dict[str, Any] = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "train_loss": train["train_loss"],
+            "train_acc": train["train_acc"],
+            **self._val_metrics(result),
+            "lr": lr,
+            "epoch_time_s": time.perf_counter() - epoch_start,
+            "train_time_s": train["train_time_s"],
+            "train_images_per_s": train["train_samples"] / train["train_time_s"],
+            # wall time since the run started: setup, decoding and validation included
+            "elapsed_s": time.perf_counter() - self.start_time,
+        }
+        if result is not None:
+            metrics["val_per_class"] = classification_metrics(
+                result.confusion, self.classes)["per_class"]
+        state.scheduler.step_epoch(metrics)
+        self._update_best(metrics)
+        self.last_metrics = metrics
+        return metrics
+
+    def validate(self) -> EvalResult | None:
+        if self.val_loader is None:
+            return None
+        return evaluate(
+            self.eval_model, self.val_loader, self.state.loss_fn, self.state.device,
+            len(self.classes), progress=self.progress,
+            desc=f"epoch {self.state.epoch + 1} val",
+            reduce=runtime.all_reduce_sum if self.dist.distributed else None,
+            speed=self.state.speed, tta=self.tta,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _first_batch(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        for cb in self.callbacks:
+            cb.on_first_batch(self, images, labels)
+
+    @staticmethod
+    def _val_metrics(result: EvalResult | None) -> dict[str, float | None]:
+        if result is None:
+            return dict.fromkeys(VAL_KEYS)
+        values = epoch_metrics_from_eval(result.loss, result.top1, result.top5, result.confusion)
+        return {key: values[key] for key in VAL_KEYS}
+
+    def _update_best(self, metrics: dict[str, Any]) -> None:
+        state = self.state
+        if self.monitor is None:  # no validation set: the last epoch is the best we know
+            self.improved = True
+            state.best_metric, state.best_epoch = None, state.epoch
+            return
+        value = metrics[self.monitor.name]
+        self.improved = self.monitor.better(value, state.best_metric)
+        if self.improved:
+            state.best_metric, state.best_epoch = value, state.epoch

@@ -1,0 +1,64 @@
+"""Files written so that a crash, Ctrl-C or full disk at any moment leaves the old file or the new
+one, never half of one: write a temporary file in the same folder, fsync it, rename it over the
+target, fsync the folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened: Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_file(path: Path, write_file: Callable[[Path], object]) -> None:
+    """Call ``write_file(tmp)`` to create a temporary file beside ``path`` (for writers that
+    want a path, such as ``torch.onnx.export``), fsync it, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_file(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; give it a file's usual mode
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: never leave the temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(handle)`` on a temporary file, then put it at ``path`` atomically.
+
+    >>> atomic_write(Path("out.txt"), lambda handle: handle.write(b"done"))  # doctest: +SKIP
+    """
+    def write_file(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            write(handle)
+
+    atomic_write_file(path, write_file)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``path.write_text(text)`` (UTF-8), atomically."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
