@@ -28,6 +28,7 @@ from imgcls.data.pipeline import (
     build_eval_loader,
     build_train_loaders,
     resolve_preprocessing,
+    source_defaults,
 )
 from imgcls.data.splits import load_split, save_split
 from imgcls.engine import components
@@ -37,7 +38,13 @@ from imgcls.engine.lr_finder import lr_sweep, save_sweep
 from imgcls.engine.metrics import Monitor, classification_metrics, get_monitor
 from imgcls.engine.record import CheckpointRecord, provenance
 from imgcls.engine.report import write_eval_report
-from imgcls.engine.run_folder import Resume, resolve_resume, run_dir_of, shared_run_dir
+from imgcls.engine.run_folder import (
+    Resume,
+    next_steps,
+    resolve_resume,
+    run_dir_of,
+    shared_run_dir,
+)
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model
@@ -113,7 +120,7 @@ def train(
                 f"{cfg.train.epochs}; pass train.epochs=N (N > {done}) to train longer"
             )
     else:
-        cfg = build_config(cfg, overrides)
+        cfg = source_defaults(build_config(cfg, overrides))
     runtime.configure_determinism(cfg.train.deterministic)
     runtime.seed_everything(cfg.train.seed)
     user = UserData(train_dataset, val_dataset, classes, list(callbacks))
@@ -152,15 +159,36 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
     say(f"{'resuming' if resumed else 'training'} {cfg.model.name} on {cfg.data.source} "
         f"({len(data.train)} train / {n_val} val images, {len(data.classes)} classes) on "  # type: ignore[arg-type]
         f"{device}{processes}, images "
-        f"{'decoded into device memory' if loaders.in_memory else 'read by a DataLoader'}; "
-        f"run folder {run_dir}")
+        f"{'decoded into device memory' if loaders.in_memory else 'read by a DataLoader'}"
+        f"{_adapted(data, prep, cfg)}; run folder {run_dir}")
     last = trainer.fit()
     seconds = time.perf_counter() - start_time
     best = (f"best {monitor.name} {state.best_metric:.4f} at epoch {state.best_epoch}"
             if monitor is not None and state.best_metric is not None else "no validation set")
     say(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
+    say("next:\n" + "\n".join(f"  {line}" for line in next_steps(
+        run_dir, _resume_hint(cfg, trainer.stopped_by, state.epoch))))
     return RunResult(run_dir, state.best_metric if monitor else None, state.best_epoch,
                      state.epoch, seconds, last, trainer.stop_reason)
+
+
+def _adapted(data: DataSplit, prep: Preprocessing, cfg: Config) -> str:
+    """How the images are adapted to the model, when they are (the digits' 8x8 greyscale)."""
+    size = data.native_size
+    resized = f", resized from {size}x{size} to {prep.image_size}x{prep.image_size}" if (
+        size is not None and size != prep.image_size) else ""
+    grey = ", greyscale repeated to 3 channels" if (
+        cfg.data.source.strip().lower() == "digits" and cfg.model.in_channels == 3) else ""
+    return resized + grey
+
+
+def _resume_hint(cfg: Config, stopped_by: Callback | None, epochs: int) -> tuple[str, str]:
+    """(what, KEY=VALUE) for the next-steps line that resumes this run."""
+    if isinstance(stopped_by, TimeLimit):
+        return "continue it", ""
+    if isinstance(stopped_by, EarlyStopping):
+        return "train on", f"train.early_stop_patience={2 * cfg.train.early_stop_patience}"
+    return "train longer", f"train.epochs={epochs + max(epochs // 2, 1)}"
 
 
 def load_data(cfg: Config, resumed: Resume | None, user: UserData,
@@ -356,7 +384,7 @@ def lr_find(
 
     >>> lr_find(build_config(overrides={"data.source": "my_images"})).suggestion  # doctest: +SKIP
     """
-    cfg = build_config(cfg, overrides)
+    cfg = source_defaults(build_config(cfg, overrides))
     out = Path(output)
     if (out / "checkpoints").exists() or (out / "metrics.jsonl").exists():
         raise ImgclsError(f"--output {out} is a run folder; lr-find never writes into a run, "

@@ -15,7 +15,8 @@ from imgcls.errors import ImgclsError
 
 # Frequent settings get flags; each maps onto one config key.
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "data": ("data.source", str, "cifar10, cifar100, a folder of class folders, or a list file"),
+    "data": ("data.source", str,
+             "digits (bundled), cifar10, cifar100, a folder of class folders, or a list file"),
     "model": ("model.name", str, "model name (see `imgcls models`)"),
     "epochs": ("train.epochs", int, "number of epochs"),
     "batch_size": ("loader.batch_size", int, "training batch size"),
@@ -28,6 +29,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
 
 TRAIN_EPILOG = """\
 examples:
+  imgcls train --data digits --epochs 10         # bundled digits: runs anywhere, no download
   imgcls train                                   # CIFAR-10 with simple_v3
   imgcls train --data PATH --model simple_v3 --epochs 30 --batch-size 128 --lr 0.05
   imgcls train --config configs/simple_v3_seed.yaml optim.momentum=0.9 data.val_fraction=0.1
@@ -166,6 +168,19 @@ def _add_models(commands: Any) -> None:
                         help="class count for the parameter counts (default 10)")
 
 
+def _add_datasets(commands: Any) -> None:
+    datasets = commands.add_parser(
+        "datasets", help="list the built-in data sets; write the digits as image files",
+        description="Lists the data sets --data knows by name. `imgcls datasets digits --export "
+        "DIR` writes the bundled digits as PNG files in class folders (DIR/7/test_0042.png).",
+    )
+    datasets.add_argument("name", nargs="?", choices=["digits"], help="data set to export")
+    datasets.add_argument("--export", metavar="DIR", help="folder to write the images into")
+    datasets.add_argument("--split", default="test", choices=["train", "test"],
+                          help="which part to write (default test: the images training never "
+                          "sees)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
@@ -175,7 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_lr_find, _add_evaluate, _add_predict, _add_export,
-                _add_convert, _add_models):
+                _add_convert, _add_models, _add_datasets):
         add(commands)
     return parser
 
@@ -328,6 +343,37 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+BUILTIN_DATA = {
+    "digits": "1,797 handwritten digits, 8x8 greyscale, 10 classes; bundled with scikit-learn, "
+              "no download (test split: a fixed fifth)",
+    "cifar10": "60,000 32x32 colour images, 10 classes; downloaded by torchvision (170 MB)",
+    "cifar100": "60,000 32x32 colour images, 100 classes; downloaded by torchvision (170 MB)",
+}
+
+
+def _run_datasets(args: argparse.Namespace) -> int:
+    if args.export is None:
+        if args.name is not None:
+            raise ImgclsError(f"what to do with {args.name}? add --export DIR")
+        for name, text in BUILTIN_DATA.items():
+            print(f"{name:<9} {text}")
+        print("or: a folder of class folders, or a .txt list file (see the README)")
+        return 0
+    if args.name is None:
+        raise ImgclsError("--export needs the data set's name: imgcls datasets digits --export DIR")
+    from pathlib import Path
+
+    from imgcls.data.digits import export_images
+
+    out = Path(args.export)
+    try:
+        count = export_images(args.split, out)
+    except OSError as exc:
+        raise ImgclsError(f"cannot write the images to {out}: {exc.strerror or exc}") from None
+    print(f"wrote {count} {args.split} images of {args.name} to {out}/<class>/")
+    return 0
+
+
 def _one_line(exc: BaseException) -> str:
     # An error raised inside a DataLoader worker comes back wrapped in its traceback text.
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -373,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _run_export,
         "convert": _run_convert,
         "models": _run_models,
+        "datasets": _run_datasets,
     }
     if args.command is None:
         parser.print_help()
@@ -392,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         raise
+    except BrokenPipeError:  # `imgcls evaluate ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("imgcls: interrupted; completed epochs are saved: continue with "
               "`imgcls train --resume RUN`", file=sys.stderr)

@@ -23,7 +23,8 @@ from imgcls.files import atomic_write_text
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "cifar10"  # cifar10 | cifar100 | a folder of class folders | a list file (.txt)
+    # digits (bundled) | cifar10 | cifar100 | a folder of class folders | a list file (.txt)
+    source: str = "cifar10"
     root: str = "./data"  # where CIFAR is downloaded; base for list-file paths
     val_fraction: float = 0.1  # held out (stratified, seeded) when there is no validation folder
     download: bool = True  # let torchvision download CIFAR when it is not in `root`
@@ -47,7 +48,8 @@ class LoaderConfig:
 
 @dataclass(frozen=True)
 class TransformConfig:
-    preset: str = "auto"  # auto | none | cifar | imagenet: augmentations explicit keys add to
+    # auto | none | cifar | imagenet | digits (no flips): augmentations explicit keys add to
+    preset: str = "auto"
     image_size: int | None = None  # None: the model's input size
     resize: int | None = None  # resize the shorter side first (eval: before center crop)
     center_crop: bool = False  # eval: center-crop to image_size after `resize`
@@ -357,7 +359,7 @@ MONITOR_METRICS = ("val_acc", "val_loss", "val_top5", "val_macro_f1", "val_balan
 
 CHOICES = {
     "data.loader": ("auto", "memory", "dataloader"),
-    "transforms.preset": ("auto", "none", "cifar", "imagenet"),
+    "transforms.preset": ("auto", "none", "cifar", "imagenet", "digits"),
     "transforms.normalize": ("auto", "dataset", "imagenet", "half", "none", "custom"),
     "model.head": ("replace", "append"),
     "model.head_pool": ("default", "avg", "max"),

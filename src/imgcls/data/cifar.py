@@ -84,7 +84,9 @@ def _local_copy_hint(name: str) -> str:
     cls = CLASSES[name]
     return (
         f"to use a local copy, download {cls.url}, extract it and pass "
-        f"--data /path/to/{cls.base_folder} (or data.root=/folder/containing/{cls.base_folder})"
+        f"--data /path/to/{cls.base_folder} (or data.root=/folder/containing/{cls.base_folder}); "
+        "to try imgcls without a download, --data digits trains on the digits bundled with "
+        "scikit-learn"
     )
 
 

@@ -10,7 +10,7 @@ its images (device-resident :class:`MemoryLoader` or a DataLoader), built the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from imgcls import runtime
 from imgcls.config import Config
+from imgcls.data.digits import NAME as DIGITS
 from imgcls.data.loaders import BatchLoader, EpochLoader, TransformedDataset, shard
 from imgcls.data.memory import MemoryLoader, decode_to_tensor, unsupported_transforms
 from imgcls.data.sources import DataSplit
@@ -39,6 +40,14 @@ class TrainLoaders:
     train: BatchLoader
     val: BatchLoader | None
     in_memory: bool  # device-resident (MemoryLoader) rather than a DataLoader
+
+
+def source_defaults(cfg: Config) -> Config:
+    """What a data source implies when the user left the key alone: ``transforms.preset=auto``
+    on the digits means shifts without flips (a mirrored 2 is no 2)."""
+    if cfg.data.source.strip().lower() == DIGITS and cfg.transforms.preset == "auto":
+        return replace(cfg, transforms=replace(cfg.transforms, preset="digits"))
+    return cfg
 
 
 def resolve_preprocessing(cfg: Config, data: DataSplit) -> Preprocessing:

@@ -1,7 +1,8 @@
 """Pick the data source named by ``data.source`` and build train/validation/test datasets.
 
-Sources: ``cifar10`` / ``cifar100`` (torchvision, or a path to an extracted copy), a folder of
-class folders (optionally with ``train/`` and ``val/`` or ``test/``), or a ``.txt`` list file.
+Sources: ``digits`` (scikit-learn's bundled 8x8 digits: no download), ``cifar10`` / ``cifar100``
+(torchvision, or a path to an extracted copy), a folder of class folders (optionally with
+``train/`` and ``val/`` or ``test/``), or a ``.txt`` list file.
 Datasets yield ``(PIL.Image in RGB mode, int label)`` with no transforms, and expose ``targets``.
 """
 
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 from torch.utils.data import Dataset
 
 from imgcls.config import DataConfig
+from imgcls.data import digits
 from imgcls.data.cifar import CLASSES as CIFAR_CLASSES
 from imgcls.data.cifar import MEAN_STD, NATIVE_SIZE, detect_cifar_folder, load_cifar
 from imgcls.data.folder import (
@@ -34,7 +36,7 @@ from imgcls.data.splits import (
 )
 from imgcls.errors import ImgclsError
 
-EXPECTED = "expected cifar10, cifar100, a folder of class folders or a list file"
+EXPECTED = "expected digits, cifar10, cifar100, a folder of class folders or a list file"
 
 
 @dataclass
@@ -51,7 +53,7 @@ class DataSplit:
 
 
 class _Source(NamedTuple):
-    kind: str  # cifar | folder | list
+    kind: str  # digits | cifar | folder | list
     path: Path  # CIFAR root, data folder or list file
     cifar: str = ""  # cifar10 | cifar100
     base_folder: str | None = None  # the CIFAR batches folder's name under `path`
@@ -78,7 +80,8 @@ def create_eval_dataset(
     cfg: DataConfig, split: str, seed: int, split_record: dict | None = None
 ) -> tuple[Dataset, list[str]]:
     """The ``val`` set training used (from ``split_record`` or recomputed from ``seed``) or the
-    ``test`` set (``PATH/test`` for folders, the official test batch for CIFAR); returns
+    ``test`` set (``PATH/test`` for folders, the official test batch for CIFAR, the fixed fifth
+    of the digits); returns
     (dataset, classes). List files have no test split."""
     if split == "val":
         data = _build(cfg, seed, split_record, verify_train=False)
@@ -93,7 +96,10 @@ def create_eval_dataset(
     if split_record is not None:
         check_record(split_record)
     src = _find_source(cfg)
-    if src.kind == "cifar":
+    if src.kind == "digits":
+        test: Any = digits.Digits("test")
+        classes = list(test.classes)
+    elif src.kind == "cifar":
         test = load_cifar(src.cifar, src.path, False, cfg.download, src.base_folder)
         classes = list(test.classes)
     elif src.kind == "folder":
@@ -159,6 +165,8 @@ def from_dataset(
 
 def _find_source(cfg: DataConfig) -> _Source:
     name = cfg.source.strip()
+    if name.lower() == digits.NAME:
+        return _Source("digits", Path(digits.NAME))
     if name.lower() in CIFAR_CLASSES:
         return _Source("cifar", Path(cfg.root).expanduser().absolute(), name.lower())
     path = Path(name).expanduser()
@@ -182,14 +190,14 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
     if record is not None:
         check_record(record)
     src = _find_source(cfg)
-    needs = "indices" if src.kind == "cifar" else "files"
+    needs = "indices" if src.kind in ("cifar", "digits") else "files"
     if record is not None and record["kind"] != needs:
         raise ImgclsError(
             f"the saved split lists {record['kind']} but data source {cfg.source} needs {needs}; "
             "was it saved for another data source?"
         )
-    if src.kind == "cifar":
-        return _cifar_split(cfg, src, seed, record)
+    if src.kind in ("cifar", "digits"):
+        return _indexed_split(cfg, src, seed, record)
     if src.kind == "folder":
         classes, pool, default = _folder_pool(src.path, cfg, seed)
         missing: list[str] = []
@@ -226,8 +234,15 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
 # --------------------------------------------------------------------------- per source
 
 
-def _cifar_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None) -> DataSplit:
-    base = load_cifar(src.cifar, src.path, True, cfg.download, src.base_folder)
+def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None) -> DataSplit:
+    """A data set of fixed images (CIFAR's training batches, the digits' train part) split by
+    index: a seeded stratified holdout, or the saved split's indices."""
+    if src.kind == "digits":
+        base: Any = digits.Digits("train")
+        native, mean_std = digits.NATIVE_SIZE, digits.mean_std(base)
+    else:
+        base = load_cifar(src.cifar, src.path, True, cfg.download, src.base_folder)
+        native, mean_std = NATIVE_SIZE, MEAN_STD[src.cifar]
     classes = list(base.classes)
     if record is None:
         train_idx, val_idx = stratified_split(base.targets, cfg.val_fraction, seed)
@@ -248,8 +263,8 @@ def _cifar_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None) 
         classes=classes,
         split_record=make_record(cfg.source, "indices", seed, fraction, classes, train_idx,
                                  val_idx),
-        native_size=NATIVE_SIZE,
-        mean_std=MEAN_STD[src.cifar],
+        native_size=native,
+        mean_std=mean_std,
     )
 
 

@@ -24,6 +24,9 @@ PRESETS: dict[str, dict[str, object]] = {
     "none": {},
     "cifar": {"random_crop": True, "crop_padding": [4], "hflip": 0.5},
     "imagenet": {"random_resized_crop": True, "hflip": 0.5, "center_crop": True},
+    # handwriting is not mirror-symmetric: shifts only (the digits' 8 px, served at 32, move by
+    # up to half a source pixel)
+    "digits": {"random_crop": True, "crop_padding": [2]},
 }
 
 

@@ -4,6 +4,7 @@ needs has been checked, so a bad option never leaves an empty run folder behind.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -90,3 +91,18 @@ def shared_run_dir(cfg: Config, resume_dir: Path | None, info: runtime.DistInfo)
         raise ImgclsError(error)
     assert run_dir is not None
     return run_dir
+
+
+def next_steps(run_dir: Path, resume: tuple[str, str]) -> list[str]:
+    """The commands a person runs next on the run just made (printed at the end of train);
+    ``resume`` is (what, KEY=VALUE) for the line that continues it."""
+    run = shlex.quote(str(run_dir))
+    best = shlex.quote(str(run_dir / "checkpoints" / "best.pt"))
+    what, extra = resume
+    return [
+        f"evaluate it:  imgcls evaluate {best} [--split test]",
+        f"predict:      imgcls predict {best} IMAGE_OR_FOLDER ...",
+        f"export:       imgcls export {best} --format onnx",
+        f"{what + ':':<13} imgcls train --resume {run}{' ' + extra if extra else ''}",
+        f"TensorBoard:  tensorboard --logdir {shlex.quote(str(run_dir / 'tensorboard'))}",
+    ]

@@ -87,6 +87,7 @@ class Trainer:
         self.say = say
         self.improved = False  # did the epoch just run set a new best?
         self.stop_reason: str | None = None
+        self.stopped_by: Callback | None = None  # the callback that stopped the run
         self.last_metrics: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state
@@ -116,12 +117,13 @@ class Trainer:
         try:
             while self.state.epoch < self.epochs:
                 metrics = self.run_epoch()
-                reasons = [r for cb in self.callbacks if (r := cb.on_epoch_end(self, metrics))]
+                asked = [(i, r) for i, cb in enumerate(self.callbacks)
+                         if (r := cb.on_epoch_end(self, metrics))]
                 # Rank 0 decides for all: clocks (and so the time limit) differ between ranks.
-                reason = runtime.broadcast_object(reasons[0] if reasons else None)
-                if reason:
-                    self.stop_reason = reason
-                    self.say(reason)
+                first = runtime.broadcast_object(asked[0] if asked else None)
+                if first:
+                    self.stopped_by, self.stop_reason = self.callbacks[first[0]], first[1]
+                    self.say(self.stop_reason)
                     break
             # every rank returns only once rank 0's last checkpoint is on disk
             runtime.barrier()
