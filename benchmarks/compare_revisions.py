@@ -56,12 +56,19 @@ def write_list_file(folder: Path, limit: int | None, path: Path) -> int:
     return len(samples)
 
 
+def holdout_keys(tree: Path) -> list[str]:
+    """Both trees validate on the same 10% holdout; a tree whose recipes can say
+    ``data.val_split=test`` (the seed recipes) is told to hold out instead."""
+    config = (tree / "src" / "imgcls" / "config.py").read_text(encoding="utf-8")
+    return ["data.val_split=holdout"] if "val_split" in config else []
+
+
 def train_once(tree: Path, args: argparse.Namespace, list_file: Path, out: Path, name: str,
                epochs: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "imgcls", "train", "--config", str(tree / args.config),
                "--data", str(list_file), "--epochs", str(epochs), "--output", str(out),
                "--name", name, f"data.root={out / 'cache'}", "log.progress=off",
-               "data.val_fraction=0.1", *args.set]
+               "data.val_fraction=0.1", *holdout_keys(tree), *args.set]
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)

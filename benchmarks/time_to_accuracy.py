@@ -217,6 +217,7 @@ def main() -> None:
             "data.source": str(source),
             "data.root": str(cache_dir),
             "data.val_fraction": 0.1,
+            "data.val_split": "holdout",  # the seed recipes validate on the test split
             "train.seed": 0,
             "log.output": str(output),
             "log.name": f"{name}-{stamp}",

@@ -100,3 +100,18 @@ def test_compare_revisions_quick(tmp_path: Path, make_image_folder) -> None:
     for tree in ("base", "this"):
         assert result["median"][tree]["epoch_s"] > 0 and result["median"][tree]["wall_s"] > 0
     assert result["ratio_this_over_base"]["wall_s"] > 0
+
+
+@pytest.mark.slow
+def test_imbalance_quick(tmp_path: Path) -> None:
+    # The bundled digits, 10:1 imbalanced: one seed, one epoch of each of the three ways.
+    result = run_benchmark("imbalance.py", "--quick", "--output", tmp_path, "--threads", "1")
+    assert set(result["ways"]) == {"none", "class_weights", "balanced_sampler"}
+    for way in result["ways"].values():
+        for key in ("macro_f1", "balanced_acc", "minority_recall", "majority_recall",
+                    "accuracy"):
+            assert 0 <= way[key] <= 1, (key, way)
+        assert len(way["per_seed"]) == 1 and way["seconds"] > 0
+    counts = result["train_counts"]
+    assert min(counts[:5]) > 8 * max(counts[5:]) and result["epochs"] == 1
+    assert (tmp_path / "data" / "val" / "9").is_dir()

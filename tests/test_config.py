@@ -530,6 +530,9 @@ def test_lenet_seed_recipe():
     assert cfg.sched.warmup_epochs == 0
     assert cfg.train.epochs == 2
     assert cfg.transforms.normalize == "half"
+    # the tutorial's numbers: all training images, test accuracy every epoch, fp32 everywhere
+    assert cfg.data.val_split == "test"
+    assert cfg.train.amp == "off" and cfg.train.tf32 is False
     # no augmentation: the preset is off and every augmentation key is at its "off" value
     t = cfg.transforms
     assert t.preset == "none"
@@ -561,6 +564,8 @@ def test_simple_v3_seed_recipe():
     assert t.hflip == 0.5
     assert t.normalize == "none"  # the seed feeds ToTensor() pixels without normalisation
     assert not t.random_resized_crop and t.rotation == 0.0 and t.color_jitter == []
+    assert cfg.data.val_split == "test"
+    assert cfg.train.amp == "off" and cfg.train.tf32 is False
 
 
 def test_vgg16_finetune_recipe():
@@ -568,10 +573,14 @@ def test_vgg16_finetune_recipe():
     assert cfg.model.name == "vgg16"
     assert cfg.model.pretrained == "default"
     assert cfg.model.freeze == "none"  # the default (was the bool False)
-    assert cfg.transforms.image_size == 224
-    assert cfg.transforms.normalize == "imagenet"
-    assert cfg.data.source == "cifar10"
-    assert cfg.optim.nesterov is False
+    # seed 001: vgg.classifier.add_module('add_linear', Linear(1000, 10)), SGD(lr=0.01), batch
+    # 64, ToTensor() 32-pixel images, 20 epochs
+    assert cfg.model.head == "append"
+    assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.01 and cfg.optim.momentum == 0.0
+    assert cfg.loader.batch_size == 64 and cfg.train.epochs == 20
+    assert cfg.transforms.image_size == 32 and cfg.transforms.normalize == "none"
+    assert cfg.data.source == "cifar10" and cfg.data.val_split == "test"
+    assert cfg.optim.nesterov is False and cfg.train.amp == "off"
 
 
 def test_readme_documents_every_config_key() -> None:

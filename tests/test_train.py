@@ -160,6 +160,13 @@ def test_python_api_takes_any_dataset(tmp_path):
     ckpt = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
     assert ckpt["classes"] == ["dark", "light"]
     assert result.best_metric is not None
+    # a separate validation dataset: its own indices in split.json, after the training ones
+    both = api.train(build_config(overrides={**FAST, "log.output": str(tmp_path),
+                                             "train.epochs": 1, "log.name": "both"}),
+                     train_dataset=Colours(), val_dataset=Colours(), classes=["dark", "light"])
+    split = json.loads((both.run_dir / "split.json").read_text())
+    assert split["val"] == list(range(40, 80)) and split["train"] == list(range(40))
+    assert both.last_metrics["val_acc"] is not None
 
 
 def test_max_minutes_stops_after_the_epoch_and_resume_continues(tmp_path, make_image_folder):

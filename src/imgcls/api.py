@@ -30,6 +30,8 @@ from imgcls.data.pipeline import (
     resolve_preprocessing,
     source_defaults,
 )
+from imgcls.data.sampling import class_counts
+from imgcls.data.sources import dataset_labels
 from imgcls.data.splits import load_split, save_split
 from imgcls.engine import components
 from imgcls.engine.callbacks import Checkpointer, EarlyStopping, MetricsLogger, TimeLimit
@@ -110,17 +112,14 @@ def train(
     ... # doctest: +SKIP
     """
     start_time = time.perf_counter()
-    resumed = resolve_resume(resume) if resume is not None else None
+    cfg, resumed = train_config(cfg, resume=resume, overrides=overrides)
     if resumed is not None:
-        cfg = build_config(resumed.record.config, overrides)
         done = resumed.record.epoch or 0
         if done >= cfg.train.epochs:
             raise ImgclsError(
                 f"{resumed.path} already finished epoch {done} of train.epochs="
                 f"{cfg.train.epochs}; pass train.epochs=N (N > {done}) to train longer"
             )
-    else:
-        cfg = source_defaults(build_config(cfg, overrides))
     runtime.configure_determinism(cfg.train.deterministic)
     runtime.seed_everything(cfg.train.seed)
     user = UserData(train_dataset, val_dataset, classes, list(callbacks))
@@ -129,12 +128,36 @@ def train(
         return _train(cfg, resumed, info, device, user, start_time)
 
 
+def train_config(
+    cfg: Config | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[Config, Resume | None]:
+    """The config :func:`train` runs with, and the run it resumes (None for a new run).
+
+    One function for both, so that ``imgcls train --print-config`` shows exactly what the run
+    would use: on resume the run's saved config with ``overrides`` on top, else ``cfg`` (or the
+    defaults) with ``overrides`` and what the data source implies. Reads the checkpoint only.
+
+    >>> train_config(overrides={"data.source": "digits"})[0].transforms.preset
+    'digits'
+    """
+    if resume is not None:
+        resumed = resolve_resume(resume)
+        return build_config(resumed.record.config, overrides), resumed
+    return source_defaults(build_config(cfg, overrides)), None
+
+
 def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: torch.device,
            user: UserData, start_time: float) -> RunResult:
     say = echo if info.is_main else _silent  # only rank 0 prints and writes the run folder
     runtime.configure_speed(device, cudnn_benchmark=cfg.train.cudnn_benchmark,
-                            deterministic=cfg.train.deterministic)
+                            deterministic=cfg.train.deterministic, tf32=cfg.train.tf32)
     data = load_data(cfg, resumed, user, say)
+    if cfg.data.val_split == "test":
+        say("warning: data.val_split=test validates on the test split: the best epoch is chosen "
+            "on the test images, which flatters its test accuracy (as the tutorials report it)")
     prep = resolve_preprocessing(cfg, data)
     loaders = build_train_loaders(cfg, data, prep, info, device)
     monitor = _monitor(cfg, has_val=loaders.val is not None, say=say)
@@ -154,6 +177,8 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
         save_yaml(cfg, run_dir / "config.yaml")
         if not (run_dir / "split.json").exists():
             save_split(data.split_record, run_dir / "split.json")
+    if prep.note:  # said once everything is checked: a refused run's error stays one line
+        say(prep.note)
     processes = f" x {info.world_size} processes" if info.distributed else ""
     n_val = len(data.val) if data.val is not None else 0  # type: ignore[arg-type]
     say(f"{'resuming' if resumed else 'training'} {cfg.model.name} on {cfg.data.source} "
@@ -237,6 +262,7 @@ def _train_state(cfg: Config, data: DataSplit, train_loader: Any, resumed: Resum
     state = components.build_train_state(
         cfg, model, device, world_size=info.world_size,
         steps_per_epoch=components.steps_per_epoch(cfg, len(train_loader)),
+        class_counts=class_counts(dataset_labels(data.train), len(data.classes)), say=say,
     )
     if resumed is not None:
         components.restore_train_state(state, resumed.record, resumed.path)
@@ -398,13 +424,14 @@ def lr_find(
     runtime.seed_everything(cfg.train.seed)
     device = runtime.resolve_device(cfg.train.device)
     runtime.configure_speed(device, cudnn_benchmark=cfg.train.cudnn_benchmark,
-                            deterministic=cfg.train.deterministic)
+                            deterministic=cfg.train.deterministic, tf32=cfg.train.tf32)
     data = load_data(cfg, None, UserData(), echo)
     prep = resolve_preprocessing(cfg, data)
     loaders = build_train_loaders(cfg, data, prep, runtime.DistInfo(), device)
     model = components.build_model(cfg, len(data.classes), device, train_loader=loaders.train)
     state = components.build_train_state(
-        cfg, model, device, steps_per_epoch=components.steps_per_epoch(cfg, len(loaders.train)))
+        cfg, model, device, steps_per_epoch=components.steps_per_epoch(cfg, len(loaders.train)),
+        class_counts=class_counts(dataset_labels(data.train), len(data.classes)), say=echo)
     sweep = lr_sweep(state.model, state.optimizer, state.loss_fn, _endless(loaders.train),
                      device=device, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                      speed=state.speed, scaler=state.scaler)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from imgcls import __version__
+from imgcls import __version__, recipes
 from imgcls.config import build_config, describe_keys, flatten, load_yaml, parse_override
 from imgcls.errors import ImgclsError
 
@@ -32,7 +32,8 @@ examples:
   imgcls train --data digits --epochs 10         # bundled digits: runs anywhere, no download
   imgcls train                                   # CIFAR-10 with simple_v3
   imgcls train --data PATH --model simple_v3 --epochs 30 --batch-size 128 --lr 0.05
-  imgcls train --config configs/simple_v3_seed.yaml optim.momentum=0.9 data.val_fraction=0.1
+  imgcls train --config simple_v3_seed optim.momentum=0.9 data.val_fraction=0.1
+  imgcls train --config fast_small --print-config   # the resolved config as YAML; no run
   imgcls train --resume runs/NAME                # continue at the next epoch
   imgcls train --nproc 2 --data PATH             # 2 processes on this machine (torchrun)
   torchrun --nproc_per_node 4 -m imgcls train --config C.yaml   # the same, launched by hand
@@ -49,7 +50,8 @@ def _add_trust_pickle(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """The options of `train`, shared by `lr-find` (the same run, swept instead of trained)."""
-    parser.add_argument("--config", help="YAML recipe (see configs/)")
+    parser.add_argument("--config", help="YAML recipe: a file, or a bundled recipe's name "
+                        "(see `imgcls recipes`); a file wins")
     for flag, (key, kind, text) in TRAIN_FLAGS.items():
         if flag in skip:
             continue
@@ -69,6 +71,9 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--nproc", type=int, metavar="N",
                        help="train with N processes on this machine: re-launches itself "
                        "through torchrun (DistributedDataParallel)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as YAML (what the run would use) and "
+                       "exit: no data read, nothing written")
     _add_train_options(train)
 
 
@@ -161,11 +166,23 @@ def _add_convert(commands: Any) -> None:
 
 
 def _add_models(commands: Any) -> None:
-    models = commands.add_parser("models", help="list the models, input sizes, parameter counts")
+    models = commands.add_parser(
+        "models", help="list the models, or summarise one: layers, shapes, parameters, FLOPs",
+        description="Without NAME: every model with its input size and parameter count. With "
+        "NAME: its layer tree (module paths, as model.freeze patterns use them) with each "
+        "layer's output shape, parameters and FLOPs, then the totals.",
+    )
+    models.add_argument("name", nargs="?", help="a model to summarise (e.g. resnet18)")
     models.add_argument("--imgcls-only", action="store_true",
                         help="only imgcls's own models, not torchvision's")
     models.add_argument("--num-classes", type=int, default=10,
                         help="class count for the parameter counts (default 10)")
+    models.add_argument("--input-size", type=int, metavar="S",
+                        help="with NAME: image side in pixels (default: the model's)")
+    models.add_argument("--in-channels", type=int, default=3, metavar="C",
+                        help="with NAME: image channels, 1 or 3 (default 3)")
+    models.add_argument("--depth", type=int, default=3, metavar="D",
+                        help="with NAME: how deep the layer tree goes (default 3)")
 
 
 def _add_datasets(commands: Any) -> None:
@@ -181,6 +198,14 @@ def _add_datasets(commands: Any) -> None:
                           "sees)")
 
 
+def _add_recipes(commands: Any) -> None:
+    commands.add_parser(
+        "recipes", help="list the bundled recipes: name, purpose, measured figure",
+        description="The recipes shipped with imgcls; train one with `imgcls train --config "
+        "NAME`, see what it resolves to with `imgcls train --config NAME --print-config`.",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
@@ -190,7 +215,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_lr_find, _add_evaluate, _add_predict, _add_export,
-                _add_convert, _add_models, _add_datasets):
+                _add_convert, _add_models, _add_datasets, _add_recipes):
         add(commands)
     return parser
 
@@ -198,7 +223,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.config:
-        overrides.update(flatten(load_yaml(args.config), where=f" file {args.config}"))
+        path = recipes.find(args.config)  # a file, else a bundled recipe's name
+        overrides.update(flatten(load_yaml(path), where=f" file {path}"))
     for flag, (key, _, _) in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -213,6 +239,12 @@ def _run_train(args: argparse.Namespace) -> int:
     from imgcls import api
 
     overrides = _train_overrides(args)
+    if args.print_config:  # as LightningCLI's --print_config: show, touch no data, write nothing
+        import yaml
+
+        cfg, _ = api.train_config(resume=args.resume, overrides=overrides)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     if args.resume:
         api.train(resume=args.resume, overrides=overrides)
     else:
@@ -334,12 +366,38 @@ def _run_convert(args: argparse.Namespace) -> int:
 def _run_models(args: argparse.Namespace) -> int:
     from imgcls.models import count_parameters, list_models
 
+    if args.name is not None:
+        return _run_model_summary(args)
     infos = list_models(include_torchvision=not args.imgcls_only)
     width = max(len(info.name) for info in infos)
     print(f"{'name':<{width}}  {'source':<11}  {'input':>5}  {'parameters':>12}")
     for info in infos:
         params = count_parameters(info.name, args.num_classes)
         print(f"{info.name:<{width}}  {info.source:<11}  {info.input_size:>5}  {params:>12,}")
+    return 0
+
+
+def _run_model_summary(args: argparse.Namespace) -> int:
+    from imgcls.config import ModelConfig
+    from imgcls.models import create_model, get_model_info
+    from imgcls.models.summary import format_summary, summarize
+
+    info = get_model_info(args.name)  # an unknown name: one line with close matches
+    size = info.input_size if args.input_size is None else args.input_size
+    if args.in_channels not in (1, 3):
+        raise ImgclsError(f"--in-channels {args.in_channels}: expected 1 or 3")
+    if args.depth < 0:
+        raise ImgclsError(f"--depth {args.depth}: expected 0 (the model alone) or more")
+    if info.fixed_size and size != info.input_size:
+        raise ImgclsError(f"--input-size {size}: {args.name} takes {info.input_size} px inputs "
+                          "only (its layer sizes are fixed)")
+    if size < info.min_size:
+        raise ImgclsError(f"--input-size {size}: {args.name} needs at least {info.min_size} px")
+    model = create_model(ModelConfig(name=args.name, in_channels=args.in_channels),
+                         args.num_classes)
+    summary = summarize(model, (1, args.in_channels, size, size))
+    print(f"{args.name}: {args.num_classes} classes, {args.in_channels}x{size}x{size} input")
+    print(format_summary(summary, args.depth))
     return 0
 
 
@@ -374,6 +432,16 @@ def _run_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_recipes(args: argparse.Namespace) -> int:
+    found = recipes.list_recipes()
+    width = max(len(r.name) for r in found)
+    for r in found:
+        print(f"{r.name:<{width}}  {r.purpose}")
+        print(f"{'':<{width}}  measured: {r.measured}")
+    print(f"train one: imgcls train --config NAME   (the files: {recipes.folder()})")
+    return 0
+
+
 def _one_line(exc: BaseException) -> str:
     # An error raised inside a DataLoader worker comes back wrapped in its traceback text.
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -405,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
     if args.command in ("train", "lr-find"):
         args.overrides = [*args.overrides, *extra]
-    if args.command == "train" and args.nproc is not None and args.nproc > 1:
+    if (args.command == "train" and args.nproc is not None and args.nproc > 1
+            and not args.print_config):  # printing needs no processes
         try:
             return _launch_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
         except ImgclsError as exc:
@@ -420,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "convert": _run_convert,
         "models": _run_models,
         "datasets": _run_datasets,
+        "recipes": _run_recipes,
     }
     if args.command is None:
         parser.print_help()

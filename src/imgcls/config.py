@@ -27,6 +27,13 @@ class DataConfig:
     source: str = "cifar10"
     root: str = "./data"  # where CIFAR is downloaded; base for list-file paths
     val_fraction: float = 0.1  # held out (stratified, seeded) when there is no validation folder
+    # holdout: validate on a val/ folder or the val_fraction holdout | test: train on the whole
+    # training part and validate every epoch on the source's test split (as the tutorials do;
+    # it flatters the best epoch) | none: no validation
+    val_split: str = "holdout"
+    # > 0: also hold out this fraction (stratified, seeded) of a single folder or list file as
+    # the test split (`imgcls evaluate --split test`); val_fraction is then of the whole too
+    test_fraction: float = 0.0
     download: bool = True  # let torchvision download CIFAR when it is not in `root`
     skip_bad_images: bool = False  # skip unreadable images (counted) instead of stopping
     # dataloader | memory (decode once, keep uint8 on the device, augment per batch) | auto
@@ -44,6 +51,9 @@ class LoaderConfig:
     pin_memory: bool | None = None  # None: on when training on CUDA
     drop_last: bool = False
     persistent_workers: bool = False
+    # random (shuffle) | balanced: every class drawn equally often each epoch, small classes
+    # repeated, large ones subsampled (imgcls.data.sampling); a pure function of (seed, epoch)
+    sampler: str = "random"
 
 
 @dataclass(frozen=True)
@@ -76,15 +86,18 @@ class TransformConfig:
 class ModelConfig:
     name: str = "simple_v3"
     pretrained: str = ""  # "" | "default" | a torchvision weights name | a local state_dict file
-    # none | backbone (train the head only) | N (freeze the first N stages); frozen BatchNorm
-    # stays in eval mode. YAML true/false (the old bool) mean backbone/none.
-    freeze: str | bool = "none"
+    # none | backbone (train the head only) | N (freeze the first N stages) | [patterns]: the
+    # parameters whose names match (a glob with * ? [, else a substring: [conv, 'fc1.*']);
+    # frozen BatchNorm stays in eval mode. YAML true/false (the old bool) mean backbone/none.
+    freeze: str | bool | list[str] = "none"
     in_channels: int = 3
     head: str = "replace"  # replace (the last Linear) | append (keep it, add Linear(1000, classes))
     head_pool: str = "default"  # default | avg | max: global pooling before the classifier
     strict_load: bool = True  # pretrained file: false loads what fits and reports the rest
     # distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm), not per process
     sync_bn: bool = False
+    # your own class (model.name=FILE.py:CLASS or MODULE:CLASS): its constructor's arguments
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # `freeze` was a bool: old configs, checkpoints and `model.freeze=true` keep working.
@@ -92,6 +105,8 @@ class ModelConfig:
             object.__setattr__(self, "freeze", "backbone" if self.freeze else "none")
         elif isinstance(self.freeze, int):  # ModelConfig(freeze=2) from Python
             object.__setattr__(self, "freeze", str(self.freeze))
+        elif isinstance(self.freeze, tuple):  # ModelConfig(freeze=("conv",)): saved as a list
+            object.__setattr__(self, "freeze", list(self.freeze))
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,9 @@ class OptimConfig:
     # trains BatchNorm biases 64x faster with the same decay per step)
     norm_lr_mult: float = 1.0
     kernel: str = "auto"  # auto (fused on CUDA, foreach on CPU) | fused | foreach | loop
+    # none | auto (inverse class frequency of the training part, mean weight per training image
+    # 1) | [w0, w1, ...] (one per class): CrossEntropyLoss(weight=...) in training only
+    class_weights: str | list[float] = "none"
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,7 @@ class TrainConfig:
     amp: str = "auto"
     compile: bool = False  # torch.compile the model (costs 10-60 s up front)
     cudnn_benchmark: bool = True  # CUDA: pick the fastest conv kernels (off when deterministic)
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions (false: full fp32, as the tutorials)
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     ema_every: int = 1  # EMA update every N optimizer steps (decay applied per update)
     tta: str = "none"  # evaluation: none | flip (average the logits of the image and its mirror)
@@ -226,6 +245,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             except ImgclsError:
                 pass
         raise ImgclsError(f"config key {key}: expected {_type_name(hint)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ImgclsError(f"config key {key}: expected a mapping of names to values, got "
+                              f"{value!r}")
+        return dict(value)
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -359,6 +383,7 @@ MONITOR_METRICS = ("val_acc", "val_loss", "val_top5", "val_macro_f1", "val_balan
 
 CHOICES = {
     "data.loader": ("auto", "memory", "dataloader"),
+    "data.val_split": ("holdout", "test", "none"),
     "transforms.preset": ("auto", "none", "cifar", "imagenet", "digits"),
     "transforms.normalize": ("auto", "dataset", "imagenet", "half", "none", "custom"),
     "model.head": ("replace", "append"),
@@ -366,6 +391,7 @@ CHOICES = {
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.scale_lr": ("none", "linear"),
     "optim.kernel": ("auto", "fused", "foreach", "loop"),
+    "loader.sampler": ("random", "balanced"),
     "sched.name": (
         "none", "step", "multistep", "exponential", "cosine", "linear", "plateau", "onecycle"
     ),
@@ -406,6 +432,10 @@ def _validate_data(d: DataConfig) -> None:
     _check(bool(d.source), "data.source", d.source, "must not be empty")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     _check(d.memory_budget_mb >= 0, "data.memory_budget_mb", d.memory_budget_mb, "must be >= 0")
+    _check(0.0 <= d.test_fraction < 1.0, "data.test_fraction", d.test_fraction,
+           "must be in [0, 1)")
+    _check(d.val_fraction + d.test_fraction < 1.0, "data.test_fraction", d.test_fraction,
+           f"with data.val_fraction={d.val_fraction:g} it leaves no training images")
 
 
 def _validate_loader(ld: LoaderConfig) -> None:
@@ -415,6 +445,8 @@ def _validate_loader(ld: LoaderConfig) -> None:
         "loader.eval_batch_size", ld.eval_batch_size, "must be >= 1",
     )
     _check(ld.num_workers >= 0, "loader.num_workers", ld.num_workers, "must be >= 0")
+    _check(ld.sampler != "balanced" or ld.shuffle, "loader.shuffle", ld.shuffle,
+           "loader.sampler=balanced draws a seeded random order; it needs loader.shuffle=true")
 
 
 def _validate_transforms(t: TransformConfig) -> None:
@@ -455,11 +487,18 @@ def _validate_transforms(t: TransformConfig) -> None:
 def _validate_model(m: ModelConfig) -> None:
     _check(m.in_channels in (1, 3), "model.in_channels", m.in_channels, "1 or 3")
     _check(bool(m.name), "model.name", m.name, "must not be empty")
-    _check(
-        m.freeze in ("none", "backbone") or re.fullmatch(r"\d+", str(m.freeze)) is not None,
-        "model.freeze", m.freeze,
-        "none, backbone (true), or N to freeze the first N stages (e.g. 2)",
-    )
+    if isinstance(m.freeze, list):
+        _check(
+            bool(m.freeze) and all(isinstance(p, str) and p.strip() for p in m.freeze),
+            "model.freeze", m.freeze, "a list of non-empty parameter-name patterns (e.g. [conv])",
+        )
+    else:
+        _check(
+            m.freeze in ("none", "backbone") or re.fullmatch(r"\d+", str(m.freeze)) is not None,
+            "model.freeze", m.freeze,
+            "none, backbone (true), N to freeze the first N stages (e.g. 2), or a list of "
+            "parameter-name patterns (e.g. [conv])",
+        )
 
 
 def _validate_optim(o: OptimConfig) -> None:
@@ -486,6 +525,13 @@ def _validate_optim(o: OptimConfig) -> None:
         math.isfinite(o.norm_lr_mult) and o.norm_lr_mult > 0, "optim.norm_lr_mult",
         o.norm_lr_mult, "must be > 0",
     )
+    weights = o.class_weights
+    if isinstance(weights, str):
+        _check(weights in ("none", "auto"), "optim.class_weights", weights,
+               "none, auto or a list of positive weights, one per class")
+    else:
+        _check(bool(weights) and all(math.isfinite(w) and w > 0 for w in weights),
+               "optim.class_weights", weights, "every weight must be a finite number > 0")
 
 
 def _validate_sched(s: SchedConfig) -> None:

@@ -18,6 +18,8 @@ from imgcls.data.transforms import build_transform
 from imgcls.engine.checkpoint import load_model_state
 from imgcls.engine.record import CheckpointRecord
 from imgcls.models import create_model
+from imgcls.models.user import is_user_model
+from imgcls.tracking import echo
 
 
 @dataclass
@@ -69,6 +71,8 @@ def load_model(
     path = Path(path)
     record = read_checkpoint(path, trust_pickle=trust_pickle)
     cfg = build_config(record.config, overrides)
+    if is_user_model(cfg.model.name):  # the user's own code, named by the checkpoint: say so
+        echo(f"rebuilding the model from {cfg.model.name}, as the checkpoint's config names it")
     torch_device = device if isinstance(device, torch.device) else runtime.resolve_device(device)
     # The weights come from the checkpoint: never download or read pretrained ones again.
     model = create_model(

@@ -77,14 +77,15 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def configure_speed(device: torch.device, *, cudnn_benchmark: bool, deterministic: bool) -> None:
+def configure_speed(device: torch.device, *, cudnn_benchmark: bool, deterministic: bool,
+                    tf32: bool = True) -> None:
     """CUDA kernel choices: autotuned convolutions and TF32 matmuls, unless determinism is asked
-    for (both change results from run to run or in the last bits)."""
+    for (both change results from run to run or in the last bits) or ``tf32`` is off."""
     fast = not deterministic
     torch.backends.cudnn.benchmark = cudnn_benchmark and fast
-    if device.type == "cuda" and fast:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32 and fast
+        torch.backends.cudnn.allow_tf32 = tf32 and fast
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -6,7 +6,7 @@ for it without the loop changing.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from imgcls.config import LoaderConfig
+from imgcls.data.sampling import BalancedSampler
 
 
 class BatchLoader(Protocol):
@@ -67,7 +68,8 @@ class EpochLoader:
     off: exact resume is worth a worker start per epoch. ``num_replicas``/``rank`` shard the
     training data for distributed training (DistributedSampler: every rank gets the same number
     of batches, padded with repeats); evaluation sets are sharded by the caller, without
-    repeats (:func:`shard`).
+    repeats (:func:`shard`). ``loader.sampler=balanced`` draws every class equally often
+    (:class:`~imgcls.data.sampling.BalancedSampler`, sharded the same way), from ``labels``.
     """
 
     def __init__(
@@ -81,15 +83,21 @@ class EpochLoader:
         num_replicas: int = 1,
         rank: int = 0,
         deterministic: bool = False,
+        labels: Sequence[int] | None = None,
     ) -> None:
         self.seed = seed
         # Worker seeds differ per rank (seed + rank): ranks must not augment alike. The
         # sampler's shuffle seed does not: every rank draws its shard of one permutation.
         self.worker_seed = seed + rank
-        self.sampler: DistributedSampler | None = None
+        self.sampler: DistributedSampler | BalancedSampler | None = None
         self.generator = torch.Generator()
         shuffle = train and cfg.shuffle
-        if train:
+        if train and cfg.sampler == "balanced":
+            if labels is None or len(labels) != len(dataset):  # type: ignore[arg-type]
+                raise ValueError("loader.sampler=balanced needs the labels of every image")
+            self.sampler = BalancedSampler(labels, seed=seed, num_replicas=num_replicas,
+                                           rank=rank, drop_last=cfg.drop_last)
+        elif train:
             self.sampler = DistributedSampler(
                 dataset,
                 num_replicas=num_replicas,

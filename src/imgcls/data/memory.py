@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from imgcls.config import TransformConfig
+from imgcls.data.sampling import SAMPLERS, balanced_indices
 from imgcls.data.transforms import _channels, apply_preset
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write
@@ -162,7 +163,9 @@ class MemoryLoader:
     Training (``train=True``): each epoch is a permutation seeded with ``(seed, epoch)`` only
     (the same on every rank, and the same one :class:`EpochLoader`'s sampler draws), of which
     rank ``rank`` takes every ``num_replicas``-th index, padded with repeats to equal shares
-    like ``DistributedSampler``. The augmentation of the whole epoch is drawn when iteration
+    like ``DistributedSampler`` (``sampler="balanced"``: the order is
+    :func:`~imgcls.data.sampling.balanced_indices`, every class equally often, sharded the
+    same way). The augmentation of the whole epoch is drawn when iteration
     starts (crop offsets, flips, cutout squares: one vector each, from a generator seeded with
     ``(seed, rank, epoch)``), then applied to ``chunk_size`` images at a time (gathered into a
     zero-bordered buffer, then cropped and flipped by one copy of whole windows on the CPU, one
@@ -206,6 +209,7 @@ class MemoryLoader:
         num_replicas: int = 1,
         rank: int = 0,
         chunk_size: int | None = None,
+        sampler: str = "random",
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
@@ -218,12 +222,18 @@ class MemoryLoader:
             raise ValueError(f"bad batch_size={batch_size} or rank={rank}/{num_replicas}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if sampler not in SAMPLERS or (sampler == "balanced" and train and not shuffle):
+            raise ValueError(f"sampler must be one of {SAMPLERS} (balanced with shuffle=True), "
+                             f"got {sampler!r}")
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
         self.batch_size = batch_size
         self.train = train
         self.shuffle = shuffle and train
+        # balanced: the epoch's order comes from the labels (kept on the CPU, where it is drawn)
+        self.balanced_labels = (torch.as_tensor(labels, dtype=torch.int64).cpu()
+                                if sampler == "balanced" and train else None)
         self.drop_last = drop_last and train
         self.seed = seed
         self.num_replicas, self.rank = num_replicas, rank
@@ -278,7 +288,9 @@ class MemoryLoader:
         n = len(self.images)
         if not self.train:
             return torch.arange(self.rank, n, self.num_replicas)
-        if self.shuffle:
+        if self.balanced_labels is not None:  # the order EpochLoader's BalancedSampler draws
+            order = balanced_indices(self.balanced_labels, self.seed, self.epoch)
+        elif self.shuffle:
             # The seed DistributedSampler (EpochLoader) uses: the same order as the DataLoader.
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=g)

@@ -14,17 +14,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from imgcls import runtime
 from imgcls.config import Config
 from imgcls.data.digits import NAME as DIGITS
 from imgcls.data.loaders import BatchLoader, EpochLoader, TransformedDataset, shard
 from imgcls.data.memory import MemoryLoader, decode_to_tensor, unsupported_transforms
-from imgcls.data.sources import DataSplit
+from imgcls.data.sources import DataSplit, dataset_labels
 from imgcls.data.transforms import apply_preset, build_transform, resolve_normalization
 from imgcls.errors import ImgclsError
 from imgcls.models import get_model_info
+from imgcls.models.user import channels_last_works, is_user_model, resolve_name
+from imgcls.models.user import input_size as user_input_size
+from imgcls.tracking import echo
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,12 @@ class Preprocessing:
 
     image_size: int
     mean_std: tuple[list[float], list[float]] | None
+    note: str | None = None  # how the statistics were obtained, when it is news to the user
+
+
+# Mean and std from at most this many training images (a seeded sample beyond): the third digit
+# of each statistic no longer moves, and the decode stays seconds long.
+STATS_IMAGES = 10_000
 
 
 @dataclass
@@ -43,15 +52,27 @@ class TrainLoaders:
 
 
 def source_defaults(cfg: Config) -> Config:
-    """What a data source implies when the user left the key alone: ``transforms.preset=auto``
-    on the digits means shifts without flips (a mirrored 2 is no 2)."""
+    """What the config implies where the user left a key alone, made explicit before a run
+    saves it: ``transforms.preset=auto`` on the digits means shifts without flips (a mirrored 2
+    is no 2); a model class in a file is named by its absolute path, so the checkpoint finds it
+    from any folder."""
     if cfg.data.source.strip().lower() == DIGITS and cfg.transforms.preset == "auto":
-        return replace(cfg, transforms=replace(cfg.transforms, preset="digits"))
+        cfg = replace(cfg, transforms=replace(cfg.transforms, preset="digits"))
+    if is_user_model(cfg.model.name):
+        cfg = replace(cfg, model=replace(cfg.model, name=resolve_name(cfg.model.name)))
+        size = cfg.transforms.image_size or user_input_size(cfg.model.name)
+        if cfg.train.channels_last and not channels_last_works(
+                cfg.model.name, cfg.model.in_channels, size, cfg.model.kwargs):
+            echo(f"{cfg.model.name} reshapes with .view(), which channels-last activations do "
+                 "not allow: training in the default memory format (train.channels_last=false)")
+            cfg = replace(cfg, train=replace(cfg.train, channels_last=False))
     return cfg
 
 
 def resolve_preprocessing(cfg: Config, data: DataSplit) -> Preprocessing:
-    """The input size (transforms.image_size, else the model's) and the normalisation."""
+    """The input size (transforms.image_size, else the model's) and the normalisation. When
+    it should be the data's own statistics and the source does not know them (folders, list
+    files), they are computed from the training part once (cached with the decoded images)."""
     info = get_model_info(cfg.model.name, cfg.model.pretrained)
     size = cfg.transforms.image_size or info.input_size
     if info.fixed_size and size != info.input_size:
@@ -59,11 +80,35 @@ def resolve_preprocessing(cfg: Config, data: DataSplit) -> Preprocessing:
             f"transforms.image_size={size} does not suit {cfg.model.name}, which takes "
             f"{info.input_size}x{info.input_size} images only"
         )
+    stats, note = data.mean_std, None
+    wants = cfg.transforms.normalize == "dataset" or (
+        cfg.transforms.normalize == "auto" and info.default_normalize == "dataset"
+        and not cfg.model.pretrained)
+    if stats is None and wants:
+        stats, count = dataset_mean_std(data.train, size, cache_dir(cfg))
+        note = (f"normalising with the training images' own mean "
+                f"[{', '.join(f'{v:.4f}' for v in stats[0])}] and std "
+                f"[{', '.join(f'{v:.4f}' for v in stats[1])}] (from {count} images)")
     mean_std = resolve_normalization(
         cfg.transforms, model_default=info.default_normalize,
-        pretrained=bool(cfg.model.pretrained), dataset_mean_std=data.mean_std,
+        pretrained=bool(cfg.model.pretrained), dataset_mean_std=stats,
     )
-    return Preprocessing(size, mean_std)
+    return Preprocessing(size, mean_std, note)
+
+
+def dataset_mean_std(dataset: Dataset, size: int, cache: Path | None,
+                     limit: int = STATS_IMAGES) -> tuple[tuple[list[float], list[float]], int]:
+    """Per-channel mean and std of ``dataset``'s images in [0, 1] at ``size`` x ``size`` (a
+    seeded sample of ``limit`` images when larger), and how many images they came from."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if n > limit:
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit]
+        dataset = Subset(dataset, sorted(pick.tolist()))
+    images, _ = decode_to_tensor(dataset, size, cache_dir=cache)
+    values = images.double().div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)
+    mean = values.mean(dim=1)
+    std = values.std(dim=1, unbiased=False).clamp(min=1e-3)  # a blank channel must not divide by 0
+    return (mean.tolist(), std.tolist()), len(images)
 
 
 def pin_memory(cfg: Config, device: torch.device) -> bool:
@@ -144,6 +189,7 @@ def _dataloaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: runtim
         TransformedDataset(data.train, train_transform), cfg.loader, train=True,
         seed=cfg.train.seed, pin_memory=pin_memory(cfg, device),
         num_replicas=info.world_size, rank=info.rank, deterministic=cfg.train.deterministic,
+        labels=dataset_labels(data.train) if cfg.loader.sampler == "balanced" else None,
     )
     val_loader = None
     if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
@@ -164,6 +210,7 @@ def _memory_loaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: run
         drop_last=ld.drop_last, seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
         crop_padding=list(tf.crop_padding) if tf.random_crop else None, hflip=tf.hflip,
         flip_mode=tf.flip_mode, cutout=tf.cutout, num_replicas=info.world_size, rank=info.rank,
+        sampler=ld.sampler,
     )
     val_loader = None
     if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]

@@ -50,6 +50,9 @@ class DataSplit:
     native_size: int | None = None  # every image is this size (32 for CIFAR); None for files
     mean_std: tuple[list[float], list[float]] | None = None  # known normalisation stats
     skipped: list[str] = field(default_factory=list)  # bad images skipped (skip_bad_images)
+    # the test part carved from the same pool (data.test_fraction); None: the source's own test
+    # split, if any, is read by create_eval_dataset
+    test: Dataset | None = None
 
 
 class _Source(NamedTuple):
@@ -73,7 +76,14 @@ def create_datasets(cfg: DataConfig, seed: int, split_record: dict | None = None
     train/val membership is reused exactly; a listed file that is gone, or classes that differ,
     is an ImgclsError.
     """
-    return _build(cfg, seed, split_record, verify_train=True)
+    return _with_val_split(cfg, seed, _build(cfg, seed, split_record, verify_train=True))
+
+
+def _with_val_split(cfg: DataConfig, seed: int, data: DataSplit) -> DataSplit:
+    """``data.val_split=test``: the test split (carved or the source's own) validates."""
+    if cfg.val_split == "test":
+        data.val = data.test if data.test is not None else _own_test(cfg, None)[0]
+    return data
 
 
 def create_eval_dataset(
@@ -84,7 +94,7 @@ def create_eval_dataset(
     of the digits); returns
     (dataset, classes). List files have no test split."""
     if split == "val":
-        data = _build(cfg, seed, split_record, verify_train=False)
+        data = _with_val_split(cfg, seed, _build(cfg, seed, split_record, verify_train=False))
         if data.val is None:
             raise ImgclsError(
                 f"data source {cfg.source} has no validation set "
@@ -93,6 +103,16 @@ def create_eval_dataset(
         return data.val, data.classes
     if split != "test":
         raise ImgclsError(f"unknown evaluation split {split!r}; expected val or test")
+    if cfg.test_fraction > 0 or (split_record is not None and "test" in split_record):
+        data = _build(cfg, seed, split_record, verify_train=False)
+        assert data.test is not None
+        return data.test, data.classes
+    return _own_test(cfg, split_record)
+
+
+def _own_test(cfg: DataConfig, split_record: dict | None) -> tuple[Dataset, list[str]]:
+    """The source's own test split: CIFAR's test batch, the digits' fixed fifth, a folder's
+    ``test/``; list files have none."""
     if split_record is not None:
         check_record(split_record)
     src = _find_source(cfg)
@@ -106,7 +126,8 @@ def create_eval_dataset(
         test_dir, train_dir = src.path / "test", src.path / "train"
         if not (train_dir.is_dir() and test_dir.is_dir()):
             raise ImgclsError(
-                f"no test split in {src.path}: expected {test_dir} next to {train_dir}"
+                f"no test split in {src.path}: expected {test_dir} next to {train_dir}, or "
+                "data.test_fraction to hold one out"
             )
         classes = find_class_folders(train_dir)
         samples, _ = scan_folder(test_dir, classes)
@@ -117,8 +138,8 @@ def create_eval_dataset(
         test.skipped = skipped
     else:
         raise ImgclsError(
-            f"list file {src.path} has no test split; evaluate split val, or pass a list file "
-            "of the test images as data.source with data.val_fraction for the holdout"
+            f"list file {src.path} has no test split; hold one out with data.test_fraction, or "
+            "evaluate split val"
         )
     if split_record is not None:
         check_classes(split_record, classes, str(src.path))
@@ -138,8 +159,8 @@ def from_dataset(
     Without ``val``, a seeded stratified ``val_fraction`` holdout of ``train`` is used. Classes
     default to ``train.classes`` or ``["0", "1", ...]``. Items are passed through as they are.
     """
-    train_labels = _labels_of(train)
-    val_labels = _labels_of(val) if val is not None else []
+    train_labels = dataset_labels(train)
+    val_labels = dataset_labels(val) if val is not None else []
     if classes is None:
         classes = [str(c) for c in getattr(train, "classes", [])] or [
             str(i) for i in range(max(train_labels + val_labels, default=-1) + 1)
@@ -156,7 +177,11 @@ def from_dataset(
         train_idx, val_idx = stratified_split(train_labels, val_fraction, seed)
         train_set = LabeledSubset(train, train_idx, train_labels, classes)
         val_set = LabeledSubset(train, val_idx, train_labels, classes) if val_idx else None
-    record = make_record("python", "indices", seed, val_fraction, classes, train_idx, val_idx)
+    # A separate val dataset is numbered after the training one in the record, as if the two
+    # were concatenated: the record's parts never share an index.
+    offset = len(train_labels) if val is not None else 0
+    record = make_record("python", "indices", seed, val_fraction, classes, train_idx,
+                         [offset + i for i in val_idx])
     return DataSplit(train_set, val_set, classes, record)
 
 
@@ -186,6 +211,12 @@ def _find_source(cfg: DataConfig) -> _Source:
     raise ImgclsError(f"data source not found: {name}; {EXPECTED}")
 
 
+class _Parts(NamedTuple):
+    train: Pairs
+    val: Pairs | None
+    test: Pairs | None  # carved by data.test_fraction
+
+
 def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) -> DataSplit:
     if record is not None:
         check_record(record)
@@ -205,10 +236,11 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
         classes, pool, default, missing = _list_pool(src.path, cfg, seed)
     if record is not None:
         check_classes(record, classes, cfg.source)
-        train, val = _apply_record(record, pool, set(missing), src.path)
+        parts = _apply_record(record, pool, set(missing), src.path)
     else:
-        train, val = default
+        parts = default
     skipped = [str(src.path.parent / key) for key in missing]
+    train, val, test = parts
     if cfg.skip_bad_images:
         train, bad_train = _verify(train) if verify_train else (train, [])
         val, bad_val = _verify(val) if val is not None else (None, [])
@@ -221,14 +253,23 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
         cfg.source, "files", seed, fraction, classes, [k for k, _ in train],
         [k for k, _ in val or []],
     )
+    _note_parts(split_record, cfg, test)
     root = str(src.path if src.kind == "folder" else src.path.parent)
-    return DataSplit(
-        train=ImageFileDataset([s for _, s in train], classes, root=root),
-        val=ImageFileDataset([s for _, s in val], classes, root=root) if val else None,
-        classes=classes,
-        split_record=split_record,
-        skipped=skipped,
-    )
+
+    def files(pairs: Pairs | None) -> ImageFileDataset | None:
+        return ImageFileDataset([s for _, s in pairs], classes, root=root) if pairs else None
+
+    return DataSplit(train=files(train), val=files(val), classes=classes,  # type: ignore[arg-type]
+                     split_record=split_record, skipped=skipped, test=files(test))
+
+
+def _note_parts(record: dict[str, Any], cfg: DataConfig, test: Pairs | None) -> None:
+    """What split.json says beyond train and val: the carved test part, the val_split mode."""
+    if test is not None:
+        record["test_fraction"] = cfg.test_fraction
+        record["test"] = [k for k, _ in test]
+    if cfg.val_split != "holdout":
+        record["val_split"] = cfg.val_split
 
 
 # --------------------------------------------------------------------------- per source
@@ -237,6 +278,10 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
 def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None) -> DataSplit:
     """A data set of fixed images (CIFAR's training batches, the digits' train part) split by
     index: a seeded stratified holdout, or the saved split's indices."""
+    if cfg.test_fraction > 0:
+        raise ImgclsError(f"data.test_fraction={cfg.test_fraction:g}: {cfg.source} has its own "
+                          "test split (`imgcls evaluate --split test`); use data.test_fraction "
+                          "with a single folder or a list file")
     if src.kind == "digits":
         base: Any = digits.Digits("train")
         native, mean_std = digits.NATIVE_SIZE, digits.mean_std(base)
@@ -244,9 +289,9 @@ def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None
         base = load_cifar(src.cifar, src.path, True, cfg.download, src.base_folder)
         native, mean_std = NATIVE_SIZE, MEAN_STD[src.cifar]
     classes = list(base.classes)
+    fraction = cfg.val_fraction if cfg.val_split == "holdout" else 0.0
     if record is None:
-        train_idx, val_idx = stratified_split(base.targets, cfg.val_fraction, seed)
-        fraction = cfg.val_fraction
+        train_idx, val_idx = stratified_split(base.targets, fraction, seed)
     else:
         check_classes(record, classes, cfg.source)
         train_idx, val_idx = record["train"], record["val"]
@@ -256,13 +301,15 @@ def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None
                 f"the saved split lists index {out[0]}, but {cfg.source} has {len(base)} "
                 "training images"
             )
-        seed, fraction = record.get("seed", seed), record.get("val_fraction", cfg.val_fraction)
+        seed, fraction = record.get("seed", seed), record.get("val_fraction", fraction)
+    split_record = make_record(cfg.source, "indices", seed, fraction, classes, train_idx,
+                               val_idx)
+    _note_parts(split_record, cfg, None)
     return DataSplit(
         train=LabeledSubset(base, train_idx, base.targets, classes),
         val=LabeledSubset(base, val_idx, base.targets, classes) if val_idx else None,
         classes=classes,
-        split_record=make_record(cfg.source, "indices", seed, fraction, classes, train_idx,
-                                 val_idx),
+        split_record=split_record,
         native_size=native,
         mean_std=mean_std,
     )
@@ -270,32 +317,66 @@ def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None
 
 def _folder_pool(
     path: Path, cfg: DataConfig, seed: int
-) -> tuple[list[str], dict[str, Sample], tuple[Pairs, Pairs | None]]:
-    """Scan a folder; returns (classes, every file by key, default (train, val) membership)."""
+) -> tuple[list[str], dict[str, Sample], _Parts]:
+    """Scan a folder; returns (classes, every file by key, default membership). A ``train/``
+    folder comes with its own ``val/`` (else ``test/``) folder for holdout validation; a single
+    folder of class folders is split by data.test_fraction and data.val_fraction."""
     train_dir = path / "train"
-    if train_dir.is_dir():
-        train_samples, classes = scan_folder(train_dir)
+    if not train_dir.is_dir():
+        samples, classes = scan_folder(path)
+        pairs = [(relative_key(p, path), (p, y)) for p, y in samples]
+        return classes, dict(pairs), _carve(pairs, cfg, seed, classes, str(path))
+    if cfg.test_fraction > 0:
+        raise ImgclsError(f"data.test_fraction={cfg.test_fraction:g}: {path} is already split "
+                          "into train/ (val/, test/) folders; use it with a single folder of "
+                          "class folders")
+    train_samples, classes = scan_folder(train_dir)
+    val_dir = None
+    if cfg.val_split == "holdout":
         val_dir = next((d for d in (path / "val", path / "test") if d.is_dir()), None)
-        val_samples = scan_folder(val_dir, classes)[0] if val_dir else []
-    else:
-        train_samples, classes = scan_folder(path)
-        val_dir, val_samples = None, []
+    val_samples = scan_folder(val_dir, classes)[0] if val_dir else []
     train = [(relative_key(p, path), (p, y)) for p, y in train_samples]
     val = [(relative_key(p, path), (p, y)) for p, y in val_samples]
     pool = dict(train + val)
     if val_dir is None:
-        train, val = _holdout(train, cfg.val_fraction, seed)
-    return classes, pool, (train, val or None)
+        return classes, pool, _carve(train, cfg, seed, classes, str(path))
+    return classes, pool, _Parts(train, val or None, None)
 
 
 def _list_pool(
     path: Path, cfg: DataConfig, seed: int
-) -> tuple[list[str], dict[str, Sample], tuple[Pairs, Pairs | None], list[str]]:
+) -> tuple[list[str], dict[str, Sample], _Parts, list[str]]:
     root = Path(cfg.root).expanduser().absolute()
     keys, samples, classes, missing = read_list_file(path, root, cfg.skip_bad_images)
     pairs = list(zip(keys, samples, strict=True))
-    train, val = _holdout(pairs, cfg.val_fraction, seed)
-    return classes, dict(pairs), (train, val or None), missing
+    return classes, dict(pairs), _carve(pairs, cfg, seed, classes, str(path)), missing
+
+
+def _carve(pairs: Pairs, cfg: DataConfig, seed: int, classes: list[str], where: str) -> _Parts:
+    """Seeded stratified test (data.test_fraction) and validation (data.val_fraction, both of
+    the whole pool) parts; with a test part, every class must keep images in each part."""
+    test = None
+    labels = {y for _, (_, y) in pairs}  # list files may number classes they do not use
+    if cfg.test_fraction > 0:
+        pairs, test = _holdout(pairs, cfg.test_fraction, seed)
+        _every_class(test, labels, classes, f"data.test_fraction={cfg.test_fraction:g}", where)
+    val = None
+    if cfg.val_split == "holdout" and cfg.val_fraction > 0:
+        pairs, val = _holdout(pairs, cfg.val_fraction / (1.0 - cfg.test_fraction), seed)
+        if test is not None:
+            _every_class(val, labels, classes, f"data.val_fraction={cfg.val_fraction:g}", where)
+    if test is not None:
+        _every_class(pairs, labels, classes, "the training part", where)
+    return _Parts(pairs, val or None, test)
+
+
+def _every_class(pairs: Pairs, labels: set[int], classes: list[str], what: str,
+                 where: str) -> None:
+    present = {y for _, (_, y) in pairs}
+    empty = [classes[k] for k in sorted(labels - present)]
+    if empty:
+        raise ImgclsError(f"{what} leaves class {empty[0]!r} of {where} without images "
+                          f"({len(empty)} class(es) empty); it needs more images per class")
 
 
 def _holdout(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
@@ -303,13 +384,11 @@ def _holdout(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
     return [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
 
 
-def _apply_record(
-    record: dict, pool: dict[str, Sample], skipped: set[str], where: Path
-) -> tuple[Pairs, Pairs | None]:
+def _apply_record(record: dict, pool: dict[str, Sample], skipped: set[str], where: Path) -> _Parts:
     """Exactly the record's membership; files the source no longer has are an error."""
-    parts = []
-    for part in ("train", "val"):
-        keys = [k for k in record[part] if k not in skipped]
+    parts: list[Pairs] = []
+    for part in ("train", "val", "test"):
+        keys = [k for k in record.get(part, []) if k not in skipped]
         gone = [k for k in keys if k not in pool]
         if gone:
             more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
@@ -317,7 +396,7 @@ def _apply_record(
                 f"file {gone[0]} of the saved split ({part}) is no longer in {where}{more}"
             )
         parts.append([(k, pool[k]) for k in keys])
-    return parts[0], parts[1] or None
+    return _Parts(parts[0], parts[1] or None, parts[2] or None)
 
 
 def _verify(pairs: Pairs) -> tuple[Pairs, list[str]]:
@@ -326,8 +405,16 @@ def _verify(pairs: Pairs) -> tuple[Pairs, list[str]]:
     return [(k, s) for k, s in pairs if s[0] not in bad_set], bad
 
 
-def _labels_of(dataset: Dataset) -> list[int]:
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """Every item's label: ``targets`` (imgcls's datasets, torchvision's), else the labels of
+    ``samples`` (``(path, label)`` pairs), else by loading every item (slow: decodes images).
+
+    >>> dataset_labels(LabeledSubset([("a", 0), ("b", 1)], [1], [0, 1], ["x", "y"]))
+    [1]
+    """
     targets = getattr(dataset, "targets", None)
+    if targets is None and getattr(dataset, "samples", None) is not None:
+        targets = [label for _, label in dataset.samples]  # type: ignore[attr-defined]
     if targets is None:
         targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
     return [int(t) for t in targets]

@@ -88,15 +88,19 @@ def check_record(record: Any, where: str = "split record") -> dict[str, Any]:
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise bad("classes must be a list of strings")
     item = str if kind == "files" else int
-    for part in ("train", "val"):
+    parts = [p for p in ("train", "val", "test") if p in record]  # test: data.test_fraction
+    for part in parts:
         entries = record[part]
         if not isinstance(entries, list) or not all(
             isinstance(e, item) and not isinstance(e, bool) for e in entries
         ):
             raise bad(f"{part} must be a list of {'paths' if kind == 'files' else 'integers'}")
-    overlap = set(record["train"]) & set(record["val"])
-    if overlap:
-        raise bad(f"{len(overlap)} entries are in both train and val, e.g. {min(overlap)!r}")
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            overlap = set(record[a]) & set(record[b])
+            if overlap:
+                raise bad(f"{len(overlap)} entries are in both {a} and {b}, e.g. "
+                          f"{min(overlap)!r}")
     return record
 
 

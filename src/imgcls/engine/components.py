@@ -7,6 +7,7 @@ these, so none of them assembles a run by hand."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from imgcls.engine.loop import Speed, TrainState
 from imgcls.engine.record import CheckpointRecord
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
-from imgcls.optim import create_loss, create_optimizer, create_scheduler
+from imgcls.optim import create_loss, create_optimizer, create_scheduler, resolve_class_weights
 
 
 def create_speed(cfg: Config, device: torch.device) -> Speed:
@@ -72,8 +73,13 @@ def init_from_data(model: nn.Module, loader: object, device: torch.device,
 
 
 def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
-                      steps_per_epoch: int, world_size: int = 1) -> TrainState:
-    """Optimiser (lr scaled by ``optim.scale_lr``), schedule, loss, EMA and grad scaler."""
+                      steps_per_epoch: int, world_size: int = 1,
+                      class_counts: Sequence[int] | None = None,
+                      say: Callable[[str], None] | None = None) -> TrainState:
+    """Optimiser (lr scaled by ``optim.scale_lr``), schedule, loss, EMA and grad scaler.
+
+    ``class_counts`` (training images per class) is what ``optim.class_weights`` needs; the
+    weights it gives are reported through ``say`` (rank 0's printer) in one line."""
     optim_cfg = cfg.optim
     if cfg.optim.scale_lr == "linear":  # lr x (global batch / loader.batch_size)
         optim_cfg = replace(cfg.optim, lr=cfg.optim.lr * world_size * cfg.train.accumulate)
@@ -87,13 +93,41 @@ def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
             use_buffers=True,
         )
     speed = create_speed(cfg, device)
+    weights = None
+    if cfg.optim.class_weights != "none":
+        if class_counts is None:
+            raise ImgclsError(f"optim.class_weights={cfg.optim.class_weights} needs the "
+                              "training data's class counts, and none were given")
+        weights = resolve_class_weights(cfg.optim, class_counts)
+        if say is not None:
+            say(describe_class_weights(cfg.optim.class_weights, weights))
     return TrainState(
         model=model, optimizer=optimizer, scheduler=scheduler,
-        loss_fn=create_loss(cfg.optim).to(device), device=device, grad_clip=cfg.train.grad_clip,
-        accumulate=cfg.train.accumulate, speed=speed,
+        loss_fn=create_loss(cfg.optim, weights).to(device), device=device,
+        grad_clip=cfg.train.grad_clip, accumulate=cfg.train.accumulate, speed=speed,
         scaler=torch.amp.GradScaler(device.type) if speed.amp_dtype == torch.float16 else None,
         ema=ema, ema_every=cfg.train.ema_every,
+        # The validation loss stays the unweighted cross-entropy: weighting it would change
+        # what val_loss means whenever optim.class_weights (or the class counts) change, and
+        # train.monitor=val_loss must compare across runs; evaluate_checkpoint's loss is
+        # unweighted too.
+        eval_loss_fn=create_loss(cfg.optim).to(device) if weights is not None else None,
     )
+
+
+def describe_class_weights(spec: str | list[float], weights: Sequence[float],
+                           shown: int = 20) -> str:
+    """One line for the run's log: the loss's class weights (the first ``shown`` of them).
+
+    >>> describe_class_weights([1.0, 3.5], [1.0, 3.5])
+    'class weights in the training loss (optim.class_weights): 1 3.5'
+    """
+    how = ("auto: inverse class frequency, mean 1 per training image" if spec == "auto"
+           else "optim.class_weights")
+    values = " ".join(f"{w:.4g}" for w in weights[:shown])
+    if len(weights) > shown:
+        values += f" ... ({len(weights)} classes, min {min(weights):.4g}, max {max(weights):.4g})"
+    return f"class weights in the training loss ({how}): {values}"
 
 
 def steps_per_epoch(cfg: Config, batches: int) -> int:

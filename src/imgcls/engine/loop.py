@@ -60,6 +60,9 @@ class TrainState:
     ema: torch.optim.swa_utils.AveragedModel | None = None  # updated every ema_every steps
     ema_every: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    # validation's loss when it differs from training's (None: loss_fn): class-weighted training
+    # still reports the plain cross-entropy as val_loss
+    eval_loss_fn: nn.Module | None = None
 
     def optimizer_step(self) -> None:
         """Clip (if asked), step the optimizer (through the grad scaler under fp16), advance

@@ -175,7 +175,9 @@ class Trainer:
         if self.val_loader is None:
             return None
         return evaluate(
-            self.eval_model, self.val_loader, self.state.loss_fn, self.state.device,
+            self.eval_model, self.val_loader,
+            self.state.eval_loss_fn if self.state.eval_loss_fn is not None else self.state.loss_fn,
+            self.state.device,
             len(self.classes), progress=self.progress,
             desc=f"epoch {self.state.epoch + 1} val",
             reduce=runtime.all_reduce_sum if self.dist.distributed else None,

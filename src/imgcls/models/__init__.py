@@ -17,7 +17,8 @@ Fine-tuning options (the seeds' recipes):
   and append ``Linear(10, num_classes)``). :func:`find_head` then finds the appended layer: it
   alone is the head for ``freeze`` and ``optim.head_lr_mult``.
 * ``model.freeze``: ``none``, ``backbone`` (train the head only) or ``N`` (freeze the first N
-  stages, :func:`backbone_stages`); frozen BatchNorm stays in eval mode (:func:`set_train_mode`).
+  stages, :func:`backbone_stages`), or a list of parameter-name patterns (``[conv, 'fc1.*']``,
+  :func:`freeze_matching`); frozen BatchNorm stays in eval mode (:func:`set_train_mode`).
 * ``model.head_pool``: ``avg`` / ``max`` global pooling in front of the classifier, for models
   with a global ``avgpool`` layer (:func:`~imgcls.models.torchvision_models.set_global_pool`).
 """
@@ -39,15 +40,24 @@ from imgcls.errors import ImgclsError
 
 # Importing the model modules registers their models (the seed CNNs first: cifar_resnets imports
 # seed_cnns before registering its own).
-from imgcls.models import cifar_resnets, fast_nets, seed_cnns  # noqa: F401
+from imgcls.models import cifar_resnets, fast_nets, seed_cnns, user  # noqa: F401
 from imgcls.models import torchvision_models as tvm
-from imgcls.models.finetune import Stage, apply_freeze, backbone_stages
+from imgcls.models.finetune import (
+    FrozenParams,
+    Stage,
+    apply_freeze,
+    backbone_stages,
+    freeze_matching,
+)
 from imgcls.registry import MODELS, unknown_name_error
+from imgcls.runtime import detect_dist
+from imgcls.tracking import echo
 
 __all__ = [
     "HEADS",
     "HEAD_POOLS",
     "MODELS",
+    "FrozenParams",
     "LoadReport",
     "ModelInfo",
     "Stage",
@@ -58,6 +68,7 @@ __all__ = [
     "create_model",
     "extract_state_dict",
     "find_head",
+    "freeze_matching",
     "get_model_info",
     "head_parameters",
     "list_models",
@@ -87,6 +98,8 @@ class ModelInfo:
 def _source(name: str, key: str = "model.name") -> str:
     if name in MODELS:
         return "imgcls"
+    if user.is_user_model(name):
+        return "user"
     if tvm.is_available(name):
         return "torchvision"
     raise unknown_name_error("model", name, [*MODELS.names(), *tvm.available()], key)
@@ -96,6 +109,9 @@ def get_model_info(name: str, pretrained: str = "") -> ModelInfo:
     """Sizes and normalisation of ``name``; ``pretrained`` picks a torchvision weights' sizes
     (``vit_b_16`` with ``IMAGENET1K_SWAG_E2E_V1`` wants 384, not 224)."""
     source = _source(name)
+    if source == "user":  # sizes from a class attribute `input_size`, else the tutorials' 32
+        return ModelInfo(name=name, source=source, input_size=user.input_size(name),
+                         default_normalize="dataset")
     if source == "imgcls":
         meta: dict[str, Any] = MODELS.meta(name)
         meta.setdefault("min_size", meta["input_size"] if meta.get("fixed_size") else 1)
@@ -111,8 +127,14 @@ def list_models(include_torchvision: bool = True) -> list[ModelInfo]:
 
 
 def _build(
-    name: str, num_classes: int, in_channels: int, weights: Any = None, head: str = "replace"
+    name: str, num_classes: int, in_channels: int, weights: Any = None, head: str = "replace",
+    kwargs: dict[str, Any] | None = None, quiet: bool = False,
 ) -> nn.Module:
+    if _source(name) == "user":
+        return user.build(name, num_classes, in_channels, kwargs or {}, quiet=quiet)
+    if kwargs:
+        raise ImgclsError(f"model.kwargs is for your own model class (model.name=FILE.py:CLASS); "
+                          f"{name} takes none")
     if _source(name) == "imgcls":
         if head == "replace":
             return MODELS.get(name)(num_classes, in_channels)
@@ -130,6 +152,9 @@ def _check_options(cfg: ModelConfig, source: str) -> None:
         raise ImgclsError(
             f"model.head_pool={cfg.head_pool!r}: expected one of {', '.join(HEAD_POOLS)}"
         )
+    if source == "user" and (cfg.head != "replace" or cfg.head_pool != "default"):
+        raise ImgclsError(f"model.head and model.head_pool are for imgcls's and torchvision's "
+                          f"models; {cfg.name} is built as its class defines it")
     if cfg.head_pool != "default" and source == "imgcls":
         raise ImgclsError(
             f"model.head_pool={cfg.head_pool} is not supported for {cfg.name}: imgcls's CNNs "
@@ -157,7 +182,8 @@ def create_model(
     weights = tvm.resolve_weights(cfg.name, cfg.pretrained) if source == "torchvision" else None
     path = _pretrained_path(cfg, source) if cfg.pretrained and weights is None else None
 
-    model = _build(cfg.name, num_classes, cfg.in_channels, weights, cfg.head)
+    model = _build(cfg.name, num_classes, cfg.in_channels, weights, cfg.head, cfg.kwargs,
+                   quiet=from_checkpoint)
     tvm.set_global_pool(model, cfg.head_pool, cfg.name)
     if weights is not None:
         log.info("model %s: pretrained weights %s, %s %d-class head", cfg.name, weights,
@@ -171,6 +197,13 @@ def create_model(
         if weights is None and path is None and not from_checkpoint:
             log.warning("model.freeze=%s without model.pretrained: the frozen layers are "
                         "random", cfg.freeze)
+        if isinstance(cfg.freeze, list):  # parameter-name patterns
+            report = freeze_matching(model, cfg.freeze, cfg.name)
+            # Said once, for a new model: a rebuilt checkpoint (resume, evaluate, predict) and
+            # the other ranks of a distributed run stay quiet.
+            if not from_checkpoint and detect_dist().is_main:
+                echo(report.describe())
+            return model
         frozen = apply_freeze(model, cfg.freeze, cfg.name)
         log.info("model.freeze=%s: froze %d stage(s) (%s); the rest and the head (%s) train",
                  cfg.freeze, len(frozen), ", ".join(s.name for s in frozen) or "none",

@@ -25,11 +25,15 @@ What is left of the classifier besides the head (vgg's fc6/fc7, with ``head=appe
 original 1000-way layer) is the last stage. Parameters held by the model or a trunk itself
 (vit's ``class_token`` and ``pos_embedding``) join the first stage. Stages without parameters
 are dropped; a stage is named after its first and last module with parameters.
+
+``model.freeze=[patterns]`` freezes by parameter name instead (:func:`freeze_matching`), as the
+seeds do with ``if 'conv' in name: p.requires_grad = False``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fnmatch
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -166,3 +170,72 @@ def _set_requires_grad(model: nn.Module, names: Iterable[str], value: bool) -> N
     params = dict(model.named_parameters(remove_duplicate=False))
     for name in names:
         params[name].requires_grad_(value)
+
+
+# --------------------------------------------------------------------------- freeze by name
+
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class FrozenParams:
+    """What :func:`freeze_matching` froze."""
+
+    patterns: tuple[str, ...]
+    names: tuple[str, ...]  # the frozen parameter tensors, in the model's order
+    values: int  # their elements
+    total_tensors: int
+    total_values: int
+
+    def describe(self) -> str:
+        return (f"model.freeze={list(self.patterns)}: froze {len(self.names)} of "
+                f"{self.total_tensors} parameter tensors ({self.values:,} of "
+                f"{self.total_values:,} values)")
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """A pattern with ``*``, ``?`` or ``[`` is an fnmatch glob over the whole parameter name
+    (``features.*``), any other a substring of it (the seeds' ``'conv' in name``).
+
+    >>> pattern_matches("conv", "layer1.0.conv1.weight"), pattern_matches("fc.*", "fc1.weight")
+    (True, False)
+    """
+    if any(c in pattern for c in GLOB_CHARS):
+        return fnmatch.fnmatchcase(name, pattern)  # case-sensitive, like the names themselves
+    return pattern in name
+
+
+def freeze_matching(
+    model: nn.Module, patterns: Sequence[str], model_name: str = ""
+) -> FrozenParams:
+    """``requires_grad=False`` for every parameter whose name matches one of ``patterns``
+    (:func:`pattern_matches`); a pattern that matches nothing is an ImgclsError.
+
+    Exactly the matching tensors freeze, the head included when a pattern names it (the seeds'
+    loop makes no exception for it; freezing everything then fails in the optimiser). BatchNorm:
+    as with ``freeze=N``, a layer whose parameters all match stays in eval mode
+    (:func:`~imgcls.models.set_train_mode`), so its running statistics freeze too (the seeds'
+    ``freeze_bn``); a layer with only some of them frozen keeps updating its statistics.
+    """
+    params = list(model.named_parameters())
+    names = [n for n, _ in params]
+    for pattern in patterns:
+        if not any(pattern_matches(pattern, n) for n in names):
+            label = model_name or type(model).__name__
+            few = ", ".join([*names[:3], "...", names[-1]] if len(names) > 4 else names)
+            kind = "glob (whole name)" if any(c in pattern for c in GLOB_CHARS) else "substring"
+            raise ImgclsError(
+                f"model.freeze: pattern {pattern!r} ({kind}) matches no parameter of {label}, "
+                f"whose {len(names)} parameters are named like {few} (see `imgcls models "
+                f"{model_name or 'NAME'}`)"
+            )
+    frozen = [(n, p) for n, p in params if any(pattern_matches(pat, n) for pat in patterns)]
+    for _, p in frozen:
+        p.requires_grad_(False)
+    return FrozenParams(
+        patterns=tuple(patterns),
+        names=tuple(n for n, _ in frozen),
+        values=sum(p.numel() for _, p in frozen),
+        total_tensors=len(params),
+        total_values=sum(p.numel() for _, p in params),
+    )
