@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import colorsys
 import pickle
+import re
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -242,3 +245,69 @@ class InterruptDuringEpoch:
 
             trainer.train_loader = Interrupting()
         return None
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``imgcls ARGV`` in-process: (exit code, stdout, stderr)."""
+    from imgcls.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit code 2 and one `imgcls: error:` line (no traceback) holding every needle."""
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("imgcls: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# --------------------------------------------------------------------------- browser
+
+
+def chromium() -> str:
+    """Debian's chromium: a test that needs it fails without it (.ci/run installs it)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:  # a failure, not a skip: the page must be seen in a browser
+        pytest.fail("chromium is not installed; install it with `apt-get update && apt-get "
+                    "install -y chromium` (.ci/run does this)")
+    return exe
+
+
+def render_in_browser(page: Path, out: Path) -> tuple[str, str]:
+    """The DOM Chromium rendered (and its console log), and a 1280 x 4000 screenshot."""
+    exe = chromium()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,4000"]
+    dom = subprocess.run([exe, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom",
+                          page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    shot = subprocess.run([exe, *flags, f"--screenshot={out}", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.returncode == 0 and out.is_file(), shot.stderr[-2000:]
+    return dom.stdout, dom.stderr
+
+
+def check_rendered_page(dom: str, log: str, source: str, sections: tuple[str, ...],
+                    screenshot: Path) -> None:
+    """No console errors, every section and embedded image rendered, a non-blank screenshot."""
+    console = [line for line in log.splitlines()
+               if "Uncaught" in line or "CONSOLE" in line or "ERR_FILE_NOT_FOUND" in line]
+    assert not console, console
+    for section in sections:
+        assert f'<section id="{section}">' in dom, section
+    images = re.findall(r"<img [^>]*>", dom)
+    assert len(images) == len(re.findall(r"<img ", source)) > 0
+    assert all('src="data:image/png;base64,' in img for img in images)
+    assert "http://" not in source and "https://" not in source and "<script" not in source
+    with Image.open(screenshot) as shot:
+        assert shot.format == "PNG" and shot.size == (1280, 4000)
+        pixels = np.asarray(shot.convert("RGB"))
+    # text, tables and figures in the first screenful, not a blank page
+    inked = (pixels[:1200].min(axis=2) < 200).mean()
+    assert inked > 0.02, f"only {inked:.2%} of the first 1200 px is not white"
+    assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 50

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from imgcls.cli import main
 from imgcls.config import ModelConfig
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
@@ -109,14 +109,10 @@ def test_format_depth_and_totals() -> None:
 # --------------------------------------------------------------------------- the command
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_models_name_prints_the_summary(capsys) -> None:
-    code, out, err = _run(capsys, "models", "lenet")
+    code, out, err = run_cli(capsys, "models", "lenet")
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "lenet: 10 classes, 3x32x32 input"
@@ -129,19 +125,19 @@ def test_cli_models_name_prints_the_summary(capsys) -> None:
 
 
 def test_cli_models_options(capsys) -> None:
-    code, out, err = _run(capsys, "models", "resnet18", "--input-size", "64", "--in-channels",
+    code, out, err = run_cli(capsys, "models", "resnet18", "--input-size", "64", "--in-channels",
                           "1", "--num-classes", "3", "--depth", "1")
     assert code == 0, err
     assert out.splitlines()[0] == "resnet18: 3 classes, 1x64x64 input"
     assert "conv1 (Conv2d)" in out and "layer1.0" not in out
     assert "[1, 64, 32, 32]" in out and "output shape:       [1, 3]" in out
     assert "input shape:        [1, 1, 64, 64]" in out
-    code, out, _ = _run(capsys, "models", "cifar10_net", "--depth", "2")
+    code, out, _ = run_cli(capsys, "models", "cifar10_net", "--depth", "2")
     assert code == 0 and "parameters:         145,578" in out and "model.7 (Linear)" in out
 
 
 def test_cli_models_without_name_still_lists(capsys) -> None:
-    code, out, _ = _run(capsys, "models", "--imgcls-only")
+    code, out, _ = run_cli(capsys, "models", "--imgcls-only")
     assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert rows["simple_v3"][2:] == ["32", "419,690"]
@@ -158,7 +154,7 @@ def test_cli_models_without_name_still_lists(capsys) -> None:
     ],
 )
 def test_cli_models_bad_input_is_one_line(capsys, argv: list[str], needles: list[str]) -> None:
-    code, out, err = _run(capsys, "models", *argv)
+    code, out, err = run_cli(capsys, "models", *argv)
     assert code == 2, (out, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("imgcls: error: "), err

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import assert_one_line_error, run_cli
 
 from imgcls import recipes
-from imgcls.cli import main
 from imgcls.config import build_config, load_yaml
 from imgcls.engine.record import CheckpointRecord
 
@@ -19,18 +19,8 @@ NAMES = recipes.names()
 FAST = ["--model", "lenet", "--batch-size", "16", "sched.warmup_epochs=0", "log.progress=off"]
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("imgcls: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def _tree(folder: Path) -> dict[str, tuple[int, int]]:
@@ -65,7 +55,7 @@ def test_every_recipe_resolves_by_name_and_builds(name):
 
 
 def test_recipes_command_lists_every_recipe_with_its_purpose(capsys):
-    code, out, err = _run(capsys, "recipes")
+    code, out, err = run_cli(capsys, "recipes")
     assert code == 0, err
     for name in NAMES:
         recipe = recipes.describe(name)
@@ -79,7 +69,7 @@ def test_recipes_command_lists_every_recipe_with_its_purpose(capsys):
 
 
 def _printed(capsys, *argv: str):
-    code, out, err = _run(capsys, "train", *argv, "--print-config")
+    code, out, err = run_cli(capsys, "train", *argv, "--print-config")
     assert code == 0, err
     return build_config(yaml.safe_load(out))
 
@@ -102,10 +92,10 @@ def test_an_existing_file_wins_over_a_recipe_name(tmp_path, monkeypatch, capsys)
 @pytest.mark.parametrize("command", ["train", "lr-find"])
 def test_unknown_recipe_is_one_line_with_a_close_match(tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run(capsys, command, "--config", "fsat_small")
-    _assert_one_line_error(code, err, "'fsat_small'", "did you mean fast_small?", *NAMES)
-    code, _, err = _run(capsys, command, "--config", str(tmp_path / "none.yaml"))
-    _assert_one_line_error(code, err, "none.yaml", "simple_v3_seed")
+    code, _, err = run_cli(capsys, command, "--config", "fsat_small")
+    assert_one_line_error(code, err, "'fsat_small'", "did you mean fast_small?", *NAMES)
+    code, _, err = run_cli(capsys, command, "--config", str(tmp_path / "none.yaml"))
+    assert_one_line_error(code, err, "none.yaml", "simple_v3_seed")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -114,7 +104,7 @@ def test_unknown_recipe_is_one_line_with_a_close_match(tmp_path, monkeypatch, ca
 
 def test_print_config_is_the_resolved_config_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, out, err = _run(capsys, "train", "--config", "fast_small", "--epochs", "3",
+    code, out, err = run_cli(capsys, "train", "--config", "fast_small", "--epochs", "3",
                           "optim.lr=0.5", "--output", "runs", "--print-config")
     assert code == 0, err
     printed = build_config(yaml.safe_load(out))
@@ -138,7 +128,7 @@ def test_print_config_shows_what_the_data_source_implies(tmp_path, monkeypatch, 
 
 def test_print_config_with_resume(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "imgs", per_class=6)
-    code, _, err = _run(capsys, "train", "--data", str(data), "--epochs", "1", *FAST,
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--epochs", "1", *FAST,
                         "--output", str(tmp_path / "runs"), "--name", "r")
     assert code == 0, err
     run = tmp_path / "runs" / "r"

@@ -27,14 +27,22 @@ from imgcls.data.pipeline import (
     Preprocessing,
     build_eval_loader,
     build_train_loaders,
+    cache_dir,
     resolve_preprocessing,
     source_defaults,
 )
 from imgcls.data.sampling import class_counts
 from imgcls.data.sources import dataset_labels
 from imgcls.data.splits import load_split, save_split
+from imgcls.datacheck.leaks import warn_train_leaks
 from imgcls.engine import components
-from imgcls.engine.callbacks import Checkpointer, EarlyStopping, MetricsLogger, TimeLimit
+from imgcls.engine.callbacks import (
+    Checkpointer,
+    EarlyStopping,
+    MetricsLogger,
+    RunFiles,
+    TimeLimit,
+)
 from imgcls.engine.loop import TrainState, evaluate
 from imgcls.engine.lr_finder import lr_sweep, save_sweep
 from imgcls.engine.metrics import Monitor, classification_metrics, get_monitor
@@ -155,6 +163,8 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
     runtime.configure_speed(device, cudnn_benchmark=cfg.train.cudnn_benchmark,
                             deterministic=cfg.train.deterministic, tf32=cfg.train.tf32)
     data = load_data(cfg, resumed, user, say)
+    if info.is_main:  # exact train/val copies: file hashes, cached beside the decode cache
+        warn_train_leaks(data, cfg.data.source, cache_dir(cfg), say)
     if cfg.data.val_split == "test":
         say("warning: data.val_split=test validates on the test split: the best epoch is chosen "
             "on the test images, which flatters its test accuracy (as the tutorials report it)")
@@ -304,6 +314,7 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataSplit, prep: Preprocessing,
         run_dir, cfg.log, resume_epoch=resumed.record.epoch if resumed else None,
         mean_std=prep.mean_std, graph_input=graph_input, say=say,
     ))
+    out.append(RunFiles(run_dir, say))  # results.csv, curves.png: after metrics.jsonl's line
     return out
 
 

@@ -198,12 +198,47 @@ def _add_datasets(commands: Any) -> None:
                           "sees)")
 
 
+def _add_check_data(commands: Any) -> None:
+    check = commands.add_parser(
+        "check-data", help="check a data folder or list file: class counts, sizes, unreadable "
+        "files, duplicates, train/val/test leaks",
+        description="Decodes every image of DATA (a folder of class folders, with or without "
+        "train/ val/ test/ parts, or a .txt list file) and writes DIR/check.json and "
+        "DIR/index.html: images per class and imbalance, sizes and colour modes, unreadable "
+        "files, exact and near duplicates, and copies shared between the parts (leaks). Exit "
+        "code 0 when the data is usable (findings are warnings), 2 on bad input.",
+    )
+    check.add_argument("data", metavar="DATA", help="folder of class folders, or a list file")
+    check.add_argument("--output", metavar="DIR",
+                       help="folder for check.json and index.html (default ./check-data-NAME)")
+    check.add_argument("--near-threshold", type=int, default=3, metavar="BITS",
+                       help="near-duplicates differ in at most this many of the 64 perceptual "
+                       "hash bits (default 3)")
+
+
 def _add_recipes(commands: Any) -> None:
     commands.add_parser(
         "recipes", help="list the bundled recipes: name, purpose, measured figure",
         description="The recipes shipped with imgcls; train one with `imgcls train --config "
         "NAME`, see what it resolves to with `imgcls train --config NAME --print-config`.",
     )
+
+
+def _add_report(commands: Any) -> None:
+    report = commands.add_parser(
+        "report", help="an HTML page of what a run's model does (or of several runs compared)",
+        description="One run: RUN/report/index.html with training curves, confusion matrices, "
+        "per-class scores, calibration, the most confidently wrong images and provenance, from "
+        "best.pt (else last.pt). Several runs: their curves overlaid and their final/best "
+        "metrics side by side. Self-contained pages; the numbers are in CSV/JSON beside them.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s)")
+    report.add_argument("--split", default="val", choices=["val", "test"],
+                        help="the split scored (one run only; default val)")
+    report.add_argument("--data", help="data source (default: the one it was trained on)")
+    report.add_argument("--output", help="folder for the page (default RUN_DIR/report, or "
+                        "./report-compare for several runs)")
+    report.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -215,7 +250,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_lr_find, _add_evaluate, _add_predict, _add_export,
-                _add_convert, _add_models, _add_datasets, _add_recipes):
+                _add_convert, _add_models, _add_datasets, _add_check_data, _add_recipes,
+                _add_report):
         add(commands)
     return parser
 
@@ -409,6 +445,14 @@ BUILTIN_DATA = {
 }
 
 
+def _run_check_data(args: argparse.Namespace) -> int:
+    from imgcls.datacheck import check_data, summary_lines
+
+    result = check_data(args.data, output=args.output, near_threshold=args.near_threshold)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
 def _run_datasets(args: argparse.Namespace) -> int:
     if args.export is None:
         if args.name is not None:
@@ -429,6 +473,21 @@ def _run_datasets(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ImgclsError(f"cannot write the images to {out}: {exc.strerror or exc}") from None
     print(f"wrote {count} {args.split} images of {args.name} to {out}/<class>/")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from imgcls.report.build import report_compare, report_run
+
+    if len(args.runs) == 1:
+        path = report_run(args.runs[0], split=args.split, data=args.data, output=args.output,
+                          device=args.device)
+    elif args.data is not None or args.split != "val":
+        raise ImgclsError("--data and --split apply to one run's page; several runs are "
+                          "compared on their metrics.jsonl")
+    else:
+        path = report_compare(args.runs, output=args.output or "report-compare")
+    print(f"wrote {path}")
     return 0
 
 
@@ -489,7 +548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "convert": _run_convert,
         "models": _run_models,
         "datasets": _run_datasets,
+        "check-data": _run_check_data,
         "recipes": _run_recipes,
+        "report": _run_report,
     }
     if args.command is None:
         parser.print_help()

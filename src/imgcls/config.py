@@ -6,6 +6,7 @@ the run directory as ``config.yaml`` and inside every checkpoint, so a run can b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -171,6 +172,9 @@ class TrainConfig:
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     ema_every: int = 1  # EMA update every N optimizer steps (decay applied per update)
     tta: str = "none"  # evaluation: none | flip (average the logits of the image and its mirror)
+    # > 0: skip up to this many batches whose loss is nan/inf (checked each step); 0: a
+    # non-finite loss stops the run at the end of its epoch, keeping the last good checkpoint
+    skip_nonfinite: int = 0
     # the metric that picks best.pt and drives sched.name=plateau and early stopping: val_acc |
     # val_loss | val_top5 | val_macro_f1 | val_balanced_acc (loss is minimised, the rest maximised)
     monitor: str = "val_acc"
@@ -264,13 +268,17 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if not math.isfinite(number):  # no key means anything by nan or inf
+                raise ImgclsError(f"config key {key} = {value!r} is invalid: must be a finite "
+                                  "number")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -560,6 +568,7 @@ def _validate_train(tr: TrainConfig) -> None:
     _check(tr.seed >= 0, "train.seed", tr.seed, "must be >= 0")
     _check(tr.grad_clip >= 0, "train.grad_clip", tr.grad_clip, "must be >= 0")
     _check(tr.accumulate >= 1, "train.accumulate", tr.accumulate, "must be >= 1")
+    _check(tr.skip_nonfinite >= 0, "train.skip_nonfinite", tr.skip_nonfinite, "must be >= 0")
     _check(0.0 <= tr.ema < 1.0, "train.ema", tr.ema, "a decay in [0, 1) (0: off)")
     _check(tr.max_minutes >= 0, "train.max_minutes", tr.max_minutes, "must be >= 0 (0: off)")
     _check(tr.ema_every >= 1, "train.ema_every", tr.ema_every, "must be >= 1")

@@ -17,6 +17,7 @@ from imgcls.config import Config, build_config
 from imgcls.data.transforms import build_transform
 from imgcls.engine.checkpoint import load_model_state
 from imgcls.engine.record import CheckpointRecord
+from imgcls.errors import ImgclsError
 from imgcls.models import create_model
 from imgcls.models.user import is_user_model
 from imgcls.tracking import echo
@@ -78,7 +79,13 @@ def load_model(
     model = create_model(
         replace(cfg.model, pretrained=""), len(record.classes), from_checkpoint=True
     )
-    load_model_state(model, record.inference_weights(), path)
+    weights = record.inference_weights()
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and
+                not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # a diverged run's weights predict nan: refuse them up front
+        raise ImgclsError(f"{path} holds non-finite weights (nan or inf in {bad}): it comes "
+                          "from a run that diverged; use an earlier checkpoint")
+    load_model_state(model, weights, path)
     model.to(torch_device).eval()
     return LoadedModel(
         model=model, classes=list(record.classes), input_size=int(record.input_size),

@@ -1,6 +1,7 @@
-"""What a training run does around its loop, one callback each: checkpoints, metrics logging,
-the time limit and early stopping. Each keeps its own state, saved in the checkpoint and restored
-on ``--resume`` (see :class:`imgcls.engine.trainer.Callback`)."""
+"""What a training run does around its loop, one callback each: checkpoints, metrics logging
+(with results.csv and curves.png), the time limit and early stopping. Each keeps its own state,
+saved in the checkpoint and restored on ``--resume`` (see
+:class:`imgcls.engine.trainer.Callback`)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,25 @@ class MetricsLogger(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.logger is not None:
             self.logger.close()
+
+
+class RunFiles(Callback):
+    """``results.csv`` and ``curves.png`` in the run folder, rewritten in full from
+    ``metrics.jsonl`` after each epoch (so a resumed run matches its log). Runs after
+    :class:`MetricsLogger`, on rank 0 only; a file that cannot be written is a warning, not the
+    end of the run."""
+
+    def __init__(self, run_dir: Path, say: Callable[[str], None]) -> None:
+        self.run_dir, self.say = run_dir, say
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
+        from imgcls.report.curves import refresh_run_files
+
+        try:
+            refresh_run_files(self.run_dir)
+        except (OSError, ImgclsError) as exc:
+            self.say(f"warning: cannot refresh results.csv/curves.png in {self.run_dir}: {exc}")
+        return None
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:

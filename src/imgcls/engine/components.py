@@ -106,7 +106,7 @@ def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
         loss_fn=create_loss(cfg.optim, weights).to(device), device=device,
         grad_clip=cfg.train.grad_clip, accumulate=cfg.train.accumulate, speed=speed,
         scaler=torch.amp.GradScaler(device.type) if speed.amp_dtype == torch.float16 else None,
-        ema=ema, ema_every=cfg.train.ema_every,
+        ema=ema, ema_every=cfg.train.ema_every, skip_nonfinite=cfg.train.skip_nonfinite,
         # The validation loss stays the unweighted cross-entropy: weighting it would change
         # what val_loss means whenever optim.class_weights (or the class counts) change, and
         # train.monitor=val_loss must compare across runs; evaluate_checkpoint's loss is

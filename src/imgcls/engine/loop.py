@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from imgcls.errors import ImgclsError
 from imgcls.models import set_train_mode
 from imgcls.runtime import unwrap_model
 
@@ -63,6 +64,8 @@ class TrainState:
     # validation's loss when it differs from training's (None: loss_fn): class-weighted training
     # still reports the plain cross-entropy as val_loss
     eval_loss_fn: nn.Module | None = None
+    skip_nonfinite: int = 0  # train.skip_nonfinite: bad batches the run may skip
+    nonfinite_skipped: int = 0  # skipped so far (in this process)
 
     def optimizer_step(self) -> None:
         """Clip (if asked), step the optimizer (through the grad scaler under fp16), advance
@@ -110,6 +113,7 @@ def train_one_epoch(
     set_train_mode(getattr(model, "module", model))
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    watch = _NonFiniteWatch(state, device)
     seen = 0
     start = time.perf_counter()
     total = len(loader)
@@ -132,10 +136,13 @@ def train_one_epoch(
             with state.speed.autocast(device):
                 logits = model(images)
                 loss = state.loss_fn(logits, labels)
-            scaled = loss / window if window > 1 else loss
-            (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+            if watch.keep(loss, i, total):
+                scaled = loss / window if window > 1 else loss
+                (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
         if last_in_window:
             state.optimizer_step()
+        if watch.skipping:
+            continue  # a skipped batch counts in no metric
         n = labels.shape[0]
         seen += n
         loss_sum += loss.detach().double() * n
@@ -147,14 +154,64 @@ def train_one_epoch(
     if reduce is not None:
         counts = reduce(torch.stack([loss_sum, correct.double(),
                                      torch.tensor(float(seen), device=device,
-                                                  dtype=torch.float64)]))
+                                                  dtype=torch.float64),
+                                     watch.bad.double()]))
         loss_sum, correct, seen = counts[0], counts[1].round().long(), int(counts[2].item())
+        watch.bad = counts[3].round().long()
+    watch.check(total)
     return {
         "train_loss": loss_sum.item() / seen,
         "train_acc": correct.item() / seen,
         "train_time_s": time.perf_counter() - start,
         "train_samples": seen,
     }
+
+
+class NonFiniteLoss(ImgclsError):
+    """The training loss became NaN or infinite: the run stops before it saves such weights."""
+
+
+class _NonFiniteWatch:
+    """Non-finite training losses. By default they are counted on the device (no sync per
+    step) and the epoch fails at its end, before any checkpoint is written; with
+    ``train.skip_nonfinite=N`` each loss is checked as it comes (a sync per step) and up to N bad
+    batches of the run are skipped (no backward, no metrics)."""
+
+    def __init__(self, state: TrainState, device: torch.device) -> None:
+        self.state = state
+        self.bad = torch.zeros((), device=device, dtype=torch.int64)
+        self.first = torch.full((), -1, device=device, dtype=torch.int64)
+        self.skipping = False
+
+    def keep(self, loss: torch.Tensor, i: int, total: int) -> bool:
+        """Whether this batch's loss goes into backward."""
+        state = self.state
+        if state.skip_nonfinite <= 0:
+            finite = torch.isfinite(loss.detach())
+            self.bad += (~finite).long()
+            self.first = torch.where((self.first < 0) & ~finite, i, self.first)
+            return True
+        self.skipping = not bool(torch.isfinite(loss.detach()))
+        if self.skipping:
+            state.nonfinite_skipped += 1
+            if state.nonfinite_skipped > state.skip_nonfinite:
+                raise NonFiniteLoss(
+                    f"the training loss was non-finite (nan or inf) on more than "
+                    f"train.skip_nonfinite={state.skip_nonfinite} batches, the last in epoch "
+                    f"{state.epoch + 1} at batch {i + 1} of {total}; the last checkpoint is "
+                    "kept: lower optim.lr or set train.grad_clip")
+        return not self.skipping
+
+    def check(self, total: int) -> None:
+        if int(self.bad.item()) == 0:
+            return
+        epoch = self.state.epoch + 1
+        where = f", first at batch {int(self.first.item()) + 1} of {total}" if int(
+            self.first.item()) >= 0 else ""
+        raise NonFiniteLoss(
+            f"the training loss became non-finite (nan or inf) in epoch {epoch}{where}: the run "
+            f"stops and keeps its last checkpoint (epoch {epoch - 1}); lower optim.lr, set "
+            "train.grad_clip, or skip up to N bad batches with train.skip_nonfinite=N")
 
 
 TTA_MODES = ("none", "flip")

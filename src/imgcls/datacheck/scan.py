@@ -1,0 +1,138 @@
+"""Find the images of a data source (a folder of class folders, with or without train/ val/
+test/ parts, or a list file) and decode each once, in threads, into what the check needs."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from imgcls.data.folder import IMAGE_EXTENSIONS, find_class_folders, to_rgb
+from imgcls.data.listfile import read_list_file
+from imgcls.datacheck.hashing import FLAT_RANGE, THUMB_SIDE, grey_thumbnail, pixel_hash
+from imgcls.errors import ImgclsError, first_line
+
+PARTS = ("train", "val", "test")
+WHOLE = "all"  # the one part of a single folder or a list file
+LIST_ROOT = "./data"  # data.root's default: list-file paths also resolve against it
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image file: its part, class and key (the path relative to the source, as
+    split.json records it)."""
+
+    part: str
+    label: str
+    key: str
+    path: str
+
+
+@dataclass
+class Source:
+    path: Path
+    kind: str  # "folder" | "parts" (train/ val/ test/ folders) | "list"
+    parts: list[str]
+    classes: list[str]
+    entries: list[Entry]
+
+
+@dataclass
+class Decoded:
+    """What the check keeps of one decoded image (``error`` set when it could not be read)."""
+
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    pixels: str = ""  # pixel_hash
+    thumb: np.ndarray | None = None
+    flat: bool = False
+    error: str | None = None
+
+
+def find_source(data: str | os.PathLike[str]) -> Source:
+    """Every image file of ``data``; a path that is missing or holds no images is an
+    ImgclsError naming it."""
+    path = Path(data).expanduser().absolute()
+    if not path.exists():
+        raise ImgclsError(f"data not found: {data} (expected a folder of class folders or a .txt "
+                          "list file)")
+    if path.is_file():
+        if path.suffix.lower() != ".txt":
+            raise ImgclsError(f"data {data} is a file, not a folder or a .txt list file")
+        return _list_source(path)
+    if (path / "train").is_dir():
+        parts = [p for p in PARTS if (path / p).is_dir()]
+        entries = [e for p in parts for e in _scan(path / p, path, p)]
+        classes = sorted({e.label for e in entries} | set(find_class_folders(path / "train")))
+        kind = "parts"
+    else:
+        parts, entries, kind = [WHOLE], _scan(path, path, WHOLE), "folder"
+        classes = find_class_folders(path)
+    if not entries:
+        raise ImgclsError(f"no images in {data} (looked for {', '.join(IMAGE_EXTENSIONS)} in "
+                          f"{data}/{'train/' if kind == 'parts' else ''}<class>/)")
+    return Source(path, kind, parts, classes, entries)
+
+
+def _scan(folder: Path, base: Path, part: str) -> list[Entry]:
+    classes = find_class_folders(folder)
+    if not classes:
+        raise ImgclsError(f"no class folders in {folder} (expected {folder}/<class>/<image>)")
+    entries = []
+    for label in classes:
+        for root, dirs, files in os.walk(folder / label, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+                    path = os.path.join(root, name)
+                    key = os.path.relpath(path, base).replace(os.sep, "/")
+                    entries.append(Entry(part, label, key, path))
+    return entries
+
+
+def _list_source(path: Path) -> Source:
+    keys, samples, classes, missing = read_list_file(path, Path(LIST_ROOT).absolute(), True)
+    by_key = dict(zip(keys, samples, strict=True))
+    entries = [Entry(WHOLE, classes[y], k, p) for k, (p, y) in by_key.items()]
+    # A listed file that is gone is reported with the unreadable ones; its class is unknown here.
+    entries += [Entry(WHOLE, "?", key, str(path.parent / key)) for key in missing]
+    return Source(path, "list", [WHOLE], classes, entries)
+
+
+def decode(path: str) -> Decoded:
+    """Open ``path`` fully decoded; an unreadable file comes back with the reason, not raised."""
+    try:
+        with open(path, "rb") as handle, Image.open(handle) as img:
+            img.load()
+            mode, fmt = img.mode, img.format or ""
+            rgb = to_rgb(img)
+    except FileNotFoundError:
+        return Decoded(error="file not found")
+    except UnidentifiedImageError:
+        return Decoded(error="not a recognised image file")
+    except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
+        return Decoded(error=first_line(exc))
+    thumb = grey_thumbnail(rgb)
+    flat = int(thumb.max()) - int(thumb.min()) <= FLAT_RANGE
+    return Decoded(rgb.width, rgb.height, mode, fmt, pixel_hash(rgb), thumb, flat)
+
+
+def decode_all(paths: list[str], workers: int | None = None) -> list[Decoded]:
+    """``decode`` every path; threads, as Pillow releases the GIL while it decodes. Paths go
+    to the pool in chunks: a future per image would cost more than a CIFAR image's decode."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [d for chunk in pool.map(lambda c: [decode(p) for p in c], chunks) for d in chunk]
+
+
+def thumbs_of(decoded: list[Decoded]) -> np.ndarray:
+    """The thumbnails stacked (unreadable files get zeros; they are not searched)."""
+    blank = np.zeros((THUMB_SIDE, THUMB_SIDE), np.uint8)
+    return np.stack([d.thumb if d.thumb is not None else blank for d in decoded])
