@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from imgcls import runtime
-from imgcls.config import Config, build_config, save_yaml
+from imgcls.config import Config, build_config, load_yaml, save_yaml
 from imgcls.data import DataSplit, create_datasets, create_eval_dataset, from_dataset
 from imgcls.data.pipeline import (
     Preprocessing,
@@ -54,6 +54,7 @@ from imgcls.engine.run_folder import (
     resolve_resume,
     run_dir_of,
     shared_run_dir,
+    unsaved_run,
 )
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
@@ -62,6 +63,15 @@ from imgcls.optim import create_loss
 from imgcls.tracking import echo
 
 MAX_LR_FIND_STEPS = 1000  # a range test is a few hundred steps; more is a training run
+
+
+class Interrupted(KeyboardInterrupt):
+    """A training run stopped by Ctrl-C or SIGTERM, with where it stands: ``epoch`` is the
+    last saved epoch (None: nothing saved yet)."""
+
+    def __init__(self, message: str, run_dir: Path, epoch: int | None) -> None:
+        super().__init__(message)
+        self.run_dir, self.epoch = run_dir, epoch
 
 
 @dataclass
@@ -151,6 +161,12 @@ def train_config(
     >>> train_config(overrides={"data.source": "digits"})[0].transforms.preset
     'digits'
     """
+    if resume is not None and (unsaved := unsaved_run(resume)) is not None:
+        echo(f"{unsaved} has no checkpoint yet (it stopped during its first epoch): starting it "
+             "over with its config.yaml")
+        where = {"log.output": str(unsaved.parent), "log.name": unsaved.name}
+        return source_defaults(build_config(load_yaml(unsaved / "config.yaml"),
+                                            {**(overrides or {}), **where})), None
     if resume is not None:
         resumed = resolve_resume(resume)
         return build_config(resumed.record.config, overrides), resumed
@@ -196,7 +212,11 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
         f"{device}{processes}, images "
         f"{'decoded into device memory' if loaders.in_memory else 'read by a DataLoader'}"
         f"{_adapted(data, prep, cfg)}; run folder {run_dir}")
-    last = trainer.fit()
+    try:
+        last = trainer.fit()
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what is saved and where
+        raise Interrupted(str(exc) or "interrupted", run_dir, state.epoch if (
+            run_dir / "checkpoints" / "last.pt").exists() else None) from None
     seconds = time.perf_counter() - start_time
     best = (f"best {monitor.name} {state.best_metric:.4f} at epoch {state.best_epoch}"
             if monitor is not None and state.best_metric is not None else "no validation set")
@@ -311,7 +331,8 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataSplit, prep: Preprocessing,
         graph_input = torch.zeros(1, cfg.model.in_channels, prep.image_size, prep.image_size)
     out.append(Checkpointer(run_dir, template))
     out.append(MetricsLogger(
-        run_dir, cfg.log, resume_epoch=resumed.record.epoch if resumed else None,
+        # a new run truncates to nothing: a folder started over drops its old rows
+        run_dir, cfg.log, resume_epoch=resumed.record.epoch if resumed else 0,
         mean_std=prep.mean_std, graph_input=graph_input, say=say,
     ))
     out.append(RunFiles(run_dir, say))  # results.csv, curves.png: after metrics.jsonl's line

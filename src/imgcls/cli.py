@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -501,6 +503,28 @@ def _run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+TERMINATED = "terminated (SIGTERM)"
+
+
+def _raise_on_sigterm(_signum: int, _frame: Any) -> None:
+    # SIGTERM (SLURM, Kubernetes, spot preemption) takes Ctrl-C's road: the run stops between
+    # two statements, its files stay whole, and the message says what is saved.
+    raise KeyboardInterrupt(TERMINATED)
+
+
+def _interrupted_message(exc: BaseException) -> str:
+    reason = str(exc) or "interrupted"
+    run_dir, epoch = getattr(exc, "run_dir", None), getattr(exc, "epoch", None)
+    if run_dir is None:
+        return f"{reason} during start-up: nothing was saved"
+    resume = f"`imgcls train --resume {shlex.quote(str(run_dir))}`"
+    if epoch is None:
+        return (f"{reason} before the first epoch was saved: nothing to resume yet; {resume} "
+                "starts the run over")
+    return (f"{reason}: epoch {epoch} is saved in {run_dir / 'checkpoints' / 'last.pt'} (the "
+            f"epoch in progress is lost); continue with {resume}")
+
+
 def _one_line(exc: BaseException) -> str:
     # An error raised inside a DataLoader worker comes back wrapped in its traceback text.
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -555,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if (
+        args.command == "train") else None
     # Under torchrun each rank reports for itself: say which one.
     rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
@@ -573,10 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `imgcls evaluate ... | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("imgcls: interrupted; completed epochs are saved: continue with "
-              "`imgcls train --resume RUN`", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"imgcls: {_interrupted_message(exc)}", file=sys.stderr, flush=True)
+        return 143 if TERMINATED in str(exc) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

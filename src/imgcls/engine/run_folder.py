@@ -31,7 +31,9 @@ def resolve_resume(path: str | Path) -> Resume:
     if path.is_dir():
         ckpt = path / "checkpoints" / "last.pt"
         if not ckpt.exists():
-            raise ImgclsError(f"nothing to resume in {path}: {ckpt} does not exist")
+            raise ImgclsError(f"nothing to resume in {path}: {ckpt} does not exist (a run "
+                              "stopped before its first epoch is started over by rerunning "
+                              "its command, or by --resume when its config.yaml was written)")
         run_dir = path
     elif not path.exists():
         raise ImgclsError(f"nothing to resume: {path} does not exist")
@@ -40,6 +42,16 @@ def resolve_resume(path: str | Path) -> Resume:
     record = CheckpointRecord.load(ckpt)
     record.require_resumable(ckpt)
     return Resume(run_dir, ckpt, record)
+
+
+def unsaved_run(path: str | Path) -> Path | None:
+    """A run folder with its config.yaml but no checkpoint yet (killed during its first epoch):
+    ``--resume`` starts it over instead of finding nothing to resume."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.yaml").is_file() and not (
+            path / "checkpoints" / "last.pt").exists():
+        return path
+    return None
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -55,7 +67,9 @@ def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> Path:
     else:
         name = cfg.log.name or f"{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path(cfg.log.output) / name
-        if (run_dir / "checkpoints").exists():
+        # A folder whose run stopped before its first checkpoint holds nothing to keep: it is
+        # started over (its metrics rows and events are dropped by the logger), not refused.
+        if (run_dir / "checkpoints" / "last.pt").exists():
             if cfg.log.name:
                 raise ImgclsError(
                     f"run folder {run_dir} already holds a run; continue it with "
