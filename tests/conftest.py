@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # (extension, Pillow mode written): every format and awkward mode the loaders must turn into RGB.
@@ -245,6 +246,32 @@ class InterruptDuringEpoch:
 
             trainer.train_loader = Interrupting()
         return None
+
+
+def interrupt_and_resume(cfg, at_epoch: int):
+    """Train ``cfg``, stopped in the middle of the epoch after ``at_epoch`` (as Ctrl-C would),
+    then resumed to ``train.epochs``; returns the resumed run's RunResult."""
+    from imgcls import api
+    from imgcls.engine.checkpoint import load_checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        api.train(cfg, callbacks=[InterruptDuringEpoch(at_epoch)])
+    run = Path(cfg.log.output) / cfg.log.name
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == at_epoch
+    resumed = api.train(resume=run)
+    assert resumed.epochs == cfg.train.epochs and resumed.run_dir == run
+    return resumed
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The two runs' last.pt hold bit-identical weights."""
+    from imgcls.engine.checkpoint import load_checkpoint
+
+    wa = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
+    wb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import InterruptDuringEpoch
+from conftest import assert_same_weights, interrupt_and_resume
 from torch import nn
 
 from imgcls import api
@@ -269,13 +269,5 @@ def test_balanced_weighted_resume_is_exact(tmp_path, make_image_folder, loader):
     common = dict(train__epochs=4, train__deterministic=True, loader__sampler="balanced",
                   optim__class_weights="auto", data__loader=loader)
     whole = api.train(_cfg(tmp_path, data, log__name="whole", **common))
-    with pytest.raises(KeyboardInterrupt):
-        api.train(_cfg(tmp_path, data, log__name="split", **common),
-                  callbacks=[InterruptDuringEpoch(2)])
-    run = tmp_path / "runs" / "split"
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
-    assert api.train(resume=run).epochs == 4
-    a = load_checkpoint(whole.run_dir / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    resumed = interrupt_and_resume(_cfg(tmp_path, data, log__name="split", **common), 2)
+    assert_same_weights(whole.run_dir, resumed.run_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import InterruptDuringEpoch
+from conftest import assert_same_weights, interrupt_and_resume
 from PIL import Image
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
@@ -28,7 +28,6 @@ from imgcls.data.memory import (
     padding_ltrb,
 )
 from imgcls.data.transforms import build_transform
-from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.errors import ImgclsError
 
 CIFAR_STATS = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
@@ -527,14 +526,6 @@ def test_memory_training_resumes_exactly(tmp_path, make_image_folder):
     common = dict(train__epochs=3, train__deterministic=True, model__name="simple_v3")
     whole = api.train(_train_cfg(tmp_path, data, log__name="whole", **common))
     assert list((tmp_path / "root" / ".imgcls-cache").glob("*.pt"))  # train and val, cached
-    with pytest.raises(KeyboardInterrupt):
-        api.train(_train_cfg(tmp_path, data, log__name="split", **common),
-                  callbacks=[InterruptDuringEpoch(1)])
-    run = tmp_path / "runs" / "split"
-    resumed = api.train(resume=run)
-    assert resumed.epochs == 3
-    a = load_checkpoint(whole.run_dir / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    resumed = interrupt_and_resume(_train_cfg(tmp_path, data, log__name="split", **common), 1)
+    assert_same_weights(whole.run_dir, resumed.run_dir)
     assert resumed.best_metric == whole.best_metric

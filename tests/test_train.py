@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import InterruptDuringEpoch
+from conftest import assert_same_weights, interrupt_and_resume
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcls import api
@@ -91,10 +91,6 @@ def test_evaluate_reproduces_val_acc_of_best_epoch(tmp_path, make_image_folder):
     assert sum(int(v) for line in lines[1:] for v in line.split(",")[1:]) == summary["n"]
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
 @pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, make_image_folder):
     data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=24, size=32)
@@ -102,20 +98,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, make_image_fold
                   sched__name="cosine", sched__warmup_epochs=1.0)
     whole = api.train(_cfg(tmp_path, data, log__name="whole", **common))
 
-    # Stop the second run in the middle of epoch 3, as Ctrl-C would.
-    with pytest.raises(KeyboardInterrupt):
-        api.train(_cfg(tmp_path, data, log__name="split", **common),
-                  callbacks=[InterruptDuringEpoch(2)])
-    run = tmp_path / "runs" / "split"
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
-    resumed = api.train(resume=run)
-    assert resumed.epochs == 4
-
-    a = _weights(whole.run_dir / "checkpoints" / "last.pt")
-    b = _weights(run / "checkpoints" / "last.pt")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    # Stop the second run in the middle of epoch 3, as Ctrl-C would, then resume it.
+    run = interrupt_and_resume(_cfg(tmp_path, data, log__name="split", **common), 2).run_dir
+    assert_same_weights(whole.run_dir, run)
     assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3, 4]
     assert _metrics(run)[-1]["val_acc"] == _metrics(whole.run_dir)[-1]["val_acc"]
 

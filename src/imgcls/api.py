@@ -199,6 +199,7 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
     )
     if resumed is not None:
         trainer.load_callback_states(resumed.record.callbacks)
+        trainer.saved_epoch = resumed.record.epoch
     if info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
         if not (run_dir / "split.json").exists():
@@ -215,8 +216,7 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
     try:
         last = trainer.fit()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what is saved and where
-        raise Interrupted(str(exc) or "interrupted", run_dir, state.epoch if (
-            run_dir / "checkpoints" / "last.pt").exists() else None) from None
+        raise Interrupted(str(exc) or "interrupted", run_dir, trainer.saved_epoch) from None
     seconds = time.perf_counter() - start_time
     best = (f"best {monitor.name} {state.best_metric:.4f} at epoch {state.best_epoch}"
             if monitor is not None and state.best_metric is not None else "no validation set")

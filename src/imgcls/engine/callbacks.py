@@ -53,6 +53,7 @@ class Checkpointer(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
         last = self.folder / "last.pt"
         self.record(trainer).save(last)
+        trainer.saved_epoch = trainer.state.epoch
         if trainer.improved:
             copy_checkpoint(last, self.folder / "best.pt")
         return None

@@ -88,6 +88,7 @@ class Trainer:
         self.improved = False  # did the epoch just run set a new best?
         self.stop_reason: str | None = None
         self.stopped_by: Callback | None = None  # the callback that stopped the run
+        self.saved_epoch: int | None = None  # the epoch last.pt holds (set by the Checkpointer)
         self.last_metrics: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state
