@@ -26,6 +26,23 @@ file of the chosen images). Prints a table (recipe x threshold: seconds / epochs
 recipe's final and best val_acc and total time, then as its last line one JSON object:
 ``{"fast": {"85": {"seconds", "epochs"}, ..., "94": ..., "best_val_acc", "final_val_acc",
 "total_seconds", "epochs_run", ...}, "simple_v3_seed": {...}, "device": ...}``.
+
+``--peer airbench94`` also trains airbench94 (the ``airbench`` package, ``pip install -e
+".[bench]"``; its own code and hyperparameters, shimmed only to find these images and, off CUDA,
+to run on the CPU: see ``benchmarks/peers/airbench94.py``) in the same invocation, on the same
+training images and validation split: the data imgcls's folder source and split make
+(``create_datasets``, the same seed and fraction; checked against each run's ``split.json``),
+decoded by the same cached ``decode_to_tensor`` before anything is timed, so neither side pays
+the one-time decode. Its ``elapsed_s`` counts, like imgcls's, from before the data is loaded to
+the end of each epoch's validation. Its per-epoch accuracy for the thresholds is scored with the
+test-time augmentation of the first recipe's ``train.tta`` (``--peer-tta``), airbench's own
+untransformed per-epoch accuracy beside it. Then each recipe's ``last.pt`` and the peer's final
+model are scored on the validation split without TTA, with flip and with flip + translate, and
+the ratios imgcls / peer printed. ``--recipes none --peer airbench94`` runs the peer alone.
+
+    python benchmarks/time_to_accuracy.py --recipes fast --peer airbench94   # both, full data
+    python benchmarks/time_to_accuracy.py --recipes fast --peer airbench94 --quick \
+        --peer-batch-size 256                                   # 2,000 images, 1 epoch each
 """
 
 from __future__ import annotations
@@ -44,17 +61,24 @@ from tutorial_data import ROOT, add_data_argument, resolve_folder
 
 from imgcls import api
 from imgcls.config import Config, build_config, load_yaml, parse_override
+from imgcls.data import DataSplit, create_datasets
 from imgcls.data.folder import scan_folder
+from imgcls.data.memory import decode_to_tensor
+from imgcls.data.pipeline import cache_dir as decode_cache
 from imgcls.errors import ImgclsError
-from imgcls.runtime import resolve_device
+from imgcls.runtime import keep_freed_memory, resolve_device
 
 RECIPES = {
     "fast": ROOT / "configs/fast.yaml",
     "simple_v3_seed": ROOT / "configs/simple_v3_seed.yaml",
 }
 THRESHOLDS = (85, 88, 90, 92, 94)
+RATIO_THRESHOLDS = (85, 88, 90)
 QUICK_IMAGES = 2000
 QUICK_EPOCHS = 1
+PEERS = ("airbench94",)
+TTA_MODES = ("none", "flip", "flip_translate")
+PEER_SIZE = 32  # airbench94's network takes 32 x 32 images
 
 
 def quick_list_file(folder: Path, images: int, out: Path) -> tuple[Path, int]:
@@ -124,8 +148,98 @@ def run_recipe(cfg: Config, recipe: Path) -> dict[str, Any]:
         "batch_size": cfg.loader.batch_size,
         "run_dir": str(result.run_dir),
         "recipe": str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe),
+        "rows": [{"epoch": r["epoch"], "val_acc": r.get("val_acc"),
+                  "elapsed_s": round(r["elapsed_s"], 3)} for r in rows],
     })
     return out
+
+
+# --------------------------------------------------------------------------- the peer
+
+
+def peer_data(cfg: Config) -> tuple[DataSplit, tuple[torch.Tensor, torch.Tensor],
+                                    tuple[torch.Tensor, torch.Tensor]]:
+    """The split an imgcls run of ``cfg`` trains on, and its train and validation images decoded
+    as that run's device-resident loader decodes them (the same cache entries)."""
+    data = create_datasets(cfg.data, cfg.train.seed)
+    if data.val is None:
+        raise SystemExit("--peer needs a validation split (data.val_fraction > 0)")
+    cache = decode_cache(cfg)
+    train = decode_to_tensor(data.train, PEER_SIZE, cache_dir=cache)
+    val = decode_to_tensor(data.val, PEER_SIZE, cache_dir=cache)
+    return data, train, val
+
+
+def run_peer(name: str, cfg: Config, args: argparse.Namespace, tta: str,
+             output: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the peer on ``cfg``'s split: (its threshold times at ``tta``, rows and final
+    accuracies; the split record it trained on)."""
+    from peers import airbench94
+
+    start = time.perf_counter()
+    data, train, val = peer_data(cfg)
+    level = airbench94.TTA_LEVELS[tta]
+    result = airbench94.run(
+        train, val, list(data.classes), device=resolve_device(cfg.train.device),
+        folder=output / f"{name}-data", start=start, epochs=args.peer_epochs,
+        batch_size=args.peer_batch_size, tta_level=level, seed=cfg.train.seed)
+    key = "val_acc_tta" if level > 0 else "val_acc"
+    scored = [dict(r, val_acc=r[key]) for r in result["rows"]]
+    accs = [r["val_acc"] for r in scored]
+    out: dict[str, Any] = thresholds(scored)
+    out.update({
+        "best_val_acc": max(accs) if accs else None,
+        "final_val_acc": accs[-1] if accs else None,
+        "epochs_run": len(scored),
+        "scored_with_tta": tta,
+        **result,
+    })
+    return out, data.split_record
+
+
+def final_tta(run_dir: Path, device: str) -> dict[str, float]:
+    """Top-1 of a run's ``last.pt`` on its validation split under each TTA mode."""
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    return {mode: api.evaluate_checkpoint(ckpt, split="val", device=device, tta=mode,
+                                          output=run_dir / "eval" / f"last-val-{mode}")["top1"]
+            for mode in TTA_MODES}
+
+
+def ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+    """imgcls / peer: seconds to each threshold, total seconds, final accuracies."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 4) if a is not None and b else None
+
+    out = {f"seconds_to_{p}": ratio(ours[str(p)]["seconds"], peer[str(p)]["seconds"])
+           for p in RATIO_THRESHOLDS}
+    out["total_seconds"] = ratio(ours["total_seconds"], peer["total_seconds"])
+    out["final_val_acc"] = ratio(ours["final_val_acc"], peer["final_val_acc"])
+    for mode in TTA_MODES:
+        out[f"final_acc_{mode}"] = ratio(ours.get("final_tta", {}).get(mode),
+                                         peer["final"].get(mode))
+    return out
+
+
+def epoch_table(results: dict[str, dict[str, Any]], peer_name: str) -> str:
+    """Per epoch: each run's val_acc and elapsed seconds, side by side."""
+    peer = results[peer_name]
+    names = [n for n in results if n != peer_name]
+    epochs = max([len(results[n].get("rows", [])) for n in names] + [len(peer["rows"])])
+    head = f"{'epoch':>5}" + "".join(f"{n[:22]:>24}" for n in names)
+    head += f"{peer_name + ' (' + peer['scored_with_tta'] + ')':>30}{'(no TTA)':>10}"
+    lines = [head]
+    for e in range(epochs):
+        line = f"{e + 1:>5}"
+        for n in names:
+            rows = results[n].get("rows", [])
+            line += (f"{rows[e]['val_acc']:>14.4f}{rows[e]['elapsed_s']:>9.0f}s" if e < len(rows)
+                     else f"{'-':>24}")
+        if e < len(peer["rows"]):
+            r = peer["rows"][e]
+            line += f"{r.get('val_acc_tta', r['val_acc']):>20.4f}{r['elapsed_s']:>9.0f}s"
+            line += f"{r['val_acc']:>10.4f}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -147,7 +261,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--recipes", default=",".join(RECIPES),
-                        help=f"comma-separated: {', '.join(RECIPES)} or paths to .yaml recipes")
+                        help=f"comma-separated: {', '.join(RECIPES)} or paths to .yaml recipes "
+                             "(none: the peer alone)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_IMAGES} images (stratified), {QUICK_EPOCHS} epochs each")
     parser.add_argument("--limit", type=int, default=None,
@@ -162,16 +277,28 @@ def main() -> None:
                         help="fast's train.max_minutes, a safety cap (default 90)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every recipe (repeatable)")
+    parser.add_argument("--peer", choices=PEERS, default=None,
+                        help="also train this peer on the same images and split (needs the "
+                             "bench extra: pip install -e '.[bench]')")
+    parser.add_argument("--peer-epochs", type=float, default=None,
+                        help=f"the peer's epochs (default: its own, 9.9; --quick: {QUICK_EPOCHS})")
+    parser.add_argument("--peer-batch-size", type=int, default=None,
+                        help="the peer's batch size (default: its own, 1024)")
+    parser.add_argument("--peer-tta", choices=("auto", *TTA_MODES), default="auto",
+                        help="the peer's per-epoch scoring for the thresholds (default auto: "
+                             "the first recipe's train.tta)")
     parser.add_argument("--output", type=Path, default=None,
                         help="run folders go here (default: a new folder in the temp dir)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="data.root, where decoded images are cached "
                              "(default: <temp>/imgcls-benchmark-cache)")
     args = parser.parse_args()
+    if os.environ.get("IMGCLS_MALLOPT", "1") != "0":  # as `imgcls train` does (both sides)
+        keep_freed_memory()
 
     recipes: dict[str, Path] = {}
     for item in (s.strip() for s in args.recipes.split(",")):
-        if not item:
+        if not item or item == "none":
             continue
         if item in RECIPES:
             recipes[item] = RECIPES[item]
@@ -179,8 +306,10 @@ def main() -> None:
             recipes[Path(item).stem] = Path(item).resolve()
         else:
             parser.error(f"unknown recipe {item!r}: expected {', '.join(RECIPES)} or a .yaml")
-    if not recipes:
+    if not recipes and not args.peer:
         parser.error("--recipes names no recipe")
+    if args.quick and args.peer_epochs is None:
+        args.peer_epochs = QUICK_EPOCHS
     epochs = parse_epochs(args.epochs, list(recipes))
     if args.quick and not args.epochs:
         epochs = dict.fromkeys(recipes, QUICK_EPOCHS)
@@ -212,13 +341,16 @@ def main() -> None:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     configs: dict[str, tuple[Config, dict[str, Any]]] = {}
     device = "cpu"
+    data_overrides: dict[str, Any] = {
+        "data.source": str(source),
+        "data.root": str(cache_dir),
+        "data.val_fraction": 0.1,
+        "data.val_split": "holdout",  # the seed recipes validate on the test split
+        "train.seed": 0,
+    }
     for name, recipe in recipes.items():  # every config checked before anything trains
         overrides: dict[str, Any] = {
-            "data.source": str(source),
-            "data.root": str(cache_dir),
-            "data.val_fraction": 0.1,
-            "data.val_split": "holdout",  # the seed recipes validate on the test split
-            "train.seed": 0,
+            **data_overrides,
             "log.output": str(output),
             "log.name": f"{name}-{stamp}",
             "log.progress": "off",
@@ -234,6 +366,21 @@ def main() -> None:
             device = str(resolve_device(configs[name][0].train.device))
         except ImgclsError as exc:
             parser.error(f"{name}: {exc}")
+    peer_cfg: Config | None = None
+    peer_tta = args.peer_tta
+    if args.peer:
+        try:  # the first recipe's data settings (with --set), or the defaults with this data
+            peer_cfg = (next(iter(configs.values()))[0] if configs else
+                        build_config(overrides={**data_overrides, **extra}))
+            device = str(resolve_device(peer_cfg.train.device))
+        except ImgclsError as exc:
+            parser.error(f"{args.peer}: {exc}")
+        if peer_tta == "auto":
+            peer_tta = peer_cfg.train.tta if configs else "none"
+        start = time.perf_counter()
+        peer_data(peer_cfg)  # the one-time decode, cached for both sides, before any clock
+        print(f"decoded (or found cached) the split's images in "
+              f"{time.perf_counter() - start:.1f}s, before any timed run", flush=True)
 
     results: dict[str, dict[str, Any]] = {}
     for name, (cfg, overrides) in configs.items():
@@ -244,10 +391,39 @@ def main() -> None:
         r = results[name]
         print(f"{name}: {r['epochs_run']} epochs in {r['total_seconds']:.1f}s, best val_acc "
               f"{r['best_val_acc']}, run folder {r['run_dir']}", flush=True)
+        if args.peer:  # untimed: the final weights under each test-time augmentation
+            r["final_tta"] = final_tta(Path(r["run_dir"]), cfg.train.device)
+            print(f"{name} final val_acc by TTA: " + ", ".join(
+                f"{m} {a:.4f}" for m, a in r["final_tta"].items()), flush=True)
+
+    out: dict[str, Any] = {}
+    if args.peer and peer_cfg is not None:
+        print(f"\n== {args.peer} (its own hyperparameters"
+              + (f"; epochs {args.peer_epochs:g}" if args.peer_epochs is not None else "")
+              + (f", batch {args.peer_batch_size}" if args.peer_batch_size else "")
+              + f"; thresholds scored with TTA {peer_tta})", flush=True)
+        peer, split_record = run_peer(args.peer, peer_cfg, args, peer_tta, output)
+        results[args.peer] = peer
+        print(f"{args.peer} final val_acc by TTA: " + ", ".join(
+            f"{m} {a:.4f}" for m, a in peer["final"].items()), flush=True)
+        same = {}
+        for name in recipes:  # the peer's images are the ones each imgcls run listed
+            record = json.loads((Path(results[name]["run_dir"]) / "split.json").read_text())
+            same[name] = (record["train"] == split_record["train"]
+                          and record["val"] == split_record["val"])
+            if not same[name]:
+                print(f"warning: {name}'s split.json differs from the peer's split", flush=True)
+        peer["same_split_as"] = same
+        out["ratios"] = {name: ratios(results[name], peer) for name in recipes}
+        print()
+        print(epoch_table(results, args.peer))
 
     print()
     print(table(results))
-    out: dict[str, Any] = dict(results)
+    for name, r in out.get("ratios", {}).items():
+        print(f"{name} / {args.peer}: " + ", ".join(
+            f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in r.items()))
+    out = {**results, **out}
     out["device"] = device
     out["quick"] = args.quick
     print(json.dumps(out))

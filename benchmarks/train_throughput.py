@@ -44,7 +44,21 @@ machine that also runs something else, two OpenMP threads wait on each other and
 ``--data`` is a folder of class folders or a folder holding ``train/`` (its class folders).
 Prints a table, then as its last line one JSON object: per model ``imgcls_img_s``,
 ``tutorial_img_s``, ``ratio`` (imgcls / tutorial), ``gflops``, ``roof_gflops``, ``utilisation``,
-``mflop_per_img`` (and extras), plus ``roof_gflops``, ``decode_s``, ``images``, ``device``, ...
+``mflop_per_img``, ``cpu`` (per loop, medians per measurement from ``getrusage``: ``user_s``,
+``sys_s``, ``sys_share`` (kernel share of the process's CPU time, every thread), ``faults_per_s``,
+``faults_per_step``, ``cpu_per_wall``) (and extras), plus ``roof_gflops``, ``decode_s``,
+``images``, ``device``, ``max_rss_mb``, ...
+
+Where the kernel time goes: at batch 1024 most tensors of a training step are larger than
+glibc's largest mmap threshold (32 MB), so each is mmap'd fresh and unmapped when freed, and
+every page is faulted in and zeroed by the kernel again on the next step. ``--malloc mallopt``
+keeps freed memory in the heap instead (glibc ``mallopt``: no mmap'd chunks, no trimming; what
+``imgcls train`` does at start, ``runtime.keep_freed_memory``, unless ``IMGCLS_MALLOPT=0``);
+``--compare-malloc ROUNDS`` runs the default, that, and PyTorch's ``THP_MEM_ALLOC_ENABLE=1``
+(2 MB pages for large tensors) each in its own process, alternating, and compares them:
+
+    python benchmarks/train_throughput.py --models fastnet_s --batch-size 1024 --limit 5000 \
+        --steps 4 --warmup 1 --compare-malloc 3
 """
 
 from __future__ import annotations
@@ -55,7 +69,10 @@ import itertools
 import json
 import math
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -84,8 +101,10 @@ from imgcls.data.memory import MemoryLoader
 from imgcls.engine import components
 from imgcls.engine.loop import train_one_epoch
 from imgcls.optim import create_loss
+from imgcls.runtime import keep_freed_memory
 
-RECIPES = {"simple_v3": "configs/simple_v3_seed.yaml", "fastnet": "configs/fast.yaml"}
+RECIPES = {"simple_v3": "configs/simple_v3_seed.yaml", "fastnet": "configs/fast.yaml",
+           "fastnet_s": "configs/fast_small.yaml"}
 # Steps per measurement in the full run: about 20 s of imgcls's loop each on 2 cores.
 DEFAULT_STEPS = {"simple_v3": 180, "fastnet": 80}
 FALLBACK_STEPS = 80
@@ -95,6 +114,33 @@ ROOF_N = 2048
 ROOF_PER_REPEAT = 3
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+LOOPS = ("imgcls", "tutorial")
+# --compare-malloc variants: how the child process allocates (see the module docstring)
+MALLOC_VARIANTS = ("default", "mallopt", "thp")
+
+
+# --------------------------------------------------------------------------- where the CPU goes
+
+
+def cpu_usage() -> tuple[float, float, int, int]:
+    """(user s, system s, minor and major page faults) of this process so far, every thread."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime, ru.ru_minflt, ru.ru_majflt
+
+
+def usage_delta(before: tuple[float, float, int, int], seconds: float, steps: int,
+                images: int) -> dict[str, float]:
+    """CPU use since ``before``; ``img_per_cpu_s`` (images per CPU second, user + system) does
+    not depend on how much of the machine other processes took, unlike images/s."""
+    user, system, minflt, majflt = (a - b for a, b in zip(cpu_usage(), before, strict=True))
+    return {"user_s": user, "sys_s": system, "sys_share": system / max(user + system, 1e-9),
+            "faults_per_s": (minflt + majflt) / seconds, "faults_per_step": (minflt + majflt)
+            / max(steps, 1), "cpu_per_wall": (user + system) / seconds,
+            "img_per_cpu_s": images / max(user + system, 1e-9)}
+
+
+def median_usage(measurements: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(m[k] for m in measurements), 4) for k in measurements[0]}
 
 
 # --------------------------------------------------------------------------- data
@@ -235,13 +281,75 @@ def table(results: dict[str, dict[str, Any]], rows: dict[str, dict[str, list[flo
             median = statistics.median(rates)
             extra = ""
             if loop == "imgcls":
-                extra = (f"{r['ratio']:>6.2f}x {r['gflops']:>9.1f} {r['roof_gflops']:>8.1f} "
+                ratio = f"{r['ratio']:>6.2f}x" if r["ratio"] is not None else f"{'-':>7}"
+                extra = (f"{ratio} {r['gflops']:>9.1f} {r['roof_gflops']:>8.1f} "
                          f"{r['utilisation']:>6.2f}")
-            elif loop == "imgcls+compile":
+            elif loop == "imgcls+compile" and r["tutorial_img_s"]:
                 extra = f"{median / r['tutorial_img_s']:>6.2f}x"
             lines.append(f"{model:<11} {loop:<16} {median:>13,.1f} {min(rates):>9,.1f} "
                          f"{max(rates):>9,.1f} {extra}".rstrip())
     return "\n".join(lines)
+
+
+def compare_malloc(args: argparse.Namespace, variants: list[str]) -> None:
+    """``--compare-malloc``: each variant in its own process (an allocator setting holds for a
+    whole process), rounds alternating which runs first; medians over rounds."""
+    child = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data),
+             "--models", args.models, "--batch-size", str(args.batch_size), "--repeats", "1",
+             "--loops", "imgcls", "--seed", str(args.seed)]
+    for flag, value in (("--steps", args.steps), ("--warmup", args.warmup),
+                        ("--limit", args.limit), ("--cache-dir", args.cache_dir),
+                        ("--device", args.device), ("--threads", args.threads)):
+        if value is not None:
+            child += [flag, str(value)]
+    if args.quick:
+        child.append("--quick")
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    print(f"--compare-malloc: {args.compare_malloc} rounds of {', '.join(variants)}, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    for r in range(args.compare_malloc):
+        for variant in variants if r % 2 == 0 else list(reversed(variants)):
+            env = dict(os.environ)
+            env.pop("THP_MEM_ALLOC_ENABLE", None)
+            command = child + (["--malloc", "mallopt"] if variant == "mallopt" else [])
+            if variant == "thp":
+                env["THP_MEM_ALLOC_ENABLE"] = "1"  # read by PyTorch's allocator at start
+            proc = subprocess.run(command, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{variant} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs[variant].append(out)
+            for model in (m for m in out if isinstance(out[m], dict) and "cpu" in out[m]):
+                c = out[model]["cpu"]["imgcls"]
+                print(f"round {r + 1} {variant:<8} {model}: {out[model]['imgcls_img_s']:,.1f} "
+                      f"img/s, {c['img_per_cpu_s']:,.1f} img per CPU s, user {c['user_s']:.2f}s "
+                      f"sys {c['sys_s']:.2f}s "
+                      f"({c['sys_share']:.1%}), {c['faults_per_s']:,.0f} faults/s", flush=True)
+    summary: dict[str, Any] = {}
+    for variant, outs in runs.items():
+        models = [m for m in outs[0] if isinstance(outs[0][m], dict) and "cpu" in outs[0][m]]
+        summary[variant] = {m: {
+            "img_s": round(statistics.median(o[m]["imgcls_img_s"] for o in outs), 1),
+            **median_usage([o[m]["cpu"]["imgcls"] for o in outs]),
+            "img_s_runs": [round(o[m]["imgcls_img_s"], 1) for o in outs],
+            "max_rss_mb": statistics.median(o["max_rss_mb"] for o in outs)} for m in models}
+    print(f"\n{'variant':<9} {'model':<10} {'img/s':>9} {'vs default':>10} {'img/CPU s':>10} "
+          f"{'vs default':>10} {'user s':>8} {'sys s':>7} {'sys %':>6} {'faults/s':>10} "
+          f"{'max RSS MB':>11}")
+    for variant, per_model in summary.items():
+        for model, v in per_model.items():
+            base = summary.get("default", {}).get(model, {})
+            for key in ("img_s", "img_per_cpu_s"):
+                v[f"{key}_vs_default"] = (round(v[key] / base[key], 3) if base.get(key)
+                                          else None)
+            ratio, cpu_ratio = (f"{v[k]:.3f}" if v[k] else "-"
+                                for k in ("img_s_vs_default", "img_per_cpu_s_vs_default"))
+            print(f"{variant:<9} {model:<10} {v['img_s']:>9,.1f} {ratio:>10} "
+                  f"{v['img_per_cpu_s']:>10,.1f} {cpu_ratio:>10} "
+                  f"{v['user_s']:>8.2f} {v['sys_s']:>7.2f} {v['sys_share']:>6.1%} "
+                  f"{v['faults_per_s']:>10,.0f} {v['max_rss_mb']:>11,.0f}")
+    print(json.dumps({"compare_malloc": summary, "rounds": args.compare_malloc,
+                      "load_after": round(os.getloadavg()[0], 2)}))
 
 
 def main() -> None:
@@ -271,7 +379,31 @@ def main() -> None:
                         help="torch.set_num_threads for everything, the roof included (default: "
                              "torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loops", default=",".join(LOOPS),
+                        help="comma-separated: imgcls (always), tutorial")
+    parser.add_argument("--malloc", choices=("default", "mallopt"), default="default",
+                        help="mallopt: runtime.keep_freed_memory() at start (what imgcls "
+                             "train does; default: glibc's defaults)")
+    parser.add_argument("--compare-malloc", type=int, default=0, metavar="ROUNDS",
+                        help="run this script (imgcls's loop, one repeat) in a subprocess per "
+                             "--malloc-variants entry, ROUNDS times in alternating order, and "
+                             "compare img/s, user/system time and page faults")
+    parser.add_argument("--malloc-variants", default=",".join(MALLOC_VARIANTS),
+                        help="default, mallopt (--malloc mallopt), thp (PyTorch's "
+                             "THP_MEM_ALLOC_ENABLE=1: 2 MB pages for large tensors)")
     args = parser.parse_args()
+    if args.compare_malloc:
+        variants = [v.strip() for v in args.malloc_variants.split(",") if v.strip()]
+        if not variants or any(v not in MALLOC_VARIANTS for v in variants):
+            parser.error(f"--malloc-variants: expected some of {', '.join(MALLOC_VARIANTS)}")
+        compare_malloc(args, variants)
+        return
+    if args.malloc == "mallopt" and not keep_freed_memory():
+        print("warning: mallopt is not available (not glibc?): the default allocator runs",
+              flush=True)
+    loops = [x.strip() for x in args.loops.split(",") if x.strip()]
+    if any(x not in LOOPS for x in loops):
+        parser.error(f"--loops: expected some of {', '.join(LOOPS)}")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be positive")
@@ -310,6 +442,7 @@ def main() -> None:
     roof: list[float] = matmul_gflops(device)
     results: dict[str, dict[str, Any]] = {}
     rows: dict[str, dict[str, list[float]]] = {}
+    usage: dict[str, dict[str, list[dict[str, float]]]] = {}
     for model_name in models:
         steps = steps_for(model_name)
         cfg = recipe_config(model_name, args.batch_size)
@@ -329,10 +462,11 @@ def main() -> None:
         flop_per_img = flops / sample_images.shape[0]
 
         runs: dict[str, ImgclsRun | TutorialRun] = {
-            "imgcls": ImgclsRun(copy.deepcopy(base), cfg, memory, device),
-            "tutorial": TutorialRun(copy.deepcopy(base), cfg.optim.lr,
-                                    tutorial_loader(folder, indices, args.batch_size), device),
-        }
+            "imgcls": ImgclsRun(copy.deepcopy(base), cfg, memory, device)}
+        if "tutorial" in loops:
+            runs["tutorial"] = TutorialRun(copy.deepcopy(base), cfg.optim.lr,
+                                           tutorial_loader(folder, indices, args.batch_size),
+                                           device)
         compile_s = None
         if args.compile:
             compiled_memory = MemoryLoader(
@@ -346,6 +480,7 @@ def main() -> None:
             print(f"{model_name} torch.compile + first step: {compile_s:.1f}s", flush=True)
             runs["imgcls+compile"] = compiled
         rows[model_name] = {name: [] for name in runs}
+        usage[model_name] = {name: [] for name in runs}
         print(f"{model_name}: {flop_per_img / 1e6:.1f} MFLOP per image per training step, "
               f"{steps} steps per measurement", flush=True)
         for r in range(args.repeats):
@@ -354,26 +489,33 @@ def main() -> None:
                 run = runs[name]
                 if warmup:
                     run.run(warmup)
+                before = cpu_usage()
                 seconds, count = run.run(steps)
+                used = usage_delta(before, seconds, steps, count)
                 rows[model_name][name].append(count / seconds)
+                usage[model_name][name].append(used)
                 print(f"repeat {r + 1}/{args.repeats} {model_name} {name}: {seconds:.2f}s "
-                      f"{count} images {count / seconds:,.1f} img/s (loss {run.last_loss:.3f})",
+                      f"{count} images {count / seconds:,.1f} img/s (loss {run.last_loss:.3f}); "
+                      f"user {used['user_s']:.2f}s sys {used['sys_s']:.2f}s "
+                      f"({used['sys_share']:.1%}), {used['faults_per_s']:,.0f} page faults/s",
                       flush=True)
             roof += matmul_gflops(device)
         for name, run in runs.items():
             if not math.isfinite(run.last_loss):
                 print(f"warning: {model_name} {name}'s loss is {run.last_loss}", flush=True)
         ours = statistics.median(rows[model_name]["imgcls"])
-        theirs = statistics.median(rows[model_name]["tutorial"])
+        theirs = statistics.median(rows[model_name]["tutorial"]) if "tutorial" in runs else None
         results[model_name] = {
             "imgcls_img_s": ours,
             "tutorial_img_s": theirs,
-            "ratio": ours / theirs,
+            "ratio": ours / theirs if theirs else None,
             "gflops": flop_per_img * ours / 1e9,
             "mflop_per_img": flop_per_img / 1e6,
             "steps": steps,
             "imgcls_runs": [round(v, 1) for v in rows[model_name]["imgcls"]],
-            "tutorial_runs": [round(v, 1) for v in rows[model_name]["tutorial"]],
+            "tutorial_runs": [round(v, 1) for v in rows[model_name].get("tutorial", [])],
+            # user and system CPU seconds, page faults: medians per measurement, per loop
+            "cpu": {name: median_usage(used) for name, used in usage[model_name].items()},
         }
         if args.compile:
             results[model_name]["imgcls_compile_img_s"] = statistics.median(
@@ -409,6 +551,9 @@ def main() -> None:
         "load_before": round(load_before[0], 2),
         "load_after": round(load_after[0], 2),
         "quick": args.quick,
+        "malloc": args.malloc,
+        # peak resident memory of the whole process (Linux reports kB)
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
     print(json.dumps(out))
 

@@ -4,12 +4,14 @@ and ends with one JSON line of results."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -63,6 +65,30 @@ def test_train_throughput_quick(tmp_path: Path, make_image_folder) -> None:
     assert 500 < result["fastnet"]["mflop_per_img"] < 1000, result["fastnet"]
     assert result["roof_gflops"] > 0 and result["images"] == 8
     assert result["decode_s"] > 0 and result["device"] == "cpu"
+    for loop in ("imgcls", "tutorial"):  # where the CPU time went, from getrusage
+        cpu = result["fastnet"]["cpu"][loop]
+        assert cpu["user_s"] > 0 and cpu["sys_s"] >= 0 and 0 <= cpu["sys_share"] < 1, cpu
+        assert cpu["faults_per_s"] >= 0 and cpu["faults_per_step"] >= 0, cpu
+    assert result["max_rss_mb"] > 0 and result["malloc"] == "default"
+
+
+def test_train_throughput_compares_allocators(tmp_path: Path, make_image_folder) -> None:
+    # One round of the default allocator and of mallopt, each in its own process: 2 steps of
+    # lenet on 8 images.
+    data = make_image_folder(tmp_path / "data", per_class=4, layout="train_val", size=32)
+    result = run_benchmark(
+        "train_throughput.py", "--data", data, "--models", "lenet", "--limit", "8",
+        "--batch-size", "8", "--steps", "2", "--warmup", "1", "--threads", "1",
+        "--cache-dir", tmp_path / "cache", "--compare-malloc", "1",
+        "--malloc-variants", "default,mallopt",
+    )
+    assert result["rounds"] == 1
+    for variant in ("default", "mallopt"):
+        r = result["compare_malloc"][variant]["lenet"]
+        assert r["img_s"] > 0 and r["user_s"] > 0 and r["max_rss_mb"] > 0, r
+        assert len(r["img_s_runs"]) == 1
+    assert result["compare_malloc"]["default"]["lenet"]["img_s_vs_default"] == 1.0
+    assert result["compare_malloc"]["mallopt"]["lenet"]["img_per_cpu_s_vs_default"] > 0
 
 
 def test_time_to_accuracy_quick(tmp_path: Path, make_image_folder) -> None:
@@ -85,6 +111,46 @@ def test_time_to_accuracy_quick(tmp_path: Path, make_image_folder) -> None:
         assert r["total_seconds"] > 0 and r["epochs_run"] == 1, r
         assert r["train_images"] == 18 and r["val_images"] == 2, r
         assert (Path(r["run_dir"]) / "metrics.jsonl").is_file()
+
+
+def test_time_to_accuracy_with_the_airbench94_peer(tmp_path: Path, make_image_folder) -> None:
+    # One epoch of fast.yaml and of airbench94 (batch 6: 3 steps of its 18 training images) on
+    # the same stratified 18 / 2 split, side by side in one invocation.
+    pytest.importorskip("airbench")
+    data = make_image_folder(tmp_path / "data", per_class=10, size=32)
+    result = run_benchmark(
+        "time_to_accuracy.py", "--data", data, "--quick", "--recipes", "fast",
+        "--peer", "airbench94", "--peer-batch-size", "6",
+        "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
+    )
+    peer, ours = result["airbench94"], result["fast"]
+    assert peer["train_images"] == 18 and peer["val_images"] == 2, peer
+    assert peer["epochs_run"] == 1 and peer["epochs"] == 1 and peer["batch_size"] == 6
+    assert peer["same_split_as"] == {"fast": True}
+    assert peer["scored_with_tta"] == "flip" and peer["tta_level"] == 1  # fast.yaml's train.tta
+    row = peer["rows"][0]
+    assert 0 <= row["val_acc"] <= 1 and 0 <= row["val_acc_tta"] <= 1
+    assert 0 < row["train_s"] <= row["elapsed_s"] <= peer["total_seconds"]
+    for side in (peer["final"], ours["final_tta"]):
+        assert set(side) == {"none", "flip", "flip_translate"}
+        assert all(0 <= v <= 1 for v in side.values()), side
+    assert ours["rows"][0]["epoch"] == 1
+    ratios = result["ratios"]["fast"]
+    assert {"seconds_to_85", "seconds_to_88", "seconds_to_90", "total_seconds",
+            "final_acc_none", "final_acc_flip_translate"} <= set(ratios)
+    assert ratios["total_seconds"] > 0
+    assert (tmp_path / "runs" / "airbench94-data" / "train.pt").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs for minutes")
+def test_gpu_check_says_no_cuda_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA" in lines[0], proc.stdout
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 @pytest.mark.slow
@@ -115,3 +181,15 @@ def test_imbalance_quick(tmp_path: Path) -> None:
     counts = result["train_counts"]
     assert min(counts[:5]) > 8 * max(counts[5:]) and result["epochs"] == 1
     assert (tmp_path / "data" / "val" / "9").is_dir()
+
+
+@pytest.mark.slow
+def test_kill_soak_quick() -> None:
+    # four SIGKILLs (start-up, validation, around a last.pt rename, after the last epoch)
+    result = run_benchmark("kill_soak.py", "--kills", "4", "--epochs", "3", timeout=600)
+    assert result["kills"] == 4
+    assert result["resumable"] == result["segments"] >= 5
+    assert result["steps_lost_max"] <= result["checkpoint_interval"]
+    assert result["consistent"] == result["checks"] > 0
+    assert result["temp_files_left"] == 0
+    assert result["runs_equal"] == result["runs"] >= 1

@@ -327,6 +327,8 @@ def test_truncated_image_is_named_when_loaded(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
     (tmp_path / "d" / "a" / "cut.jpg").write_bytes(buf.getvalue()[:300])
+    (tmp_path / "d" / "b").mkdir()  # a second class: one class alone is refused
+    Image.new("RGB", (8, 8)).save(tmp_path / "d" / "b" / "ok.png")
     data = create_datasets(cfg(tmp_path / "d", val_fraction=0.0), seed=0)
     with pytest.raises(ImgclsError, match="cut.jpg"):
         data.train[0]

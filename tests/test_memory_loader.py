@@ -25,6 +25,7 @@ from imgcls.data.memory import (
     batch_cutout,
     batch_flip,
     decode_to_tensor,
+    pad_images,
     padding_ltrb,
 )
 from imgcls.data.transforms import build_transform
@@ -279,6 +280,56 @@ def _is_crop(out: torch.Tensor, image: torch.Tensor, padding: list[int]) -> bool
     padded = torch.nn.functional.pad(image, (left, right, top, bottom))
     return any(torch.equal(out, padded[:, dy : dy + h, dx : dx + w])
                for dy in range(top + bottom + 1) for dx in range(left + right + 1))
+
+
+def test_pad_images_border_values():
+    image = torch.arange(1, 13, dtype=torch.uint8).view(1, 1, 3, 4)  # rows 1-4, 5-8, 9-12
+    reflect = pad_images(image, (2, 1, 1, 0), "reflect")[0, 0]
+    assert reflect.shape == (4, 7)
+    # reflect mirrors about the edge pixel without repeating it: row -1 is row 1, column -2 is 2
+    assert reflect[0].tolist() == [7, 6, 5, 6, 7, 8, 7]
+    assert reflect[1].tolist() == [3, 2, 1, 2, 3, 4, 3]
+    edge = pad_images(image, (2, 1, 1, 0), "edge")[0, 0]
+    assert edge[0].tolist() == [1, 1, 1, 2, 3, 4, 4] and edge[-1].tolist() == [9, 9, 9, 10, 11,
+                                                                                 12, 12]
+    assert pad_images(image, (1, 1, 1, 1))[0, 0, 0].tolist() == [0] * 6
+    for mode in ("reflect", "edge"):  # the same pixels as torchvision's pad of one image
+        ours = pad_images(image, (2, 1, 1, 0), mode)
+        assert torch.equal(ours[0], v2.functional.pad(image[0], [2, 1, 1, 0], padding_mode=mode))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+@pytest.mark.parametrize("windows", [True, False])
+def test_reflect_and_edge_crops_are_exactly_the_drawn_crop_then_flip(mode, windows):
+    # As test_batches_are_exactly_the_drawn_crop_then_flip, with torchvision's padding_mode:
+    # asymmetric padding, so the window path's mirrored slots must take the other border.
+    images = torch.randint(1, 256, (30, 3, 6, 5), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(4))
+    padding = [3, 1, 0, 2]
+    loader = MemoryLoader(images, torch.arange(30), batch_size=7, train=True, seed=2,
+                          crop_padding=padding, crop_padding_mode=mode, hflip=0.5, chunk_size=14)
+    loader._window_crop = windows
+    x, y = _all_batches(loader)
+    draws = loader._draw(30)
+    for i, label in enumerate(y.tolist()):
+        padded = v2.functional.pad(images[label], padding, padding_mode=mode)
+        dy, dx = int(draws["dy"][i]), int(draws["dx"][i])
+        expected = padded[:, dy : dy + 6, dx : dx + 5]
+        if draws["flip"][i]:
+            expected = expected.flip(-1)
+        assert torch.equal((x[i] * 255).round().to(torch.uint8), expected), i
+    assert (x == 0).sum() == 0  # no zero border anywhere
+    cropped = batch_crop(images, padding_ltrb(padding), torch.Generator().manual_seed(0), mode)
+    assert cropped.shape == images.shape and int((cropped == 0).sum()) == 0
+
+
+def test_reflect_padding_must_be_smaller_than_the_image():
+    with pytest.raises(ValueError, match="reflect"):
+        MemoryLoader(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.arange(2), batch_size=2,
+                     train=True, crop_padding=[4], crop_padding_mode="reflect")
+    with pytest.raises(ValueError, match="crop_padding_mode"):
+        MemoryLoader(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.arange(2), batch_size=2,
+                     train=True, crop_padding=[1], crop_padding_mode="wrap")
 
 
 def test_public_batch_functions():

@@ -147,6 +147,39 @@ def test_one_flip_tta_for_evaluate_and_predict():
     assert [p for _, p in tops[0]] == pytest.approx(sorted(expected.tolist(), reverse=True))
 
 
+class _Corner(nn.Module):
+    """Logits: the first three pixels of the top row, channel 0, times (1, 10, 100)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0, 0, :3] * torch.tensor([1.0, 10.0, 100.0])
+
+
+def test_flip_translate_tta_is_airbenchs_weighted_average():
+    # airbench94's tta_level=2 by hand: 1/4 each for the image and its mirror, 1/8 each for the
+    # image shifted down-right and up-left by one pixel (reflect padding) and their mirrors.
+    model, cpu = _Corner(), torch.device("cpu")
+    images = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+
+    def shifted(x: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+        return x[:, :, rows][:, :, :, cols]
+
+    down_right = shifted(images, [1, 0, 1, 2, 3], [1, 0, 1, 2, 3, 4])  # row/col -1 mirror 1
+    up_left = shifted(images, [1, 2, 3, 4, 3], [1, 2, 3, 4, 5, 4])  # row 5 mirrors 3, col 6: 4
+    variants = [(images, 1 / 4), (down_right, 1 / 8), (up_left, 1 / 8)]
+    expected = sum(w * (model(x) + model(x.flip(-1))) for x, w in variants)
+    got = tta_logits(model, images, "flip_translate")
+    assert got.shape == (2, 3)
+    assert torch.allclose(got, expected)
+    assert not torch.allclose(got, tta_logits(model, images, "flip"))
+    labels = expected.argmax(1)
+    result = evaluate(model, [(images, labels)], nn.CrossEntropyLoss(), cpu, 3,
+                      tta="flip_translate")
+    assert result.top1 == 1.0 and result.n == 2
+    assert build_config(overrides={"train.tta": "flip_translate"}).train.tta == "flip_translate"
+    with pytest.raises(ValueError, match="tta"):
+        tta_logits(model, images, "translate")
+
+
 @pytest.mark.parametrize("tta", ["none", "flip"])
 def test_predict_and_evaluate_score_alike(ckpt, tmp_path, tta):
     """One test-time augmentation: evaluate's top-1 is exactly the share of images whose top

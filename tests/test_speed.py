@@ -59,6 +59,15 @@ def test_bf16_autocast_agrees_with_fp32() -> None:
     assert (low.float().argmax(1) == reference.argmax(1)).float().mean() >= 0.8
 
 
+def test_keep_freed_memory_applies_on_glibc() -> None:
+    import platform
+
+    applied = runtime.keep_freed_memory()
+    assert applied is (platform.libc_ver()[0] == "glibc")
+    big = torch.ones(64, 1024, 1024)  # 256 MB from the heap now, not mmap: still usable
+    assert float(big.sum()) == 64 * 1024 * 1024
+
+
 def test_amp_auto_is_off_on_cpu_and_explicit_values_win() -> None:
     cpu = torch.device("cpu")
     assert runtime.autocast_dtype("auto", cpu) is None

@@ -26,6 +26,7 @@ from imgcls.data.transforms import (
     denormalize,
     resolve_normalization,
 )
+from imgcls.errors import ImgclsError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -294,6 +295,35 @@ def test_seed_padding_never_blanks_the_left_column():
     # with symmetric padding 4, columns 0..3 would be blanked too
     assert zero_cols.nonzero().flatten().tolist() == [29, 30, 31]
     assert zero_rows.nonzero().flatten().tolist() == [0, 1, 28, 29, 30, 31]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_crop_padding_mode_fills_the_border_from_the_image(mode):
+    # translate-by-2 with reflect or edge padding: never a zero pixel, shape kept, for PIL and
+    # tensor inputs; the crop's padding_mode is the config's
+    cfg = TransformConfig(preset="none", random_crop=True, crop_padding=[2],
+                          crop_padding_mode=mode)
+    transform = build_transform(cfg, train=True, image_size=32, native_size=32)
+    (crop,) = of_type(transform, v2.RandomCrop)
+    assert crop.padding_mode == mode
+    ones = torch.full((3, 32, 32), 255, dtype=torch.uint8)
+    pil = Image.fromarray(np.full((32, 32, 3), 255, np.uint8))
+    torch.manual_seed(0)
+    for _ in range(50):
+        for image in (ones, pil):
+            out = transform(image)
+            assert out.shape == (3, 32, 32) and bool((out == 1).all())
+    plain = build_transform(dataclasses.replace(cfg, crop_padding_mode="constant"), train=True,
+                            image_size=32, native_size=32)
+    assert any(bool((plain(ones) == 0).any()) for _ in range(50))
+
+
+def test_crop_padding_mode_is_validated():
+    assert build_config().transforms.crop_padding_mode == "constant"
+    cfg = build_config(overrides={"transforms.crop_padding_mode": "reflect"})
+    assert cfg.transforms.crop_padding_mode == "reflect"
+    with pytest.raises(ImgclsError, match="transforms.crop_padding_mode"):
+        build_config(overrides={"transforms.crop_padding_mode": "wrap"})
 
 
 def test_seed_recipe_padding_reaches_random_crop():

@@ -7,6 +7,7 @@ components (model, optimiser, schedule) -> Trainer <-> callbacks (checkpoints, l
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -43,10 +44,11 @@ from imgcls.engine.callbacks import (
     RunFiles,
     TimeLimit,
 )
-from imgcls.engine.loop import TrainState, evaluate
+from imgcls.engine.loop import EpochProgress, TrainState, evaluate
 from imgcls.engine.lr_finder import lr_sweep, save_sweep
 from imgcls.engine.metrics import Monitor, classification_metrics, get_monitor
 from imgcls.engine.record import CheckpointRecord, provenance
+from imgcls.engine.repair import repair_finished_run, repair_run_folder
 from imgcls.engine.report import write_eval_report
 from imgcls.engine.run_folder import (
     Resume,
@@ -56,6 +58,7 @@ from imgcls.engine.run_folder import (
     shared_run_dir,
     unsaved_run,
 )
+from imgcls.engine.signals import GracefulStop
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model
@@ -66,12 +69,16 @@ MAX_LR_FIND_STEPS = 1000  # a range test is a few hundred steps; more is a train
 
 
 class Interrupted(KeyboardInterrupt):
-    """A training run stopped by Ctrl-C or SIGTERM, with where it stands: ``epoch`` is the
-    last saved epoch (None: nothing saved yet)."""
+    """A training run stopped by Ctrl-C or a signal, with where it stands: ``epoch`` is the
+    last saved epoch (None: nothing saved yet), ``progress`` how far into the next epoch the
+    saved state is (None: at the epoch's end), ``requeue`` whether SLURM asked (SIGUSR1)."""
 
-    def __init__(self, message: str, run_dir: Path, epoch: int | None) -> None:
+    def __init__(self, message: str, run_dir: Path, epoch: int | None,
+                 progress: EpochProgress | None = None, total_batches: int = 0,
+                 requeue: bool = False) -> None:
         super().__init__(message)
-        self.run_dir, self.epoch = run_dir, epoch
+        self.run_dir, self.epoch, self.progress = run_dir, epoch, progress
+        self.total_batches, self.requeue = total_batches, requeue
 
 
 @dataclass
@@ -134,6 +141,11 @@ def train(
     if resumed is not None:
         done = resumed.record.epoch or 0
         if done >= cfg.train.epochs:
+            if repair_finished_run(resumed.run_dir, resumed.path, resumed.record,
+                                   tensorboard=cfg.log.tensorboard, say=echo):
+                return RunResult(resumed.run_dir, resumed.record.best_metric,
+                                 resumed.record.best_epoch, done, time.perf_counter() - start_time,
+                                 resumed.record.metrics, "finished already; records repaired")
             raise ImgclsError(
                 f"{resumed.path} already finished epoch {done} of train.epochs="
                 f"{cfg.train.epochs}; pass train.epochs=N (N > {done}) to train longer"
@@ -170,7 +182,14 @@ def train_config(
     if resume is not None:
         resumed = resolve_resume(resume)
         return build_config(resumed.record.config, overrides), resumed
-    return source_defaults(build_config(cfg, overrides)), None
+    cfg = source_defaults(build_config(cfg, overrides))
+    folder = Path(cfg.log.output) / cfg.log.name
+    if cfg.train.requeue and cfg.log.name and (folder / "checkpoints" / "last.pt").exists():
+        # a requeued SLURM job reruns its first command: it continues the run it saved
+        # (with this command's config, the one it started with)
+        echo(f"train.requeue: {folder} holds this run; resuming it")
+        return cfg, resolve_resume(folder)
+    return cfg, None
 
 
 def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: torch.device,
@@ -187,19 +206,34 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
     prep = resolve_preprocessing(cfg, data)
     loaders = build_train_loaders(cfg, data, prep, info, device)
     monitor = _monitor(cfg, has_val=loaders.val is not None, say=say)
+    mid_epoch = cfg.train.checkpoint_every_steps or cfg.train.checkpoint_every_minutes
+    if info.distributed and mid_epoch:
+        raise ImgclsError("train.checkpoint_every_steps/minutes: mid-epoch checkpoints are for "
+                          "single-process runs (a distributed run saves at each epoch's end)")
     state = _train_state(cfg, data, loaders.train, resumed, info, device, say)
     # ---- the run folder: written (by rank 0) only once everything above has been checked
     run_dir = shared_run_dir(cfg, resumed.run_dir if resumed else None, info)
     callbacks = _callbacks(cfg, run_dir, data, prep, resumed, info, device, monitor, say,
                            user.callbacks)
+    # Signals ask for a save at the next step (one process; under torchrun every rank would
+    # have to agree on the step, so there they stop at once, as Ctrl-C always did).
+    graceful = None if info.distributed else GracefulStop(requeue=cfg.train.requeue)
     trainer = Trainer(
         state, loaders.train, loaders.val, epochs=cfg.train.epochs, classes=data.classes,
         monitor=monitor, callbacks=callbacks, dist=info, seed=cfg.train.seed, tta=cfg.train.tta,
         progress=_progress_enabled(cfg) and info.is_main, start_time=start_time, say=say,
+        checkpoint_every_steps=cfg.train.checkpoint_every_steps,
+        checkpoint_every_minutes=cfg.train.checkpoint_every_minutes, stop=graceful,
     )
     if resumed is not None:
         trainer.load_callback_states(resumed.record.callbacks)
         trainer.saved_epoch = resumed.record.epoch
+        trainer.last_metrics = dict(resumed.record.metrics)
+        if resumed.record.progress:
+            trainer.resume_progress = trainer.saved_progress = EpochProgress.from_state(
+                resumed.record.progress)
+        if info.is_main:
+            repair_run_folder(run_dir, resumed.path, resumed.record, say)
     if info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
         if not (run_dir / "split.json").exists():
@@ -213,10 +247,16 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
         f"{device}{processes}, images "
         f"{'decoded into device memory' if loaders.in_memory else 'read by a DataLoader'}"
         f"{_adapted(data, prep, cfg)}; run folder {run_dir}")
+    if trainer.resume_progress is not None:
+        say(f"continuing epoch {state.epoch + 1} at batch {trainer.resume_progress.batches + 1} "
+            f"of {len(loaders.train)}")
     try:
-        last = trainer.fit()
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what is saved and where
-        raise Interrupted(str(exc) or "interrupted", run_dir, trainer.saved_epoch) from None
+        with graceful or contextlib.nullcontext():
+            last = trainer.fit()
+    except KeyboardInterrupt as exc:  # Ctrl-C or a signal: say what is saved and where
+        raise Interrupted(str(exc) or "interrupted", run_dir, trainer.saved_epoch,
+                          trainer.saved_progress, len(loaders.train),
+                          requeue=graceful is not None and graceful.requeue) from None
     seconds = time.perf_counter() - start_time
     best = (f"best {monitor.name} {state.best_metric:.4f} at epoch {state.best_epoch}"
             if monitor is not None and state.best_metric is not None else "no validation set")
@@ -253,6 +293,9 @@ def load_data(cfg: Config, resumed: Resume | None, user: UserData,
     split_record = None
     if resumed is not None and (resumed.run_dir / "split.json").exists():
         split_record = load_split(resumed.run_dir / "split.json")
+    if user.train is not None and cfg.data.folds:
+        raise ImgclsError("data.folds splits a data source (data.source); a dataset handed to "
+                          "train() is split by data.val_fraction or its own val_dataset")
     if user.train is not None:
         data = from_dataset(user.train, user.val, user.classes, cfg.data.val_fraction,
                             cfg.train.seed)
@@ -261,6 +304,10 @@ def load_data(cfg: Config, resumed: Resume | None, user: UserData,
     if data.skipped:
         say(f"skipped {len(data.skipped)} unreadable image(s) (data.skip_bad_images=true), "
             f"first: {data.skipped[0]}")
+    if data.links_dropped:
+        say(f"did not follow {len(data.links_dropped)} symlink(s) (a loop, a parent folder or a "
+            f"second path to an image; each real image is used once), first: "
+            f"{data.links_dropped[0]}")
     if resumed is not None and resumed.record.classes != list(data.classes):
         raise ImgclsError(
             f"the data's classes {data.classes[:5]}... differ from the checkpoint's "
@@ -332,8 +379,9 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataSplit, prep: Preprocessing,
     out.append(Checkpointer(run_dir, template))
     out.append(MetricsLogger(
         # a new run truncates to nothing: a folder started over drops its old rows
-        run_dir, cfg.log, resume_epoch=resumed.record.epoch if resumed else 0,
+        run_dir, cfg.log, resume_epoch=int(resumed.record.epoch or 0) if resumed else 0,
         mean_std=prep.mean_std, graph_input=graph_input, say=say,
+        resume_row=resumed.record.metrics if resumed else None,
     ))
     out.append(RunFiles(run_dir, say))  # results.csv, curves.png: after metrics.jsonl's line
     return out

@@ -13,6 +13,7 @@ from typing import Any
 
 from imgcls import __version__, recipes
 from imgcls.config import build_config, describe_keys, flatten, load_yaml, parse_override
+from imgcls.engine.signals import TERMINATED, requeue_slurm_job
 from imgcls.errors import ImgclsError
 
 # Frequent settings get flags; each maps onto one config key.
@@ -28,6 +29,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "name": ("log.name", str, "run folder name (default <model>-<timestamp>)"),
     "seed": ("train.seed", int, "seed for every random number generator"),
 }
+# The commands that take train's options, KEY=VALUE pairs among them.
+TRAIN_LIKE = ("train", "lr-find", "cv", "repeat", "tune")
 
 TRAIN_EPILOG = """\
 examples:
@@ -101,7 +104,9 @@ def _add_evaluate(commands: Any) -> None:
         "F1, macro-F1, balanced accuracy, confusion matrix",
         description="Evaluate a checkpoint; the report goes to RUN/eval/ unless --output.",
     )
-    evaluate.add_argument("checkpoint", help="a checkpoint, e.g. runs/NAME/checkpoints/best.pt")
+    evaluate.add_argument("checkpoint", help="a checkpoint, e.g. runs/NAME/checkpoints/best.pt; "
+                          "or an experiment folder (`imgcls cv`, `repeat`): each run's best.pt "
+                          "and their ensemble")
     evaluate.add_argument("--data", help="data source (default: the one it was trained on)")
     evaluate.add_argument("--split", default="val", choices=["val", "test"],
                           help="val: the validation images of training (split.json); test")
@@ -109,7 +114,7 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.add_argument("--output", help="folder for the report")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     evaluate.add_argument("--batch-size", type=int, help="evaluation batch size")
-    evaluate.add_argument("--tta", choices=["none", "flip"],
+    evaluate.add_argument("--tta", choices=["none", "flip", "flip_translate"],
                           help="test-time augmentation (default: the run's train.tta)")
     _add_trust_pickle(evaluate)
 
@@ -243,6 +248,76 @@ def _add_report(commands: Any) -> None:
     report.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
+EXPERIMENT_EPILOG = """\
+Prints each {what}'s metrics and the mean, std and 95% CI of its best and final train.monitor
+(also in EXPERIMENT/summary.json); exit code 1 while some {what}s are not finished.
+Each {what} is an ordinary run in EXPERIMENT/{folder}.
+EXPERIMENT is --output/--name, by default runs/{kind}-<model>-<digest of the options>: rerunning
+the same command continues it (finished {what}s are skipped; one cut off mid-run resumes from
+its last.pt).
+On a cluster, one job per {what} (SLURM: --array=0-4), then the summary:
+  imgcls {kind} {flag} 5 [options] --only $SLURM_ARRAY_TASK_ID
+  imgcls {kind} {flag} 5 [options] --summarize
+Takes the options of `imgcls train` (see `imgcls train --help`).
+"""
+
+
+def _add_experiment(commands: Any, kind: str, flag: str, what: str, text: str) -> None:
+    """`cv` and `repeat`: the options of `train`, how many runs, and one or none of them."""
+    folder = "fold-I (I = 0 .. K-1)" if kind == "cv" else "seed-S (S = train.seed + I)"
+    parser = commands.add_parser(
+        kind, help=text, description=f"{text[0].upper()}{text[1:]}.",
+        epilog=EXPERIMENT_EPILOG.format(kind=kind, flag=flag, what=what, folder=folder),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(flag, dest="count", type=int, required=True, metavar="N",
+                        help=f"number of {what}s")
+    parser.add_argument("--only", type=int, metavar="I",
+                        help=f"train {what} I only (0-based), e.g. $SLURM_ARRAY_TASK_ID")
+    parser.add_argument("--summarize", action="store_true",
+                        help="train nothing: summarise the finished runs and name the others")
+    _add_train_options(parser)
+
+
+def _add_cv(commands: Any) -> None:
+    _add_experiment(commands, "cv", "--folds", "fold",
+                    "stratified k-fold cross-validation over the training data")
+
+
+def _add_repeat(commands: Any) -> None:
+    _add_experiment(commands, "repeat", "--seeds", "seed",
+                    "the same recipe trained with N seeds (train.seed, +1, ...) on one split")
+
+
+def _add_tune(commands: Any) -> None:
+    tune = commands.add_parser(
+        "tune", help="hyperparameter search with Optuna: trials, pruning, best recipe",
+        description="Trains trials of the train options with values drawn from --space into "
+        "OUTPUT/NAME/trial-NNNN, prunes hopeless ones on train.monitor after each epoch, and "
+        "writes trials.csv and best.yaml (imgcls train --config best.yaml). The study is kept "
+        "in OUTPUT/NAME/study.db (or --storage): rerunning continues it up to --trials in "
+        "all, and several processes or machines can work on it at once.",
+    )
+    tune.add_argument("--space", required=True, metavar="SPACE.yaml",
+                      help="config keys and their ranges, e.g. optim.lr: {log_uniform: [1e-3, 1]}")
+    tune.add_argument("--trials", required=True, type=int, metavar="N",
+                      help="trials in the study in all (not per command)")
+    tune.add_argument("--name", dest="experiment", metavar="NAME",
+                      help="experiment folder under --output (default tune-<space file name>)")
+    tune.add_argument("--storage", metavar="URL", help="an Optuna database URL, e.g. "
+                      "postgresql://user:pw@host/db (default sqlite:///OUTPUT/NAME/study.db)")
+    tune.add_argument("--study", metavar="NAME", help="study name in the database "
+                      "(default: the experiment folder's name)")
+    tune.add_argument("--pruner", default="median", choices=["median", "threshold", "none"],
+                      help="median: stop a trial below the median of finished ones at the same "
+                      "epoch (after 5 finished); threshold: worse than --prune-threshold")
+    tune.add_argument("--prune-threshold", type=float, metavar="V",
+                      help="--pruner threshold: stop a trial whose train.monitor is worse than V")
+    tune.add_argument("--prune-after", type=int, default=2, metavar="E",
+                      help="judge trials from the end of epoch E on (default 2)")
+    _add_train_options(tune, skip=("name",))  # trials are named trial-NNNN
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
@@ -253,7 +328,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_lr_find, _add_evaluate, _add_predict, _add_export,
                 _add_convert, _add_models, _add_datasets, _add_check_data, _add_recipes,
-                _add_report):
+                _add_report, _add_cv, _add_repeat, _add_tune):
         add(commands)
     return parser
 
@@ -283,6 +358,10 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg, _ = api.train_config(resume=args.resume, overrides=overrides)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    if os.environ.get("IMGCLS_MALLOPT", "1") != "0":  # this process only trains: keep freed
+        from imgcls.runtime import keep_freed_memory  # memory, no page faults per step
+
+        keep_freed_memory()
     if args.resume:
         api.train(resume=args.resume, overrides=overrides)
     else:
@@ -323,7 +402,10 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from imgcls import api
+    from imgcls.experiments.plan import is_experiment
 
+    if is_experiment(args.checkpoint):
+        return _run_evaluate_experiment(args)
     summary = api.evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, output=args.output,
         device=args.device, batch_size=args.batch_size, trust_pickle=args.trust_pickle,
@@ -479,9 +561,17 @@ def _run_datasets(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from imgcls.experiments.plan import is_experiment
     from imgcls.report.build import report_compare, report_run
 
-    if len(args.runs) == 1:
+    if len(args.runs) == 1 and is_experiment(args.runs[0]):
+        if args.data is not None or args.split != "val":
+            raise ImgclsError("--data and --split apply to one run's page; an experiment's page "
+                              "shows what `imgcls evaluate EXPERIMENT --split S` wrote")
+        from imgcls.report.experiment import report_experiment
+
+        path = report_experiment(args.runs[0], output=args.output)
+    elif len(args.runs) == 1:
         path = report_run(args.runs[0], split=args.split, data=args.data, output=args.output,
                           device=args.device)
     elif args.data is not None or args.split != "val":
@@ -493,6 +583,77 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_experiment(args: argparse.Namespace) -> int:
+    """`cv` and `repeat`: the runs not finished, then the summary; exit 1 while some are not
+    finished (a job after a cluster array can tell)."""
+    from imgcls import api
+    from imgcls.experiments.runner import run_experiment
+    from imgcls.experiments.summary import format_summary
+
+    cfg, _ = api.train_config(overrides=_train_overrides(args))
+    summary = run_experiment(args.command, args.count, cfg, only=args.only,
+                             summarize_only=args.summarize, command=_experiment_command(args))
+    print(format_summary(summary))
+    if args.only is not None or not summary["not_finished"]:
+        return 0
+    print(f"imgcls: {len(summary['not_finished'])} of {summary['count']} not finished: "
+          f"{', '.join(summary['not_finished'])}", file=sys.stderr)
+    return 1
+
+
+def _experiment_command(args: argparse.Namespace) -> str:
+    """The command that reruns the whole experiment (without --only and --summarize)."""
+    words = ["imgcls", args.command, "--folds" if args.command == "cv" else "--seeds",
+             str(args.count)]
+    if args.config:
+        words += ["--config", args.config]
+    for flag in TRAIN_FLAGS:
+        if getattr(args, flag, None) is not None:
+            words += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return shlex.join(words + list(args.overrides))
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from imgcls.experiments.tune_study import require_optuna
+
+    require_optuna()  # before the slow imports: a missing extra is one line at once
+    from imgcls import api
+    from imgcls.experiments.tune import tune
+
+    cfg, _ = api.train_config(overrides=_train_overrides(args))
+    try:
+        result = tune(cfg, args.space, args.trials, name=args.experiment, storage=args.storage,
+                      study_name=args.study, pruner=args.pruner,
+                      prune_threshold=args.prune_threshold, prune_after=args.prune_after)
+    except KeyboardInterrupt as exc:  # not train's message: a study continues by rerunning
+        reason = str(exc) or "interrupted"
+        if "rerun" not in reason:
+            reason += ": between trials; rerun the same command to continue the study"
+        print(f"imgcls: {reason}", file=sys.stderr, flush=True)
+        return 143 if TERMINATED in reason else 130
+    print(result.table)
+    print(f"trials: {result.csv}  (study {result.study!r} in {result.storage})")
+    if result.best is None:
+        print("best: no trial has completed yet, so no best.yaml")
+    else:
+        print(f"best: trial {result.best.number}, {result.metric} {result.best.value:.4f}; "
+              f"train it: imgcls train --config {shlex.quote(str(result.best_yaml))}")
+    return 0
+
+
+def _run_evaluate_experiment(args: argparse.Namespace) -> int:
+    import json
+
+    from imgcls.experiments.evaluation import evaluate_experiment, format_evaluation
+
+    if args.data is not None:
+        raise ImgclsError("--data: an experiment's runs are evaluated on their own data source")
+    result = evaluate_experiment(args.checkpoint, split=args.split, device=args.device,
+                                 batch_size=args.batch_size, tta=args.tta, output=args.output)
+    print(json.dumps(result) if args.json else format_evaluation(result))
+    return 0
+
+
 def _run_recipes(args: argparse.Namespace) -> int:
     found = recipes.list_recipes()
     width = max(len(r.name) for r in found)
@@ -501,9 +662,6 @@ def _run_recipes(args: argparse.Namespace) -> int:
         print(f"{'':<{width}}  measured: {r.measured}")
     print(f"train one: imgcls train --config NAME   (the files: {recipes.folder()})")
     return 0
-
-
-TERMINATED = "terminated (SIGTERM)"
 
 
 def _raise_on_sigterm(_signum: int, _frame: Any) -> None:
@@ -518,11 +676,21 @@ def _interrupted_message(exc: BaseException) -> str:
     if run_dir is None:
         return f"{reason} during start-up: nothing was saved"
     resume = f"`imgcls train --resume {shlex.quote(str(run_dir))}`"
-    if epoch is None:
+    progress = getattr(exc, "progress", None)
+    if epoch is None and progress is None:
         return (f"{reason} before the first epoch was saved: nothing to resume yet; {resume} "
                 "starts the run over")
-    return (f"{reason}: epoch {epoch} is saved in {run_dir / 'checkpoints' / 'last.pt'} (the "
-            f"epoch in progress is lost); continue with {resume}")
+    last = run_dir / "checkpoints" / "last.pt"
+    if progress is not None:
+        saved = (f"epoch {epoch + 1} up to batch {progress.batches} of "
+                 f"{getattr(exc, 'total_batches', 0) or '?'}")
+    else:
+        saved = f"epoch {epoch}"
+    lost = " (the steps since then are lost)" if "again" in reason else ""
+    return f"{reason}: {saved} is saved in {last}{lost}; continue with {resume}"
+
+
+MAX_ERROR_CHARS = 500
 
 
 def _one_line(exc: BaseException) -> str:
@@ -531,7 +699,9 @@ def _one_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     line = lines[-1] if len(lines) > 1 else lines[0]
-    return line.removeprefix("imgcls.errors.ImgclsError: ")
+    line = line.removeprefix("imgcls.errors.ImgclsError: ")
+    # The last resort against a value printed whole: an error is a line, not a page.
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _peer_lost(exc: RuntimeError) -> bool:
@@ -551,17 +721,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # arguments do not allow: collect the leftovers here.
     args, extra = parser.parse_known_args(argv)
     leftovers = [x for x in extra
-                 if x.startswith("-") or args.command not in ("train", "lr-find")]
+                 if x.startswith("-") or args.command not in TRAIN_LIKE]
     if leftovers:
         parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
-    if args.command in ("train", "lr-find"):
+    if args.command in TRAIN_LIKE:
         args.overrides = [*args.overrides, *extra]
     if (args.command == "train" and args.nproc is not None and args.nproc > 1
             and not args.print_config):  # printing needs no processes
         try:
             return _launch_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
         except ImgclsError as exc:
-            print(f"imgcls: error: {exc}", file=sys.stderr)
+            print(f"imgcls: error: {_one_line(exc)}", file=sys.stderr)
             return 2
     runners = {
         "train": _run_train,
@@ -575,12 +745,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-data": _run_check_data,
         "recipes": _run_recipes,
         "report": _run_report,
+        "cv": _run_experiment,
+        "repeat": _run_experiment,
+        "tune": _run_tune,
     }
     if args.command is None:
         parser.print_help()
         return 2
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if (
-        args.command == "train") else None
+        args.command in ("train", "cv", "repeat", "tune")) else None
     # Under torchrun each rank reports for itself: say which one.
     rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
@@ -601,6 +774,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as exc:
         print(f"imgcls: {_interrupted_message(exc)}", file=sys.stderr, flush=True)
+        if getattr(exc, "requeue", False):  # SIGUSR1 under SLURM: the job runs again
+            print(f"imgcls: {requeue_slurm_job()}", file=sys.stderr, flush=True)
+            return 0
         return 143 if TERMINATED in str(exc) else 130
     finally:
         if previous is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from imgcls.errors import ImgclsError, first_line
+from imgcls.errors import ImgclsError, first_line, short_repr
 from imgcls.files import atomic_write_text
 
 
@@ -41,6 +41,13 @@ class DataConfig:
     # (memory when the images fit memory_budget_mb and the transforms allow it)
     loader: str = "auto"
     memory_budget_mb: int = 2048  # auto: the largest decoded dataset (train + val) kept on device
+    # seeds the holdout, the folds and the test part (None: train.seed); `imgcls repeat` pins it
+    # so that its seeds vary the training, not the images validated on
+    split_seed: int | None = None
+    # > 0: validate on fold `fold` (0-based) of `folds` stratified folds of the training part
+    # instead of the val_fraction holdout (`imgcls cv` runs every fold)
+    folds: int = 0
+    fold: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,9 @@ class TransformConfig:
     center_crop: bool = False  # eval: center-crop to image_size after `resize`
     random_crop: bool = False  # train: RandomCrop(image_size, padding=crop_padding)
     crop_padding: list[int] = field(default_factory=lambda: [4])  # 1, 2 or 4 ints (l, t, r, b)
+    # what the crop's border shows: constant (zeros) | reflect (airbench's, mirrored without the
+    # edge pixel) | edge (the edge pixel repeated); torchvision's padding_mode
+    crop_padding_mode: str = "constant"
     random_resized_crop: bool = False  # train: RandomResizedCrop(image_size)
     hflip: float = 0.0  # train: probability of a horizontal flip
     # random: a coin per image and batch | alternate (airbench; data.loader=memory only): each
@@ -161,6 +171,13 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     dist_timeout_min: float = 30.0  # distributed: a collective waiting longer than this fails
     max_minutes: float = 0.0  # > 0: stop after the epoch that ends past this wall time (resumable)
+    # > 0: also save a resumable last.pt inside epochs, every N optimizer steps / M minutes
+    # (--resume continues at the next batch; single-process runs)
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
+    # SLURM: SIGUSR1 (#SBATCH --signal=USR1@120) saves and requeues the job; a run started with
+    # --name then resumes its folder instead of refusing it
+    requeue: bool = False
     # ---- speed switches (README "Speed"): on where they help and are safe
     channels_last: bool = True  # NHWC activations: 1.3-2x faster convolutions on CPU and GPU
     # auto (bf16 on CUDA with bf16 support, else fp16 + grad scaler on CUDA; off on CPU and MPS,
@@ -171,7 +188,9 @@ class TrainConfig:
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions (false: full fp32, as the tutorials)
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     ema_every: int = 1  # EMA update every N optimizer steps (decay applied per update)
-    tta: str = "none"  # evaluation: none | flip (average the logits of the image and its mirror)
+    # evaluation: none | flip (average the logits of the image and its mirror) | flip_translate
+    # (airbench's: also the flips of the image shifted by one pixel up-left and down-right)
+    tta: str = "none"
     # > 0: skip up to this many batches whose loss is nan/inf (checked each step); 0: a
     # non-finite loss stops the run at the end of its epoch, keeping the last good checkpoint
     skip_nonfinite: int = 0
@@ -230,8 +249,33 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+# More values than any config holds. YAML aliases of aliases ("billion laughs") make a few hundred
+# bytes into billions of values, which dataclasses.asdict, repr and yaml.dump would all write out.
+MAX_YAML_VALUES = 100_000
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    try:
+        data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+        size = _expanded_size(data, {})
+    except RecursionError:  # PyYAML composes nested lists by recursion: [[[[...]]]] ends it
+        raise ImgclsError(f"{where}: its YAML is nested too deeply") from None
+    if size > MAX_YAML_VALUES:
+        raise ImgclsError(f"{where}: its YAML aliases expand to more than {MAX_YAML_VALUES:,} "
+                          "values (or a value contains itself); write the values out instead")
+    return data
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """How many values ``value`` holds with every alias written out; each shared list or mapping
+    is counted once per use but walked once, so a bomb is measured in microseconds."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) not in sizes:
+        sizes[id(value)] = MAX_YAML_VALUES + 1  # until done: a list inside itself is too big
+        items = value.values() if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[id(value)]
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -248,18 +292,19 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 return _coerce(key, value, arg)
             except ImgclsError:
                 pass
-        raise ImgclsError(f"config key {key}: expected {_type_name(hint)}, got {value!r}")
+        raise ImgclsError(f"config key {key}: expected {_type_name(hint)}, got "
+                          f"{short_repr(value)}")
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ImgclsError(f"config key {key}: expected a mapping of names to values, got "
-                              f"{value!r}")
+                              f"{short_repr(value)}")
         return dict(value)
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # `crop_padding=4` means [4]
         if not isinstance(value, (list, tuple)):
-            raise ImgclsError(f"config key {key}: expected a list, got {value!r}")
+            raise ImgclsError(f"config key {key}: expected a list, got {short_repr(value)}")
         return [_coerce(key, v, item) for v in value]
     if hint is bool:
         if isinstance(value, bool):
@@ -276,15 +321,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 number = float(value)
         if number is not None:
             if not math.isfinite(number):  # no key means anything by nan or inf
-                raise ImgclsError(f"config key {key} = {value!r} is invalid: must be a finite "
-                                  "number")
+                raise ImgclsError(f"config key {key} = {short_repr(value)} is invalid: must be "
+                                  "a finite number")
             return number
     elif hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ImgclsError(f"config key {key}: expected {_type_name(hint)}, got {value!r}")
+    raise ImgclsError(f"config key {key}: expected {_type_name(hint)}, got {short_repr(value)}")
 
 
 def _type_name(hint: Any) -> str:
@@ -301,7 +346,8 @@ def _type_name(hint: Any) -> str:
 def _set(tree: dict[str, dict[str, Any]], key: str, value: Any) -> None:
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name or name not in _HINTS[section]:
-        raise ImgclsError(f"unknown config key {key!r} (see `imgcls train --help` for the keys)")
+        raise ImgclsError(f"unknown config key {short_repr(key)} (see `imgcls train --help` for "
+                          "the keys)")
     tree[section][name] = _coerce(key, value, _HINTS[section][name])
 
 
@@ -309,9 +355,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ImgclsError(f"expected KEY=VALUE, got {text!r}")
+        raise ImgclsError(f"expected KEY=VALUE, got {short_repr(text)}")
     try:
-        value = _yaml_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw, f"override {short_repr(key)}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -321,7 +367,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a recipe file as a nested dict (``{section: {key: value}}``)."""
     path = Path(path)
     try:
-        data = _yaml_load(path.read_text(encoding="utf-8"))
+        data = _yaml_load(path.read_text(encoding="utf-8"), f"config file {path}")
     except FileNotFoundError:
         raise ImgclsError(f"config file not found: {path}") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8 text
@@ -329,7 +375,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ImgclsError(f"config file {path}: expected a mapping of sections, got {data!r}")
+        raise ImgclsError(f"config file {path}: expected a mapping of sections, got "
+                          f"{short_repr(data)}")
     return data
 
 
@@ -341,7 +388,8 @@ def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
             continue
         if not isinstance(values, dict):
             raise ImgclsError(
-                f"config{where}: section {section!r} must be a mapping of keys, got {values!r}"
+                f"config{where}: section {short_repr(section)} must be a mapping of keys, got "
+                f"{short_repr(values)}"
             )
         for name, value in values.items():
             flat[f"{section}.{name}"] = value
@@ -404,8 +452,9 @@ CHOICES = {
         "none", "step", "multistep", "exponential", "cosine", "linear", "plateau", "onecycle"
     ),
     "transforms.flip_mode": ("random", "alternate"),
+    "transforms.crop_padding_mode": ("constant", "reflect", "edge"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
-    "train.tta": ("none", "flip"),
+    "train.tta": ("none", "flip", "flip_translate"),
     "train.monitor": MONITOR_METRICS,
     "sched.plateau_metric": (
         "monitor", "val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc"
@@ -416,7 +465,7 @@ CHOICES = {
 
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ImgclsError(f"config key {key} = {value!r} is invalid: {rule}")
+        raise ImgclsError(f"config key {key} = {short_repr(value)} is invalid: {rule}")
 
 
 def validate(cfg: Config) -> None:
@@ -444,6 +493,13 @@ def _validate_data(d: DataConfig) -> None:
            "must be in [0, 1)")
     _check(d.val_fraction + d.test_fraction < 1.0, "data.test_fraction", d.test_fraction,
            f"with data.val_fraction={d.val_fraction:g} it leaves no training images")
+    _check(d.split_seed is None or d.split_seed >= 0, "data.split_seed", d.split_seed,
+           "must be >= 0 (or null: train.seed)")
+    _check(d.folds == 0 or d.folds >= 2, "data.folds", d.folds, "0 (off) or at least 2")
+    _check(0 <= d.fold < max(d.folds, 1), "data.fold", d.fold,
+           f"a fold index from 0 to {max(d.folds - 1, 0)} (data.folds={d.folds})")
+    _check(d.folds == 0 or d.val_split == "holdout", "data.val_split", d.val_split,
+           "data.folds validates on a fold; it needs data.val_split=holdout")
 
 
 def _validate_loader(ld: LoaderConfig) -> None:
@@ -571,6 +627,10 @@ def _validate_train(tr: TrainConfig) -> None:
     _check(tr.skip_nonfinite >= 0, "train.skip_nonfinite", tr.skip_nonfinite, "must be >= 0")
     _check(0.0 <= tr.ema < 1.0, "train.ema", tr.ema, "a decay in [0, 1) (0: off)")
     _check(tr.max_minutes >= 0, "train.max_minutes", tr.max_minutes, "must be >= 0 (0: off)")
+    _check(tr.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+           tr.checkpoint_every_steps, "must be >= 0 (0: off)")
+    _check(tr.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes",
+           tr.checkpoint_every_minutes, "must be >= 0 (0: off)")
     _check(tr.ema_every >= 1, "train.ema_every", tr.ema_every, "must be >= 1")
     _check(tr.dist_timeout_min > 0, "train.dist_timeout_min", tr.dist_timeout_min, "must be > 0")
     _check(

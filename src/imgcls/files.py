@@ -1,6 +1,6 @@
 """Files written so that a crash, Ctrl-C or full disk at any moment leaves the old file or the new
 one, never half of one: write a temporary file in the same folder, fsync it, rename it over the
-target, fsync the folder."""
+target, fsync the folder. A full disk is one line naming the file (:class:`DiskFullError`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,23 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from imgcls.errors import DiskFullError, disk_full_errno
+
+
+def printable(name: str) -> str:
+    """``name`` as valid UTF-8 text: a file name's undecodable bytes (Python keeps them as lone
+    surrogates, ``b"\\xff.png"`` -> ``"\\udcff.png"``) become U+FFFD, which a terminal, a UTF-8
+    CSV or JSON can hold; the surrogates themselves make ``print`` and ``encode`` raise.
+
+    >>> printable(os.fsdecode(b"\\xff.png")) == "\\ufffd.png"
+    True
+    """
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system byte became: replace it too
+        raw = name.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -26,11 +43,12 @@ def fsync_dir(folder: Path) -> None:
 def atomic_write_file(path: Path, write_file: Callable[[Path], object]) -> None:
     """Call ``write_file(tmp)`` to create a temporary file beside ``path`` (for writers that
     want a path, such as ``torch.onnx.export``), fsync it, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write_file(tmp)
         umask = os.umask(0)
         os.umask(umask)
@@ -41,8 +59,12 @@ def atomic_write_file(path: Path, write_file: Callable[[Path], object]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:  # Ctrl-C included: never leave the temporary file behind
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:  # Ctrl-C included: never leave the temporary file behind
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        code = disk_full_errno(exc) if isinstance(exc, Exception) else None
+        if code is not None:  # else a 40-line torch traceback that names neither disk nor file
+            raise DiskFullError(path, code) from None
         raise
     fsync_dir(path.parent)
 
@@ -60,5 +82,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """``path.write_text(text)`` (UTF-8), atomically."""
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    """``path.write_text(text)`` (UTF-8), atomically. Undecodable bytes of file names in
+    ``text`` are written as U+FFFD (:func:`printable`): strict UTF-8 would raise on them."""
+    data = printable(text).encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(data))

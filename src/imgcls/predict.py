@@ -24,9 +24,10 @@ import torch
 from torchvision.transforms import v2
 
 from imgcls.data import IMAGE_EXTENSIONS, load_rgb
+from imgcls.data.folder import walk_images
 from imgcls.engine.loop import tta_logits
 from imgcls.errors import ImgclsError
-from imgcls.files import atomic_write
+from imgcls.files import atomic_write, printable
 from imgcls.inference import LoadedModel, load_model
 
 LIST_SUFFIX = ".txt"
@@ -57,18 +58,10 @@ class PredictReport:
 # --------------------------------------------------------------------------- inputs
 
 
-def _is_image(name: str) -> bool:
-    # Hidden files are skipped as in training: macOS "._x.jpg" resource forks are not images.
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
 def _scan_folder(folder: Path) -> list[str]:
-    """Every visible image under ``folder``, recursively, in sorted path order."""
-    found: list[str] = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .ipynb_checkpoints, .git, ...
-        found += [os.path.join(root, name) for name in files if _is_image(name)]
-    return sorted(found)
+    """Every visible image under ``folder``, recursively, in sorted path order; as in training,
+    hidden files and folders are skipped and symlinks give each real file once, never looping."""
+    return sorted(path for path, _ in walk_images(folder, [""])[0])
 
 
 def _read_list_file(list_file: Path) -> list[str]:
@@ -119,7 +112,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
 def _prepare(path: str, transform: v2.Compose) -> torch.Tensor | str:
     """The model-ready tensor of one image, or the one-line reason it cannot be read."""
     if not os.path.isfile(path):
-        return "file not found"
+        return "broken symlink" if os.path.islink(path) else "file not found"
     try:
         return transform(load_rgb(path))
     except ImgclsError as exc:
@@ -195,18 +188,20 @@ def to_table(report: PredictReport) -> str:
     A file that could not be read gets ``error: <reason>`` after its path.
     """
     k = max((len(r.top) for r in report.results), default=1) or 1
-    path_w = max([len("path"), *(len(r.path) for r in report.results)])
+    # File names that are not UTF-8 are shown with U+FFFD: printing their surrogates would raise.
+    paths = [printable(r.path) for r in report.results]
+    path_w = max([len("path"), *(len(p) for p in paths)])
     class_w = max([len(f"top-{k}"), *(len(c) for c in report.classes)])
     header = [f"{'path':<{path_w}}"]
     for rank in range(1, k + 1):
         header += [f"{f'top-{rank}':<{class_w}}", f"{'prob':>6}"]
     lines = ["  ".join(header)]
-    for result in report.results:
-        cells = [f"{result.path:<{path_w}}"]
+    for path, result in zip(paths, report.results, strict=True):
+        cells = [f"{path:<{path_w}}"]
         if result.error is not None:
-            cells.append(f"error: {result.error}")
+            cells.append(f"error: {printable(result.error)}")
         for name, prob in result.top:
-            cells += [f"{name:<{class_w}}", f"{prob:6.4f}"]
+            cells += [f"{printable(name):<{class_w}}", f"{prob:6.4f}"]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -214,13 +209,14 @@ def to_table(report: PredictReport) -> str:
 def to_json(report: PredictReport) -> str:
     """One JSON object: checkpoint, classes, predictions (path, top) and errors (path, error)."""
     return json.dumps({
-        "checkpoint": report.checkpoint,
-        "classes": report.classes,
+        "checkpoint": printable(report.checkpoint),
+        "classes": [printable(c) for c in report.classes],
         "predictions": [
-            {"path": r.path, "top": [{"class": c, "prob": p} for c, p in r.top]}
+            {"path": printable(r.path),
+             "top": [{"class": printable(c), "prob": p} for c, p in r.top]}
             for r in report.results if r.error is None
         ],
-        "errors": [{"path": r.path, "error": r.error}
+        "errors": [{"path": printable(r.path), "error": printable(r.error)}
                    for r in report.results if r.error is not None],
     })
 
@@ -233,10 +229,11 @@ def write_csv(report: PredictReport, path: str | os.PathLike[str]) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for result in report.results:
+        shown = printable(result.path)  # a non-UTF-8 name would make encode("utf-8") raise
         if result.error is not None:
-            writer.writerow([result.path, "", "", "", result.error])
+            writer.writerow([shown, "", "", "", printable(result.error)])
         for rank, (name, prob) in enumerate(result.top, start=1):
-            writer.writerow([result.path, rank, name, repr(prob), ""])
+            writer.writerow([shown, rank, printable(name), repr(prob), ""])
     data = text.getvalue().encode("utf-8")
     try:
         atomic_write(Path(path), lambda handle: handle.write(data))

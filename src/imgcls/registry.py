@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, short_repr
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def unknown_name_error(
     where = f" ({key})" if key else ""
     matches = close_matches(name, candidates)
     hint = f"; did you mean {', '.join(matches)}?" if matches else ""
-    return ImgclsError(f"unknown {kind} {name!r}{where}{hint}")
+    return ImgclsError(f"unknown {kind} {short_repr(name)}{where}{hint}")
 
 
 class Registry(Generic[T]):

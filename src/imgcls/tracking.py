@@ -31,6 +31,19 @@ TB_TAGS = {
 }
 
 
+def logged_epochs(metrics_path: Path) -> set[int]:
+    """The epochs that have a whole row in ``metrics.jsonl`` (a line cut off by a kill is not)."""
+    if not metrics_path.exists():
+        return set()
+    epochs = set()
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        try:
+            epochs.add(int(json.loads(line)["epoch"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return epochs
+
+
 def echo(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -56,6 +69,22 @@ class RunLogger:
             # Scalars are logged against the epoch number, so the purge point is an epoch too.
             purge = resume_epoch + 1 if resume_epoch is not None else None
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+
+    @classmethod
+    def reopen(cls, run_dir: Path, *, tensorboard: bool, resume_epoch: int,
+               resume_row: dict[str, Any] | None) -> tuple[RunLogger, bool]:
+        """The logger of a resumed run whose last.pt holds epoch ``resume_epoch``. When a kill
+        came between last.pt and its metrics row, the row (``resume_row``, kept in the
+        checkpoint) is written now; returns (logger, whether it was)."""
+        missing = (resume_epoch > 0 and resume_row is not None
+                   and resume_row.get("epoch") == resume_epoch
+                   and resume_epoch not in logged_epochs(run_dir / "metrics.jsonl"))
+        if not missing:
+            return cls(run_dir, tensorboard=tensorboard, resume_epoch=resume_epoch), False
+        # drop the epoch from TensorBoard too (a kill may have left part of it), then log it
+        logger = cls(run_dir, tensorboard=tensorboard, resume_epoch=resume_epoch - 1)
+        logger.log_epoch(resume_row)  # type: ignore[arg-type]
+        return logger, True
 
     def _truncate(self, last_epoch: int) -> None:
         if not self.metrics_path.exists():

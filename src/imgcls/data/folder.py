@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
+from torchvision.datasets.folder import has_file_allowed_extension
 
 from imgcls.errors import ImgclsError, first_line
 
@@ -29,6 +29,10 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
         with open(path, "rb") as f, Image.open(f) as img:
             return to_rgb(img)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImgclsError(
+                f"image file {path} is a broken symlink (to {os.readlink(path)})"
+            ) from None
         raise ImgclsError(f"image file not found: {path}") from None
     except UnidentifiedImageError:
         # Pillow's own message names the file object, not the path; ours names the path.
@@ -40,7 +44,11 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode (palette, L, LA, RGBA, CMYK, 16-bit, ...) to a new, loaded RGB
-    image (alpha is dropped, as torchvision's loader does)."""
+    image (alpha is dropped, as torchvision's loader does), turned upright by its EXIF
+    orientation (``img`` itself is turned in place)."""
+    # Phones save photos sideways plus an EXIF Orientation tag that viewers obey; without this,
+    # training and prediction would see them rotated. In place: no copy for the usual upright.
+    ImageOps.exif_transpose(img, in_place=True)
     if img.mode == "P" and "transparency" in img.info:
         # Pillow warns when a palette with byte transparency goes straight to RGB.
         img = img.convert("RGBA")
@@ -94,11 +102,13 @@ def find_class_folders(folder: Path) -> list[str]:
 
 
 def scan_folder(
-    folder: Path, classes: Sequence[str] | None = None
+    folder: Path, classes: Sequence[str] | None = None, dropped: list[str] | None = None
 ) -> tuple[list[Sample], list[str]]:
     """Scan ``folder/<class>/**/*`` once; returns (samples, classes), classes sorted.
 
-    Given ``classes``, the class folders must be exactly those (e.g. ``val`` matching ``train``).
+    Given ``classes``, the class folders must be exactly those (e.g. ``val`` matching ``train``);
+    without, there must be two or more. Symlinks are followed as :func:`walk_images` says; the
+    links it leaves out are appended to ``dropped``.
     """
     if not folder.is_dir():
         raise ImgclsError(f"data folder not found: {folder}")
@@ -107,6 +117,10 @@ def scan_folder(
         loose = [p.name for p in folder.iterdir() if _is_visible_image(str(p))]
         hint = "; put each class's images in its own sub-folder" if loose else ""
         raise ImgclsError(f"no class folders in {folder} (expected {folder}/<class>/<image>){hint}")
+    if classes is None and len(found) < 2:
+        # One class "trains" to 100% and predicts that class for everything.
+        raise ImgclsError(f"{folder} has one class folder ({found[0]}); a classifier needs two "
+                          f"or more, one folder of images each")
     if classes is not None and list(classes) != found:
         missing = sorted(set(classes) - set(found))
         extra = sorted(set(found) - set(classes))
@@ -114,10 +128,9 @@ def scan_folder(
             f"class folders of {folder} differ from the training classes: "
             f"missing {missing or 'none'}, extra {extra or 'none'}"
         )
-    class_to_idx = {name: i for i, name in enumerate(found)}
-    samples = make_dataset(
-        str(folder), class_to_idx, is_valid_file=_is_visible_image, allow_empty=True
-    )
+    samples, links = walk_images(folder, found)
+    if dropped is not None:
+        dropped += links
     counts = np.bincount([label for _, label in samples], minlength=len(found))
     empty = [found[i] for i in np.flatnonzero(counts == 0)]
     if empty:
@@ -126,6 +139,71 @@ def scan_folder(
             f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
     return samples, found
+
+
+def walk_images(folder: Path, subfolders: Sequence[str]) -> tuple[list[Sample], list[str]]:
+    """Every visible image under each ``folder/<sub>/``, labelled with the sub-folder's index, in
+    ``sorted(os.walk)`` order; returns (samples, dropped links, relative to ``folder``).
+
+    Symlinks are followed, but each real folder is entered once and each real file listed once:
+    a link loop, a link to ``folder`` or above it, a link into another sub-folder, or a second
+    path to a file already found adds nothing and is named in ``dropped`` instead (one copy of a
+    photo must not land in both train and validation). A file kept through a link takes the
+    label of the sub-folder it really lies in; the path without links wins over a linked one.
+    A broken link is kept: loading it fails, or data.skip_bad_images skips it.
+    """
+    top = os.path.realpath(folder)
+    reals = [os.path.realpath(os.path.join(folder, sub)) for sub in subfolders]
+    owner = {real: k for k, real in enumerate(reals)}
+    entered = set(reals)  # never walked into twice, whichever link leads there
+    found: list[tuple[str, int, str, bool]] = []  # (path, label, real path, no link on the way)
+    dropped: list[str] = []
+    for k, sub in enumerate(subfolders):
+        files: list[tuple[str, int, str, bool]] = []
+        stack = [(os.path.join(folder, sub), reals[k], True)]
+        while stack:
+            path, real, direct = stack.pop()
+            try:
+                entries = list(os.scandir(path))
+            except OSError:  # unreadable folder: skipped, as os.walk does
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):  # .ipynb_checkpoints, macOS "._x.jpg" forks
+                    continue
+                link = entry.is_symlink()
+                # realpath (a syscall per path part) only where a link makes it differ.
+                target = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:  # a link to itself (ELOOP): a file that will not load
+                    is_dir = False
+                if is_dir:
+                    if target in entered or os.path.commonpath([target, top]) == target:
+                        dropped.append(relative_key(entry.path, folder))
+                    else:
+                        entered.add(target)
+                        stack.append((entry.path, target, direct and not link))
+                elif has_file_allowed_extension(entry.name, IMAGE_EXTENSIONS):
+                    label = k if direct and not link else _owner(target, owner, k)
+                    files.append((entry.path, label, target, direct and not link))
+        found += sorted(files, key=lambda f: os.path.split(f[0]))
+    kept: dict[str, int] = {}  # real path -> index in found
+    for i, (_, _, target, direct) in enumerate(found):
+        j = kept.setdefault(target, i)
+        if j != i:
+            if direct and not found[j][3]:
+                kept[target], i = i, j
+            dropped.append(relative_key(found[i][0], folder))
+    return [found[i][:2] for i in sorted(kept.values())], dropped
+
+
+def _owner(real: str, owner: dict[str, int], default: int) -> int:
+    """The index of the sub-folder ``real`` lies in (its nearest listed ancestor), else
+    ``default``."""
+    parent = os.path.dirname(real)
+    while parent not in owner and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    return owner.get(parent, default)
 
 
 def relative_key(path: str, base: Path) -> str:

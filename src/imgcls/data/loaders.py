@@ -5,6 +5,7 @@ for it without the loop changing.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -110,10 +111,9 @@ class EpochLoader:
             )
         batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
         workers = cfg.num_workers
-        self.dataloader = DataLoader(
-            dataset,
+        self.dataset, self.deterministic, self.first_batch = dataset, deterministic, 0
+        self.options: dict[str, Any] = dict(
             batch_size=batch_size,
-            sampler=self.sampler,
             shuffle=False,
             num_workers=workers,
             pin_memory=pin_memory,
@@ -122,6 +122,7 @@ class EpochLoader:
             worker_init_fn=_seed_worker if workers > 0 else None,
             generator=self.generator,
         )
+        self.dataloader = DataLoader(dataset, sampler=self.sampler, **self.options)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -129,8 +130,22 @@ class EpochLoader:
             self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.worker_seed * 1_000_003 + epoch)
 
+    def start_at(self, batch: int) -> None:
+        """The next pass begins at batch ``batch`` of the epoch (a run resumed mid-epoch)."""
+        self.first_batch = batch
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.dataloader)
+        first, self.first_batch = self.first_batch, 0
+        if first == 0 or self.sampler is None:
+            return iter(self.dataloader)
+        if self.deterministic and self.dataloader.num_workers > 0:
+            # Workers augment with their own RNG streams, which skipped batches would leave
+            # unadvanced: load and drop those batches, so the rest are bit-identical.
+            return itertools.islice(iter(self.dataloader), first, None)
+        # Skip in the sampler: the batches before `first` are never loaded. Without workers the
+        # augmentation draws from the RNG state the checkpoint restored, so this is exact too.
+        skipped = list(self.sampler)[first * self.options["batch_size"]:]
+        return iter(DataLoader(self.dataset, sampler=skipped, **self.options))
 
     def __len__(self) -> int:
         return len(self.dataloader)

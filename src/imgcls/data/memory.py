@@ -4,10 +4,10 @@ Small datasets (CIFAR: 150 MB as uint8) fit in device memory many times over, an
 DataLoader's per-image Python (decode, crop, flip, to-tensor) is the bottleneck, not the model.
 :func:`decode_to_tensor` decodes a dataset once (cached on disk); :class:`MemoryLoader` then
 draws a whole epoch's augmentation at once and applies it with a few tensor ops per chunk of
-images, as airbench does per epoch: random crop with padding, horizontal flip (random or
-alternating per epoch), then per batch float conversion and normalisation as
-:func:`imgcls.data.transforms.build_transform` does them (fused: equal up to float32 rounding),
-and cutout.
+images, as airbench does per epoch: random crop with padding (zero, reflect or edge),
+horizontal flip (random or alternating per epoch), then per batch float conversion and
+normalisation as :func:`imgcls.data.transforms.build_transform` does them (fused: equal up to
+float32 rounding), and cutout.
 
 Every random number comes from generators seeded with ``(seed, epoch)`` (plus the rank for
 augmentation), so a resumed run sees exactly the batches an uninterrupted one would have seen.
@@ -35,6 +35,11 @@ from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write
 
 FLIP_MODES = ("random", "alternate")
+# transforms.crop_padding_mode (torchvision's padding_mode names) -> torch.nn.functional.pad's
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+# In the fingerprint of decoded image files: caches from before EXIF orientation was applied
+# (version 1) hold phone photos sideways and are rebuilt, not reused.
+FILES_DECODE_VERSION = 2
 
 
 def padding_ltrb(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
@@ -83,6 +88,19 @@ def unsupported_transforms(
 # --------------------------------------------------------------------------- batch augmentations
 
 
+def pad_images(images: torch.Tensor, padding: tuple[int, int, int, int],
+               mode: str = "constant") -> torch.Tensor:
+    """Pad ``[N, C, H, W]`` images by ``(left, top, right, bottom)`` the way torchvision's
+    ``RandomCrop(padding_mode=mode)`` pads one image: ``constant`` (zeros), ``reflect`` (mirror
+    without repeating the edge pixel; each pad must be smaller than the image) or ``edge``.
+
+    >>> pad_images(torch.tensor([[[[1, 2, 3]]]]), (2, 0, 1, 0), "reflect").tolist()
+    [[[[3, 2, 1, 2, 3, 2]]]]
+    """
+    left, top, right, bottom = padding
+    return torch.nn.functional.pad(images, (left, right, top, bottom), mode=PAD_MODES[mode])
+
+
 def _windows(padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Every ``h`` x ``w`` window of every image of a contiguous ``[N, C, Hp, Wp]`` tensor, as one
     overlapping (strided, copy-free) view ``[K, C, h, w]``: window ``(i, y, x)`` is entry
@@ -106,12 +124,14 @@ def _crop_padded(padded: torch.Tensor, offsets: torch.Tensor, h: int, w: int,
 
 
 def batch_crop(
-    images: torch.Tensor, padding: tuple[int, int, int, int], generator: torch.Generator
+    images: torch.Tensor, padding: tuple[int, int, int, int], generator: torch.Generator,
+    mode: str = "constant",
 ) -> torch.Tensor:
-    """RandomCrop(H x W, padding) for every image of a batch, each with its own offset.
+    """RandomCrop(H x W, padding, padding_mode=mode) for every image of a batch, each with its
+    own offset.
 
-    Zero padding, then offsets drawn uniformly from ``[0, top + bottom]`` x ``[0, left + right]``,
-    the positions torchvision's ``RandomCrop`` can pick.
+    Padding as :func:`pad_images`, then offsets drawn uniformly from ``[0, top + bottom]`` x
+    ``[0, left + right]``, the positions torchvision's ``RandomCrop`` can pick.
     """
     left, top, right, bottom = padding
     if left + top + right + bottom == 0:
@@ -120,7 +140,7 @@ def batch_crop(
     dev = images.device
     dy = torch.randint(0, top + bottom + 1, (n,), generator=generator, device=dev)
     dx = torch.randint(0, left + right + 1, (n,), generator=generator, device=dev)
-    padded = torch.nn.functional.pad(images, (left, right, top, bottom))
+    padded = pad_images(images, padding, mode)
     return _crop_padded(padded, dy * (w + left + right) + dx, h, w)
 
 
@@ -203,6 +223,7 @@ class MemoryLoader:
         device: torch.device | str | None = None,
         mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
         crop_padding: int | Sequence[int] | None = None,
+        crop_padding_mode: str = "constant",
         hflip: float = 0.0,
         flip_mode: str = "random",
         cutout: int = 0,
@@ -220,6 +241,9 @@ class MemoryLoader:
             raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {flip_mode!r}")
         if batch_size < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"bad batch_size={batch_size} or rank={rank}/{num_replicas}")
+        if crop_padding_mode not in PAD_MODES:
+            raise ValueError(f"crop_padding_mode must be one of {tuple(PAD_MODES)}, got "
+                             f"{crop_padding_mode!r}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if sampler not in SAMPLERS or (sampler == "balanced" and train and not shuffle):
@@ -240,6 +264,11 @@ class MemoryLoader:
         self.padding = padding_ltrb(crop_padding) if crop_padding is not None and train else None
         if self.padding is not None and sum(self.padding) == 0:
             self.padding = None  # RandomCrop to the same size without padding: the identity
+        self.padding_mode = crop_padding_mode
+        if (self.padding is not None and crop_padding_mode == "reflect"
+                and max(self.padding) >= min(images.shape[2:])):
+            raise ValueError(f"reflect padding {self.padding} needs images larger than each pad, "
+                             f"got {tuple(images.shape[2:])}")
         self.hflip = hflip if train else 0.0
         self.flip_mode = flip_mode
         self.cutout = cutout if train else 0
@@ -268,10 +297,17 @@ class MemoryLoader:
         self.flip_base = (torch.rand(len(images), generator=coin) < 0.5).to(self.device)
         self.generator = torch.Generator(device=self.device)
         self.epoch = 0
+        self.first_batch = 0  # see start_at
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def start_at(self, batch: int) -> None:
+        """The next pass begins at batch ``batch`` of the epoch (a run resumed mid-epoch): the
+        epoch's order and augmentation are drawn whole, so the batches are those an
+        uninterrupted pass yields, and the ones before it are never assembled."""
+        self.first_batch = batch
 
     @property
     def num_samples(self) -> int:
@@ -340,7 +376,9 @@ class MemoryLoader:
             augment = self._window_augment(draws, len(order), chunk)
         else:
             augment = self._gather_augment(draws, len(order), chunk)
-        for start in range(0, used, self.chunk_size):
+        first, self.first_batch = self.first_batch * self.batch_size, 0
+        # chunk_size is a whole number of batches, so batches never straddle chunks
+        for start in range(first, used, self.chunk_size):
             stop = min(start + self.chunk_size, used)
             block = augment(order[start:stop], start, stop)  # uint8, cropped and flipped
             for b in range(start, stop, self.batch_size):
@@ -362,9 +400,12 @@ class MemoryLoader:
         then one ``index_select`` of whole windows crops and flips them all. The buffer's left and
         right borders are both ``max(left, right)`` wide, since mirroring swaps them:
         ``flip(crop(pad(x), dy, dx)) = crop(pad(flip(x)), dy, left + right - dx)`` with the mirror
-        image's left border being the original's right one."""
+        image's left border being the original's right one. Reflect and edge padding fill the
+        whole slot with the padded image instead (their borders are mirror-symmetric, so the same
+        identity holds)."""
         left, top, right, bottom = self.padding or (0, 0, 0, 0)
         side = max(left, right)
+        filled = self.padding is not None and self.padding_mode != "constant"
         _, c, h, w = self.images.shape
         row = w + 2 * side
         zero = torch.zeros(n, dtype=torch.int64, device=self.device)
@@ -384,6 +425,9 @@ class MemoryLoader:
             # Gathering into a contiguous tensor and copying that is faster than
             # index_select(out=interior); mirroring it is faster than mirroring the interior.
             images = self.images.index_select(0, idx)
+            if filled:
+                images = pad_images(images, (side, top, side, bottom), self.padding_mode)
+                interior = slots
             interior[:k].copy_(images)
             slot = torch.arange(k, device=idx.device)
             if flip is not None:
@@ -395,8 +439,8 @@ class MemoryLoader:
 
     def _gather_augment(self, draws: dict[str, torch.Tensor], n: int,
                         chunk: int) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
-        """Crop and flip with one gather of single pixels from a zero-padded chunk (the GPU's
-        way: one kernel, and no overlapping views, which not every backend copies lazily)."""
+        """Crop and flip with one gather of single pixels from a padded chunk (the GPU's way: one
+        kernel, and no overlapping views, which not every backend copies lazily)."""
         left, top, right, bottom = self.padding or (0, 0, 0, 0)
         _, c, h, w = self.images.shape
         dev = self.device
@@ -411,7 +455,11 @@ class MemoryLoader:
         def augment(idx: torch.Tensor, start: int, stop: int) -> torch.Tensor:
             k = len(idx)
             padded = buffer[:k]
-            padded[:, :, top : top + h, left : left + w] = self.images.index_select(0, idx)
+            if self.padding is not None and self.padding_mode != "constant":
+                padded.copy_(pad_images(self.images.index_select(0, idx), self.padding,
+                                        self.padding_mode))
+            else:
+                padded[:, :, top : top + h, left : left + w] = self.images.index_select(0, idx)
             ys = (dy[start:stop, None] + rows)[:, None, :, None]
             xs = cols[None, :].expand(k, w)
             if flip is not None:  # column j of a mirrored crop is column w - 1 - j of the crop
@@ -461,9 +509,13 @@ def _source_key(dataset: Any) -> tuple[Any, Any] | None:
         paths = [(str(p), int(y)) for p, y in samples]
         stats = []
         for path, _ in paths:
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError:  # gone or a broken link: no cache; decoding names the file
+                return None
             stats.append((st.st_size, st.st_mtime_ns))
-        return ["files", _digest(paths)], ["files", _digest(paths), _digest(stats)]
+        fingerprint = ["files", FILES_DECODE_VERSION, _digest(paths), _digest(stats)]
+        return ["files", _digest(paths)], fingerprint
     data = getattr(dataset, "data", None)
     if isinstance(data, np.ndarray):
         root = str(getattr(dataset, "root", ""))

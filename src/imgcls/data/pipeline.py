@@ -208,7 +208,8 @@ def _memory_loaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: run
     train_loader = MemoryLoader(
         images, labels, batch_size=ld.batch_size, train=True, shuffle=ld.shuffle,
         drop_last=ld.drop_last, seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
-        crop_padding=list(tf.crop_padding) if tf.random_crop else None, hflip=tf.hflip,
+        crop_padding=list(tf.crop_padding) if tf.random_crop else None,
+        crop_padding_mode=tf.crop_padding_mode, hflip=tf.hflip,
         flip_mode=tf.flip_mode, cutout=tf.cutout, num_replicas=info.world_size, rank=info.rank,
         sampler=ld.sampler,
     )

@@ -31,6 +31,7 @@ from imgcls.data.splits import (
     LabeledSubset,
     check_classes,
     check_record,
+    kfold_split,
     make_record,
     stratified_split,
 )
@@ -50,6 +51,8 @@ class DataSplit:
     native_size: int | None = None  # every image is this size (32 for CIFAR); None for files
     mean_std: tuple[list[float], list[float]] | None = None  # known normalisation stats
     skipped: list[str] = field(default_factory=list)  # bad images skipped (skip_bad_images)
+    # symlinks not followed (a loop, a parent folder, a second path to an image), as keys
+    links_dropped: list[str] = field(default_factory=list)
     # the test part carved from the same pool (data.test_fraction); None: the source's own test
     # split, if any, is read by create_eval_dataset
     test: Dataset | None = None
@@ -74,9 +77,15 @@ def create_datasets(cfg: DataConfig, seed: int, split_record: dict | None = None
     Validation is the dataset's ``val/`` (else ``test/``) folder when there is one, else a seeded
     stratified ``cfg.val_fraction`` holdout. Given ``split_record`` (a saved split.json), its
     train/val membership is reused exactly; a listed file that is gone, or classes that differ,
-    is an ImgclsError.
+    is an ImgclsError. ``cfg.split_seed``, when set, seeds the split instead of ``seed``.
     """
+    seed = split_seed(cfg, seed)
     return _with_val_split(cfg, seed, _build(cfg, seed, split_record, verify_train=True))
+
+
+def split_seed(cfg: DataConfig, seed: int) -> int:
+    """The seed of the split: ``data.split_seed``, else the run's ``train.seed``."""
+    return seed if cfg.split_seed is None else cfg.split_seed
 
 
 def _with_val_split(cfg: DataConfig, seed: int, data: DataSplit) -> DataSplit:
@@ -93,6 +102,7 @@ def create_eval_dataset(
     ``test`` set (``PATH/test`` for folders, the official test batch for CIFAR, the fixed fifth
     of the digits); returns
     (dataset, classes). List files have no test split."""
+    seed = split_seed(cfg, seed)
     if split == "val":
         data = _with_val_split(cfg, seed, _build(cfg, seed, split_record, verify_train=False))
         if data.val is None:
@@ -229,8 +239,9 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
         )
     if src.kind in ("cifar", "digits"):
         return _indexed_split(cfg, src, seed, record)
+    links: list[str] = []
     if src.kind == "folder":
-        classes, pool, default = _folder_pool(src.path, cfg, seed)
+        classes, pool, default = _folder_pool(src.path, cfg, seed, links)
         missing: list[str] = []
     else:
         classes, pool, default, missing = _list_pool(src.path, cfg, seed)
@@ -248,7 +259,7 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
     if record is not None:
         seed, fraction = record.get("seed", seed), record.get("val_fraction", cfg.val_fraction)
     else:
-        fraction = cfg.val_fraction
+        fraction = _val_fraction(cfg)
     split_record = make_record(
         cfg.source, "files", seed, fraction, classes, [k for k, _ in train],
         [k for k, _ in val or []],
@@ -260,7 +271,8 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
         return ImageFileDataset([s for _, s in pairs], classes, root=root) if pairs else None
 
     return DataSplit(train=files(train), val=files(val), classes=classes,  # type: ignore[arg-type]
-                     split_record=split_record, skipped=skipped, test=files(test))
+                     split_record=split_record, skipped=skipped, test=files(test),
+                     links_dropped=links)
 
 
 def _note_parts(record: dict[str, Any], cfg: DataConfig, test: Pairs | None) -> None:
@@ -270,6 +282,15 @@ def _note_parts(record: dict[str, Any], cfg: DataConfig, test: Pairs | None) -> 
         record["test"] = [k for k, _ in test]
     if cfg.val_split != "holdout":
         record["val_split"] = cfg.val_split
+    if cfg.folds:
+        record["folds"], record["fold"] = cfg.folds, cfg.fold
+
+
+def _val_fraction(cfg: DataConfig) -> float:
+    """The fraction of the training part validated on, as split.json records it."""
+    if cfg.folds:
+        return 1.0 / cfg.folds
+    return cfg.val_fraction if cfg.val_split == "holdout" else 0.0
 
 
 # --------------------------------------------------------------------------- per source
@@ -289,8 +310,10 @@ def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None
         base = load_cifar(src.cifar, src.path, True, cfg.download, src.base_folder)
         native, mean_std = NATIVE_SIZE, MEAN_STD[src.cifar]
     classes = list(base.classes)
-    fraction = cfg.val_fraction if cfg.val_split == "holdout" else 0.0
-    if record is None:
+    fraction = _val_fraction(cfg)
+    if record is None and cfg.folds:
+        train_idx, val_idx = kfold_split(base.targets, cfg.folds, cfg.fold, seed, classes)
+    elif record is None:
         train_idx, val_idx = stratified_split(base.targets, fraction, seed)
     else:
         check_classes(record, classes, cfg.source)
@@ -316,25 +339,26 @@ def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None
 
 
 def _folder_pool(
-    path: Path, cfg: DataConfig, seed: int
+    path: Path, cfg: DataConfig, seed: int, links: list[str]
 ) -> tuple[list[str], dict[str, Sample], _Parts]:
-    """Scan a folder; returns (classes, every file by key, default membership). A ``train/``
-    folder comes with its own ``val/`` (else ``test/``) folder for holdout validation; a single
-    folder of class folders is split by data.test_fraction and data.val_fraction."""
+    """Scan a folder; returns (classes, every file by key, default membership), and adds the
+    symlinks it did not follow to ``links``. A ``train/`` folder comes with its own ``val/``
+    (else ``test/``) folder for holdout validation; a single folder of class folders is split
+    by data.test_fraction and data.val_fraction."""
     train_dir = path / "train"
     if not train_dir.is_dir():
-        samples, classes = scan_folder(path)
+        samples, classes = scan_folder(path, dropped=links)
         pairs = [(relative_key(p, path), (p, y)) for p, y in samples]
         return classes, dict(pairs), _carve(pairs, cfg, seed, classes, str(path))
     if cfg.test_fraction > 0:
         raise ImgclsError(f"data.test_fraction={cfg.test_fraction:g}: {path} is already split "
                           "into train/ (val/, test/) folders; use it with a single folder of "
                           "class folders")
-    train_samples, classes = scan_folder(train_dir)
+    train_samples, classes = scan_folder(train_dir, dropped=links)
     val_dir = None
-    if cfg.val_split == "holdout":
+    if cfg.val_split == "holdout" and not cfg.folds:  # folds validate on a part of train/
         val_dir = next((d for d in (path / "val", path / "test") if d.is_dir()), None)
-    val_samples = scan_folder(val_dir, classes)[0] if val_dir else []
+    val_samples = scan_folder(val_dir, classes, links)[0] if val_dir else []
     train = [(relative_key(p, path), (p, y)) for p, y in train_samples]
     val = [(relative_key(p, path), (p, y)) for p, y in val_samples]
     pool = dict(train + val)
@@ -354,14 +378,19 @@ def _list_pool(
 
 def _carve(pairs: Pairs, cfg: DataConfig, seed: int, classes: list[str], where: str) -> _Parts:
     """Seeded stratified test (data.test_fraction) and validation (data.val_fraction, both of
-    the whole pool) parts; with a test part, every class must keep images in each part."""
+    the whole pool, or fold data.fold of data.folds of what the test part leaves) parts; with
+    a test part, every class must keep images in each part."""
     test = None
     labels = {y for _, (_, y) in pairs}  # list files may number classes they do not use
     if cfg.test_fraction > 0:
         pairs, test = _holdout(pairs, cfg.test_fraction, seed)
         _every_class(test, labels, classes, f"data.test_fraction={cfg.test_fraction:g}", where)
     val = None
-    if cfg.val_split == "holdout" and cfg.val_fraction > 0:
+    if cfg.folds:
+        train_idx, val_idx = kfold_split([y for _, (_, y) in pairs], cfg.folds, cfg.fold, seed,
+                                         classes)
+        pairs, val = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
+    elif cfg.val_split == "holdout" and cfg.val_fraction > 0:
         pairs, val = _holdout(pairs, cfg.val_fraction / (1.0 - cfg.test_fraction), seed)
         if test is not None:
             _every_class(val, labels, classes, f"data.val_fraction={cfg.val_fraction:g}", where)

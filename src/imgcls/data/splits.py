@@ -54,6 +54,31 @@ def stratified_split(
     return train, sorted(val)
 
 
+def kfold_split(
+    labels: Sequence[int], folds: int, fold: int, seed: int, classes: Sequence[str] = ()
+) -> tuple[list[int], list[int]]:
+    """Fold ``fold`` of ``folds`` seeded stratified folds (scikit-learn's StratifiedKFold,
+    shuffled): returns sorted (train, val) indices. The folds of one seed are disjoint and
+    cover every index once; every class needs at least ``folds`` items, so that no fold lacks
+    it.
+
+    >>> kfold_split([0, 0, 1, 1], folds=2, fold=0, seed=0)
+    ([0, 3], [1, 2])
+    """
+    from sklearn.model_selection import StratifiedKFold  # slow to import; only folds need it
+
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    values, counts = np.unique(labels_arr, return_counts=True)
+    if len(values) and counts.min() < folds:
+        small = int(values[counts.argmin()])
+        name = repr(classes[small]) if small < len(classes) else str(small)
+        raise ImgclsError(f"data.folds={folds}: class {name} has only {counts.min()} image(s); "
+                          "each class needs at least one per fold")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(seed))
+    train, val = list(splitter.split(np.zeros(len(labels_arr)), labels_arr))[fold]
+    return sorted(train.tolist()), sorted(val.tolist())
+
+
 def make_record(source: str, kind: str, seed: int, val_fraction: float, classes: Sequence[str],
                 train: Sequence[Any], val: Sequence[Any]) -> dict[str, Any]:
     """Build a ``split.json`` record (file keys or integer indices, in dataset order)."""

@@ -151,7 +151,8 @@ def build_transform(
             steps.append(ResizeIfNeeded(size))
         if train and cfg.random_crop:
             padding = list(cfg.crop_padding)
-            steps.append(v2.RandomCrop(size, padding=padding if len(padding) > 1 else padding[0]))
+            steps.append(v2.RandomCrop(size, padding=padding if len(padding) > 1 else padding[0],
+                                       padding_mode=cfg.crop_padding_mode))
     if train:
         if cfg.hflip > 0:
             steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))

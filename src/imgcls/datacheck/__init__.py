@@ -22,7 +22,7 @@ from imgcls.datacheck.leaks import warn_train_leaks
 from imgcls.datacheck.page import render, thumbnail_uri
 from imgcls.datacheck.scan import decode_all, find_source
 from imgcls.errors import ImgclsError
-from imgcls.files import atomic_write_text
+from imgcls.files import atomic_write_text, printable
 
 __all__ = ["CheckResult", "check_data", "default_output", "summary_lines", "warn_train_leaks"]
 
@@ -52,6 +52,7 @@ def check_data(data: str | os.PathLike[str], output: str | os.PathLike[str] | No
     source = find_source(data)
     decoded = decode_all([e.path for e in source.entries], workers)
     report = analyse(source, decoded, near_threshold)
+    report["links_not_followed"] = source.links_dropped
     if report["images"]["readable"] == 0:
         first = report["unreadable"][0]
         raise ImgclsError(f"no readable images in {data}: all {report['images']['files']} files "
@@ -93,6 +94,10 @@ def _warnings(report: dict[str, Any]) -> list[str]:
             out.append(f"leak {parts}: {n['exact']} exact and {n['near']} near copies")
     if report["blank"]:
         out.append(f"{len(report['blank'])} blank (single-colour) image(s)")
+    links = report.get("links_not_followed", [])
+    if links:
+        out.append(f"{len(links)} symlink(s) not followed (a loop, a parent folder or a second "
+                   f"path to an image; training does the same), first: {links[0]}")
     return out
 
 
@@ -129,4 +134,4 @@ def summary_lines(result: CheckResult) -> list[str]:
         lines.append("leaks: no train/ val/ test/ parts to compare")
     lines.append(f"warnings: {len(r['warnings'])}" + "".join(f"\n  {w}" for w in r["warnings"]))
     lines.append(f"report: {result.output / 'index.html'} (numbers: {result.output}/check.json)")
-    return lines
+    return [printable(line) for line in lines]  # print() raises on a non-UTF-8 file name

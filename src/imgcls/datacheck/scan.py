@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imgcls.data.folder import IMAGE_EXTENSIONS, find_class_folders, to_rgb
+from imgcls.data.folder import IMAGE_EXTENSIONS, find_class_folders, to_rgb, walk_images
 from imgcls.data.listfile import read_list_file
 from imgcls.datacheck.hashing import FLAT_RANGE, THUMB_SIDE, grey_thumbnail, pixel_hash
 from imgcls.errors import ImgclsError, first_line
@@ -39,6 +39,7 @@ class Source:
     parts: list[str]
     classes: list[str]
     entries: list[Entry]
+    links_dropped: list[str] = field(default_factory=list)  # symlinks not followed, as keys
 
 
 @dataclass
@@ -66,34 +67,31 @@ def find_source(data: str | os.PathLike[str]) -> Source:
         if path.suffix.lower() != ".txt":
             raise ImgclsError(f"data {data} is a file, not a folder or a .txt list file")
         return _list_source(path)
+    links: list[str] = []
     if (path / "train").is_dir():
         parts = [p for p in PARTS if (path / p).is_dir()]
-        entries = [e for p in parts for e in _scan(path / p, path, p)]
+        entries = [e for p in parts for e in _scan(path / p, path, p, links)]
         classes = sorted({e.label for e in entries} | set(find_class_folders(path / "train")))
         kind = "parts"
     else:
-        parts, entries, kind = [WHOLE], _scan(path, path, WHOLE), "folder"
+        parts, entries, kind = [WHOLE], _scan(path, path, WHOLE, links), "folder"
         classes = find_class_folders(path)
     if not entries:
         raise ImgclsError(f"no images in {data} (looked for {', '.join(IMAGE_EXTENSIONS)} in "
                           f"{data}/{'train/' if kind == 'parts' else ''}<class>/)")
-    return Source(path, kind, parts, classes, entries)
+    return Source(path, kind, parts, classes, entries, links)
 
 
-def _scan(folder: Path, base: Path, part: str) -> list[Entry]:
+def _scan(folder: Path, base: Path, part: str, links: list[str]) -> list[Entry]:
+    """The images of one part, found as training finds them (each real file once, symlink
+    loops not followed); adds the links not followed to ``links``, relative to ``base``."""
     classes = find_class_folders(folder)
     if not classes:
         raise ImgclsError(f"no class folders in {folder} (expected {folder}/<class>/<image>)")
-    entries = []
-    for label in classes:
-        for root, dirs, files in os.walk(folder / label, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                    path = os.path.join(root, name)
-                    key = os.path.relpath(path, base).replace(os.sep, "/")
-                    entries.append(Entry(part, label, key, path))
-    return entries
+    samples, dropped = walk_images(folder, classes)
+    links += [os.path.relpath(folder / key, base).replace(os.sep, "/") for key in dropped]
+    return [Entry(part, classes[label], os.path.relpath(path, base).replace(os.sep, "/"), path)
+            for path, label in samples]
 
 
 def _list_source(path: Path) -> Source:
@@ -113,7 +111,7 @@ def decode(path: str) -> Decoded:
             mode, fmt = img.mode, img.format or ""
             rgb = to_rgb(img)
     except FileNotFoundError:
-        return Decoded(error="file not found")
+        return Decoded(error="broken symlink" if os.path.islink(path) else "file not found")
     except UnidentifiedImageError:
         return Decoded(error="not a recognised image file")
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)

@@ -17,6 +17,7 @@ from imgcls import runtime
 from imgcls.config import LogConfig
 from imgcls.data.transforms import denormalize
 from imgcls.engine.checkpoint import copy_checkpoint
+from imgcls.engine.loop import EpochProgress
 from imgcls.engine.metrics import Monitor
 from imgcls.engine.record import CheckpointRecord
 from imgcls.engine.trainer import Callback, Trainer
@@ -53,27 +54,40 @@ class Checkpointer(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
         last = self.folder / "last.pt"
         self.record(trainer).save(last)
-        trainer.saved_epoch = trainer.state.epoch
+        trainer.saved_epoch, trainer.saved_progress = trainer.state.epoch, None
         if trainer.improved:
             copy_checkpoint(last, self.folder / "best.pt")
         return None
+
+    def on_mid_epoch_save(self, trainer: Trainer, progress: EpochProgress) -> None:
+        # last.pt only: best.pt stays a whole epoch's weights, measured on the validation set
+        record = dataclasses.replace(self.record(trainer), progress=progress.state_dict())
+        record.save(self.folder / "last.pt")
+        trainer.saved_epoch, trainer.saved_progress = trainer.state.epoch, progress
 
 
 class MetricsLogger(Callback):
     """metrics.jsonl, TensorBoard (scalars, a grid of the first batch, the graph) and the
     console line of each epoch."""
 
-    def __init__(self, run_dir: Path, log: LogConfig, *, resume_epoch: int | None,
+    def __init__(self, run_dir: Path, log: LogConfig, *, resume_epoch: int,
                  mean_std: tuple[list[float], list[float]] | None,
-                 graph_input: torch.Tensor | None, say: Callable[[str], None]) -> None:
+                 graph_input: torch.Tensor | None, say: Callable[[str], None],
+                 resume_row: dict[str, Any] | None = None) -> None:
         self.run_dir, self.log, self.resume_epoch = run_dir, log, resume_epoch
+        self.resume_row = resume_row  # the checkpoint's copy of its epoch's metrics row
         self.mean_std, self.graph_input, self.say = mean_std, graph_input, say
         self.logger: RunLogger | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        # On resume, rows after the checkpoint's epoch (a run that died before saving) go.
-        self.logger = RunLogger(self.run_dir, tensorboard=self.log.tensorboard,
-                                resume_epoch=self.resume_epoch)
+        # On resume, rows after the checkpoint's epoch (a run that died before saving) go, and
+        # the checkpoint's own row comes back if a kill kept it from metrics.jsonl.
+        self.logger, repaired = RunLogger.reopen(
+            self.run_dir, tensorboard=self.log.tensorboard, resume_epoch=self.resume_epoch,
+            resume_row=self.resume_row)
+        if repaired:
+            self.say(f"metrics.jsonl: wrote epoch {self.resume_epoch}'s row, which a kill had "
+                     "kept out (it is saved in last.pt)")
         if self.log.graph and self.graph_input is not None:
             model = runtime.unwrap_model(trainer.state.model)
             self.logger.log_graph(model, self.graph_input.to(trainer.state.device))

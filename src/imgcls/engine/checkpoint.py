@@ -8,6 +8,7 @@ never half of one.
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from imgcls.files import atomic_write
 
 FORMAT = "imgcls-checkpoint"
 VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
@@ -43,6 +45,26 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
+def _truncated(path: Path) -> bool:
+    """A zip archive's start without its end: what a write or copy that was cut short leaves
+    (imgcls never writes one, but ``cp`` or ``rsync`` to a full disk or a killed download do)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        return bool(head) and ZIP_MAGIC.startswith(head) and not zipfile.is_zipfile(path)
+    except OSError:  # unreadable: torch.load's own error says why
+        return False
+
+
+def _try_other(path: Path) -> str:
+    """``"; try <the run's other checkpoint>"`` (last.pt <-> best.pt) when that one is whole."""
+    name = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
+    other = path.with_name(name) if name else None
+    if other is None or not other.is_file() or not zipfile.is_zipfile(other):
+        return ""
+    return f"; try {other}"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read an imgcls checkpoint with ``weights_only=True``: a file that would need to run code
     to load (a pickled model, say) is refused with a one-line error, and nothing in it runs."""
@@ -51,9 +73,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ImgclsError(f"{path} is a folder, not a checkpoint file")
     if not path.exists():
         raise ImgclsError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImgclsError(f"{path} is empty (0 bytes){_try_other(path)}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign files; each is a user error
+        if _truncated(path):
+            raise ImgclsError(
+                f"{path} is truncated ({path.stat().st_size} bytes, the end of its zip archive is "
+                f"missing: a copy or write cut short){_try_other(path)}"
+            ) from None
         unsafe = _unsafe_globals(path)
         if unsafe:
             raise ImgclsError(

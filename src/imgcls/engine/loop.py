@@ -8,6 +8,9 @@ averages. The speed switches (:class:`Speed`) apply to both: channels-last input
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -92,6 +95,45 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Any:
     )
 
 
+@dataclass
+class EpochProgress:
+    """How far the epoch in progress has come: the batches done and the running sums of its
+    metrics. A mid-epoch checkpoint saves it, so ``--resume`` continues at the next batch and
+    the epoch's metrics row comes out as if the run had never stopped."""
+
+    batches: int = 0  # batches of this epoch already trained on
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    train_time_s: float = 0.0
+    lr: float = 0.0  # the learning rate the epoch started with (its metrics row's "lr")
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochProgress:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in names})
+
+
+# What the loop calls after each optimizer step: ``after_step(snapshot)``, where ``snapshot()``
+# returns the epoch's progress so far (it syncs the device, so only call it to save).
+AfterStep = Callable[[Callable[[], EpochProgress]], None]
+
+
+def _skip_batches(loader: Any, batches: int) -> Iterable:
+    """``loader`` from batch ``batches`` on: through the loader's own ``start_at`` (which skips
+    without loading), else by drawing and dropping the batches before it."""
+    if batches <= 0:
+        return loader
+    start_at = getattr(loader, "start_at", None)
+    if start_at is not None:
+        start_at(batches)
+        return loader
+    return itertools.islice(loader, batches, None)
+
+
 def train_one_epoch(
     state: TrainState,
     loader: Any,
@@ -99,6 +141,8 @@ def train_one_epoch(
     progress: bool = False,
     on_first_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    start: EpochProgress | None = None,
+    after_step: AfterStep | None = None,
 ) -> dict[str, float]:
     """Train ``state.model`` on every batch of ``loader`` once.
 
@@ -106,21 +150,30 @@ def train_one_epoch(
     on the mean loss of the window; a DistributedDataParallel model skips its gradient
     all-reduce (``no_sync``) on all but the window's last batch. ``reduce`` sums the metric
     counts over ranks (``runtime.all_reduce_sum``), so the numbers are those of the global data.
+    ``start`` continues an epoch saved part-way (:class:`EpochProgress`); ``after_step`` is
+    called after every optimizer step (the trainer's mid-epoch checkpoints and graceful stops).
 
-    Returns ``{"train_loss", "train_acc", "train_time_s", "train_samples"}``.
+    Returns ``{"train_loss", "train_acc", "train_time_s", "train_samples", "lr"}`` (``lr``: the
+    learning rate the epoch started with).
     """
     model, device = state.model, state.device
     set_train_mode(getattr(model, "module", model))
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    start = start or EpochProgress(lr=state.optimizer.param_groups[0]["lr"])
+    counts = _EpochCounts(start, device)
     watch = _NonFiniteWatch(state, device)
-    seen = 0
-    start = time.perf_counter()
+    clock = time.perf_counter()
     total = len(loader)
     accumulate = max(1, state.accumulate)
-    no_sync = getattr(model, "no_sync", None)
-    bar = _progress(loader, total, f"epoch {state.epoch + 1} train", progress)
-    for i, (images, labels) in enumerate(bar):
+
+    def snapshot() -> EpochProgress:
+        watch.check(total)  # non-finite weights are never saved
+        return counts.progress(i + 1, time.perf_counter() - clock)
+
+    bar = _progress(_skip_batches(loader, start.batches), total,
+                    f"epoch {state.epoch + 1} train", progress)
+    bar.update(start.batches)
+    i = start.batches - 1
+    for i, (images, labels) in enumerate(bar, start=start.batches):
         if on_first_batch is not None:
             on_first_batch(images, labels)
             on_first_batch = None
@@ -129,42 +182,80 @@ def train_one_epoch(
         last_in_window = i + 1 == window_start + window
         if i == window_start:
             state.optimizer.zero_grad(set_to_none=True)
-        images = state.speed.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
-        sync = nullcontext() if last_in_window or no_sync is None else no_sync()
-        with sync:
-            with state.speed.autocast(device):
-                logits = model(images)
-                loss = state.loss_fn(logits, labels)
-            if watch.keep(loss, i, total):
-                scaled = loss / window if window > 1 else loss
-                (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+        loss, logits = _forward_backward(state, images, labels, window, last_in_window,
+                                         functools.partial(watch.keep, i=i, total=total))
         if last_in_window:
             state.optimizer_step()
-        if watch.skipping:
-            continue  # a skipped batch counts in no metric
-        n = labels.shape[0]
-        seen += n
-        loss_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
-        if progress and (i + 1) % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    if seen == 0:
+        if not watch.skipping:  # a skipped batch counts in no metric
+            counts.add(loss, logits, labels)
+            if progress and (i + 1) % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        if last_in_window and after_step is not None and i + 1 < total:
+            after_step(snapshot)
+    if counts.seen == 0:
         raise RuntimeError("the training loader yielded no batches")
     if reduce is not None:
-        counts = reduce(torch.stack([loss_sum, correct.double(),
-                                     torch.tensor(float(seen), device=device,
-                                                  dtype=torch.float64),
-                                     watch.bad.double()]))
-        loss_sum, correct, seen = counts[0], counts[1].round().long(), int(counts[2].item())
-        watch.bad = counts[3].round().long()
+        watch.bad = counts.all_reduce(reduce, watch.bad)
     watch.check(total)
     return {
-        "train_loss": loss_sum.item() / seen,
-        "train_acc": correct.item() / seen,
-        "train_time_s": time.perf_counter() - start,
-        "train_samples": seen,
+        "train_loss": counts.loss_sum.item() / counts.seen,
+        "train_acc": counts.correct.item() / counts.seen,
+        "train_time_s": start.train_time_s + time.perf_counter() - clock,
+        "train_samples": counts.seen,
+        "lr": start.lr,
     }
+
+
+def _forward_backward(state: TrainState, images: torch.Tensor, labels: torch.Tensor,
+                      window: int, last_in_window: bool,
+                      keep: Callable[[torch.Tensor], bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch: forward, loss, and (when ``keep(loss)``) backward of its share of the
+    window's mean loss; a DDP model syncs gradients on the window's last batch only."""
+    model = state.model
+    no_sync = getattr(model, "no_sync", None)
+    sync = nullcontext() if last_in_window or no_sync is None else no_sync()
+    images = state.speed.inputs(images, state.device)
+    with sync:
+        with state.speed.autocast(state.device):
+            logits = model(images)
+            loss = state.loss_fn(logits, labels)
+        if keep(loss):
+            scaled = loss / window if window > 1 else loss
+            (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+    return loss, logits
+
+
+class _EpochCounts:
+    """The epoch's running sums, kept on the device (no sync per step) and continued from a
+    mid-epoch checkpoint's :class:`EpochProgress`."""
+
+    def __init__(self, start: EpochProgress, device: torch.device) -> None:
+        self.start = start
+        self.loss_sum = torch.full((), start.loss_sum, device=device, dtype=torch.float64)
+        self.correct = torch.full((), start.correct, device=device, dtype=torch.int64)
+        self.seen = start.seen
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.seen += n
+        self.loss_sum += loss.detach().double() * n
+        self.correct += (logits.detach().argmax(dim=1) == labels).sum()
+
+    def progress(self, batches: int, seconds: float) -> EpochProgress:
+        return EpochProgress(batches, self.loss_sum.item(), int(self.correct.item()), self.seen,
+                             self.start.train_time_s + seconds, self.start.lr)
+
+    def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor],
+                   bad: torch.Tensor) -> torch.Tensor:
+        """Sum the counts (and ``bad``, the non-finite count, returned) over ranks."""
+        device = self.loss_sum.device
+        total = reduce(torch.stack([self.loss_sum, self.correct.double(),
+                                    torch.tensor(float(self.seen), device=device,
+                                                 dtype=torch.float64), bad.double()]))
+        self.loss_sum, self.correct = total[0], total[1].round().long()
+        self.seen = int(total[2].item())
+        return total[3].round().long()
 
 
 class NonFiniteLoss(ImgclsError):
@@ -214,19 +305,30 @@ class _NonFiniteWatch:
             "train.grad_clip, or skip up to N bad batches with train.skip_nonfinite=N")
 
 
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "flip_translate")
 
 
 def tta_logits(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """The model's logits for ``images`` under test-time augmentation: ``none``, or ``flip``:
-    the mean of the logits of each image and of its mirror image (as airbench does). evaluate
-    and predict both call this, so they score every image the same way; predict's
-    probabilities are the softmax of these logits."""
+    """The model's logits for ``images`` under test-time augmentation: ``none``; ``flip``: the
+    mean of the logits of each image and of its mirror image; ``flip_translate`` (airbench94's
+    ``tta_level=2``): half the flip score plus half the mean flip score of the image shifted by
+    one pixel down-right and up-left (reflect-padded), six forward passes. evaluate and predict
+    both call this, so they score every image the same way; predict's probabilities are the
+    softmax of these logits."""
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-    logits = model(images)
-    if tta == "flip":
-        logits = (logits + model(images.flip(-1))) / 2
+
+    def flip_mean(x: torch.Tensor) -> torch.Tensor:
+        return (model(x) + model(x.flip(-1))) / 2
+
+    if tta == "none":
+        return model(images)
+    logits = flip_mean(images)
+    if tta == "flip_translate":
+        h, w = images.shape[-2:]
+        padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+        shifted = (flip_mean(padded[..., :h, :w]) + flip_mean(padded[..., 2:, 2:])) / 2
+        logits = (logits + shifted) / 2
     return logits
 
 

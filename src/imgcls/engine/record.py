@@ -55,6 +55,8 @@ class CheckpointRecord:
     ema: dict[str, Any] | None = None  # AveragedModel state (train.ema > 0)
     scaler: dict[str, Any] | None = None  # GradScaler state (fp16 autocast)
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by callback key
+    # a state saved inside an epoch: how far epoch `epoch + 1` had come (EpochProgress)
+    progress: dict[str, Any] | None = None
 
     @property
     def resumable(self) -> bool:
@@ -82,7 +84,7 @@ class CheckpointRecord:
         payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         # Optional training state is left out rather than stored as None: a converted
         # checkpoint says plainly that it has no optimiser.
-        for key in ("optimizer", "scheduler", "rng", "ema", "scaler"):
+        for key in ("optimizer", "scheduler", "rng", "ema", "scaler", "progress"):
             if payload[key] is None:
                 del payload[key]
         return payload

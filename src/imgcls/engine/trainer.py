@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from imgcls import runtime
-from imgcls.engine.loop import EvalResult, TrainState, evaluate, train_one_epoch
+from imgcls.engine.loop import EpochProgress, EvalResult, TrainState, evaluate, train_one_epoch
 from imgcls.engine.metrics import Monitor, classification_metrics, epoch_metrics_from_eval
+from imgcls.engine.signals import GracefulStop, StopRequested
 
 # The validation keys of an epoch's metrics row (None when the run has no validation set).
 VAL_KEYS = ("val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc",
@@ -44,6 +45,10 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
         """After each epoch's validation, with its metrics row; return a reason to stop."""
         return None
+
+    def on_mid_epoch_save(self, trainer: Trainer, progress: EpochProgress) -> None:
+        """A resumable state inside an epoch is due (``train.checkpoint_every_*`` or a stop
+        signal), after the optimizer step that ended batch ``progress.batches``."""
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """After the last epoch, or when the run stops on an error or Ctrl-C."""
@@ -74,6 +79,10 @@ class Trainer:
         progress: bool = False,
         start_time: float | None = None,
         say: Callable[[str], None] = lambda _message: None,
+        checkpoint_every_steps: int = 0,
+        checkpoint_every_minutes: float = 0.0,
+        stop: GracefulStop | None = None,
+        resume_progress: EpochProgress | None = None,
     ) -> None:
         self.state = state
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -90,6 +99,13 @@ class Trainer:
         self.stopped_by: Callback | None = None  # the callback that stopped the run
         self.saved_epoch: int | None = None  # the epoch last.pt holds (set by the Checkpointer)
         self.last_metrics: dict[str, Any] = {}
+        # mid-epoch checkpoints: every N optimizer steps and/or minutes (0: off)
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.checkpoint_every_s = checkpoint_every_minutes * 60
+        self.last_save = time.perf_counter()
+        self.stop = stop  # signals that ask for a save and a stop at the next step
+        self.resume_progress = resume_progress  # where a run saved mid-epoch continues
+        self.saved_progress: EpochProgress | None = None  # last.pt's position in its epoch
 
     # ------------------------------------------------------------------ state
 
@@ -120,6 +136,10 @@ class Trainer:
                 metrics = self.run_epoch()
                 asked = [(i, r) for i, cb in enumerate(self.callbacks)
                          if (r := cb.on_epoch_end(self, metrics))]
+                self.last_save = time.perf_counter()
+                if self.stop is not None and self.stop.requested and (
+                        self.state.epoch < self.epochs):
+                    raise StopRequested(self.stop.reason)  # the epoch just ended is saved
                 # Rank 0 decides for all: clocks (and so the time limit) differ between ranks.
                 first = runtime.broadcast_object(asked[0] if asked else None)
                 if first:
@@ -143,11 +163,12 @@ class Trainer:
             # each rank re-seeds per epoch, so a resume at the same world size is exact.
             runtime.seed_everything(runtime.rank_epoch_seed(
                 self.seed, self.dist.rank, self.dist.world_size, state.epoch))
-        lr = state.optimizer.param_groups[0]["lr"]
+        start, self.resume_progress = self.resume_progress, None
         train = train_one_epoch(
             state, self.train_loader, progress=self.progress,
-            on_first_batch=self._first_batch if state.epoch == 0 else None,
+            on_first_batch=self._first_batch if state.epoch == 0 and start is None else None,
             reduce=runtime.all_reduce_sum if self.dist.distributed else None,
+            start=start, after_step=self._after_step if self._saves_mid_epoch else None,
         )
         result = self.validate()
         state.epoch += 1
@@ -157,7 +178,7 @@ class Trainer:
             "train_loss": train["train_loss"],
             "train_acc": train["train_acc"],
             **self._val_metrics(result),
-            "lr": lr,
+            "lr": train["lr"],
             "epoch_time_s": time.perf_counter() - epoch_start,
             "train_time_s": train["train_time_s"],
             "train_images_per_s": train["train_samples"] / train["train_time_s"],
@@ -186,6 +207,30 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def _saves_mid_epoch(self) -> bool:
+        return (self.stop is not None or self.checkpoint_every_steps > 0
+                or self.checkpoint_every_s > 0)
+
+    def _after_step(self, snapshot: Callable[[], EpochProgress]) -> None:
+        """After an optimizer step: save a resumable state when one is due, and stop when a
+        signal asked for it."""
+        stopping = self.stop is not None and self.stop.requested
+        due = stopping or (
+            self.checkpoint_every_steps > 0
+            and self.state.step % self.checkpoint_every_steps == 0) or (
+            self.checkpoint_every_s > 0
+            and time.perf_counter() - self.last_save >= self.checkpoint_every_s)
+        if not due:
+            return
+        progress = snapshot()
+        for cb in self.callbacks:
+            cb.on_mid_epoch_save(self, progress)
+        self.last_save = time.perf_counter()
+        if stopping:
+            assert self.stop is not None
+            raise StopRequested(self.stop.reason)
 
     def _first_batch(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         for cb in self.callbacks:

@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from imgcls.config import ModelConfig
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, short_repr
 
 # Importing the model modules registers their models (the seed CNNs first: cifar_resnets imports
 # seed_cnns before registering its own).
@@ -147,10 +147,10 @@ def _build(
 def _check_options(cfg: ModelConfig, source: str) -> None:
     # config.validate() checks these for configs; ModelConfig can also be built by hand.
     if cfg.head not in HEADS:
-        raise ImgclsError(f"model.head={cfg.head!r}: expected one of {', '.join(HEADS)}")
+        raise ImgclsError(f"model.head={short_repr(cfg.head)}: expected one of {', '.join(HEADS)}")
     if cfg.head_pool not in HEAD_POOLS:
         raise ImgclsError(
-            f"model.head_pool={cfg.head_pool!r}: expected one of {', '.join(HEAD_POOLS)}"
+            f"model.head_pool={short_repr(cfg.head_pool)}: expected one of {', '.join(HEAD_POOLS)}"
         )
     if source == "user" and (cfg.head != "replace" or cfg.head_pool != "default"):
         raise ImgclsError(f"model.head and model.head_pool are for imgcls's and torchvision's "
@@ -176,7 +176,7 @@ def create_model(
     >>> model = create_model(ModelConfig(name="resnet18", freeze="2"), 3)  # doctest: +SKIP
     """
     if num_classes < 1:
-        raise ImgclsError(f"cannot build model {cfg.name!r} for {num_classes} classes")
+        raise ImgclsError(f"cannot build model {short_repr(cfg.name)} for {num_classes} classes")
     source = _source(cfg.name)
     _check_options(cfg, source)
     weights = tvm.resolve_weights(cfg.name, cfg.pretrained) if source == "torchvision" else None
@@ -218,12 +218,12 @@ def _pretrained_path(cfg: ModelConfig, source: str) -> Path:
     if source == "torchvision":
         known = ", ".join(tvm.weights_names(cfg.name))
         raise ImgclsError(
-            f"model.pretrained={cfg.pretrained!r}: no such file, and not a weights name of "
-            f"{cfg.name} ({known})"
+            f"model.pretrained={short_repr(cfg.pretrained)}: no such file, and not a weights "
+            f"name of {cfg.name} ({known})"
         )
     raise ImgclsError(
-        f"model.pretrained={cfg.pretrained!r}: no such file ({cfg.name} has no downloadable "
-        "weights; pass a state_dict saved with torch.save)"
+        f"model.pretrained={short_repr(cfg.pretrained)}: no such file ({cfg.name} has no "
+        "downloadable weights; pass a state_dict saved with torch.save)"
     )
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, short_repr
 from imgcls.models.torchvision_models import find_head
 
 # Children whose own children are the architecture's stages (torchvision's naming).
@@ -159,7 +159,7 @@ def apply_freeze(model: nn.Module, freeze: str, model_name: str = "") -> list[St
             )
     else:
         raise ImgclsError(
-            f"model.freeze={freeze!r}: expected none, backbone, or N (the first N stages)"
+            f"model.freeze={short_repr(freeze)}: expected none, backbone, or N (the first N stages)"
         )
     frozen = stages[:count]
     _set_requires_grad(model, (n for s in frozen for n in s.params), False)
@@ -225,8 +225,8 @@ def freeze_matching(
             few = ", ".join([*names[:3], "...", names[-1]] if len(names) > 4 else names)
             kind = "glob (whole name)" if any(c in pattern for c in GLOB_CHARS) else "substring"
             raise ImgclsError(
-                f"model.freeze: pattern {pattern!r} ({kind}) matches no parameter of {label}, "
-                f"whose {len(names)} parameters are named like {few} (see `imgcls models "
+                f"model.freeze: pattern {short_repr(pattern)} ({kind}) matches no parameter of "
+                f"{label}, whose {len(names)} parameters are named like {few} (see `imgcls models "
                 f"{model_name or 'NAME'}`)"
             )
     frozen = [(n, p) for n, p in params if any(pattern_matches(pat, n) for pat in patterns)]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgcls.errors import ImgclsError, first_line
+from imgcls.errors import ImgclsError, first_line, short_repr
 from imgcls.models import torchvision_models as tvm
 from imgcls.tracking import echo
 
@@ -48,7 +48,7 @@ def load_class(name: str) -> type[nn.Module]:
     """The class ``name`` points at; a missing file, module or class is one line."""
     where, _, cls_name = name.rpartition(":")
     if not where or not cls_name:
-        raise ImgclsError(f"model.name={name!r}: expected path/to/file.py:ClassName or "
+        raise ImgclsError(f"model.name={short_repr(name)}: expected path/to/file.py:ClassName or "
                           "package.module:ClassName")
     module = _import_file(where, name) if where.endswith(".py") else _import_module(where, name)
     cls = getattr(module, cls_name, None)
@@ -56,16 +56,17 @@ def load_class(name: str) -> type[nn.Module]:
         found = sorted(k for k, v in vars(module).items()
                        if isinstance(v, type) and issubclass(v, nn.Module)
                        and v.__module__ == module.__name__)
-        raise ImgclsError(f"model.name={name!r}: {where} has no nn.Module class {cls_name!r} "
-                          f"(it defines: {', '.join(found) or 'none'})")
+        raise ImgclsError(f"model.name={short_repr(name)}: {where} has no nn.Module class "
+                          f"{cls_name!r} (it defines: {', '.join(found) or 'none'})")
     return cls
 
 
 def _import_file(path: str, name: str) -> Any:
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ImgclsError(f"model.name={name!r}: file {file} not found (a checkpoint names the "
-                          "file its model class came from; put it back or pass model.name)")
+        raise ImgclsError(f"model.name={short_repr(name)}: file {file} not found (a checkpoint "
+                          "names the file its model class came from; put it back or pass "
+                          "model.name)")
     # One module per file content: an edited file is imported afresh, the same one once.
     digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     module_name = f"imgcls_user_{file.stem}_{digest}"
@@ -73,14 +74,14 @@ def _import_file(path: str, name: str) -> Any:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, file)
     if spec is None or spec.loader is None:
-        raise ImgclsError(f"model.name={name!r}: cannot import {file} as Python")
+        raise ImgclsError(f"model.name={short_repr(name)}: cannot import {file} as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look modules up here
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code: any exception is theirs to see
         del sys.modules[module_name]
-        raise ImgclsError(f"model.name={name!r}: importing {file} failed: "
+        raise ImgclsError(f"model.name={short_repr(name)}: importing {file} failed: "
                           f"{type(exc).__name__}: {first_line(exc)}") from None
     return module
 
@@ -89,7 +90,7 @@ def _import_module(module: str, name: str) -> Any:
     try:
         return importlib.import_module(module)
     except Exception as exc:
-        raise ImgclsError(f"model.name={name!r}: cannot import module {module}: "
+        raise ImgclsError(f"model.name={short_repr(name)}: cannot import module {module}: "
                           f"{type(exc).__name__}: {first_line(exc)}") from None
 
 
@@ -111,8 +112,8 @@ def build(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any],
     try:
         model = cls(**args)
     except Exception as exc:
-        raise ImgclsError(f"model.name={name!r}: {cls.__name__}({', '.join(args)}) failed: "
-                          f"{type(exc).__name__}: {first_line(exc)} (model.kwargs passes "
+        raise ImgclsError(f"model.name={short_repr(name)}: {cls.__name__}({', '.join(args)}) "
+                          f"failed: {type(exc).__name__}: {first_line(exc)} (model.kwargs passes "
                           "constructor arguments)") from None
     if not takes_classes:
         _fit_head(model, name, num_classes, quiet)
@@ -125,9 +126,9 @@ def _fit_head(model: nn.Module, name: str, num_classes: int, quiet: bool) -> Non
     except ValueError:
         head_name, head = "", None
     if not isinstance(head, nn.Linear):
-        raise ImgclsError(f"model.name={name!r}: the class takes no num_classes argument and has "
-                          "no final Linear layer to size for the classes; add a num_classes "
-                          "parameter to its __init__")
+        raise ImgclsError(f"model.name={short_repr(name)}: the class takes no num_classes "
+                          "argument and has no final Linear layer to size for the classes; add a "
+                          "num_classes parameter to its __init__")
     if head.out_features == num_classes:
         return
     tvm.replace_head(model, num_classes)
