@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
 from imgcls import api, runtime
@@ -202,3 +203,18 @@ def test_compiled_training_matches_eager(tmp_path, make_image_folder) -> None:
     assert a.keys() == b.keys()  # the plain model's names, no _orig_mod. prefix
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("command", ["train", "repeat", "cv", "evaluate"])
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_training_commands_reuse_freed_memory(monkeypatch, capsys, command, setting):
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv("IMGCLS_MALLOPT", setting)
+    count = {"repeat": ["--seeds", "2"], "cv": ["--folds", "2"]}.get(command, [])
+    target = ["--data", "digits"] if command != "evaluate" else ["no-such.pt"]
+    code, _, _ = run_cli(capsys, command, *count, *target, *(
+        ["train.epochs=0"] if command != "evaluate" else []))
+    assert code == 2  # refused at once (a bad value; a missing file): only the start matters
+    trains = command != "evaluate" and setting == "1"
+    assert calls == ([1] if trains else [])

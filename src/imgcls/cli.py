@@ -358,10 +358,6 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg, _ = api.train_config(resume=args.resume, overrides=overrides)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    if os.environ.get("IMGCLS_MALLOPT", "1") != "0":  # this process only trains: keep freed
-        from imgcls.runtime import keep_freed_memory  # memory, no page faults per step
-
-        keep_freed_memory()
     if args.resume:
         api.train(resume=args.resume, overrides=overrides)
     else:
@@ -752,6 +748,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command in TRAIN_LIKE and os.environ.get("IMGCLS_MALLOPT", "1") != "0":
+        from imgcls.runtime import keep_freed_memory
+
+        keep_freed_memory()  # a process that trains: reuse freed memory, no page faults per step
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if (
         args.command in ("train", "cv", "repeat", "tune")) else None
     # Under torchrun each rank reports for itself: say which one.

@@ -117,8 +117,8 @@ def keep_freed_memory() -> bool:
     kernel again on the next step: 12-21% of the process's CPU time in the kernel, 40-80k page
     faults/s. Kept in the heap, the next step reuses them (fastnet_s, batch 1024, one thread:
     1.27x images/s, peak memory +7%; ``benchmarks/train_throughput.py --compare-malloc``).
-    Process-wide, so ``imgcls train`` calls it at start; library users opt in. Returns False
-    where it does not apply (not glibc).
+    Process-wide, so the training commands (train, lr-find, cv, repeat, tune) call it at start;
+    library users opt in. Returns False where it does not apply (not glibc).
     """
     import ctypes
     import ctypes.util
