@@ -43,6 +43,16 @@ the ratios imgcls / peer printed. ``--recipes none --peer airbench94`` runs the 
     python benchmarks/time_to_accuracy.py --recipes fast --peer airbench94   # both, full data
     python benchmarks/time_to_accuracy.py --recipes fast --peer airbench94 --quick \
         --peer-batch-size 256                                   # 2,000 images, 1 epoch each
+
+``--variant "NAME: KEY=VALUE ..."`` (repeatable) also trains the first recipe with those
+overrides, as ``RECIPE+NAME``, in the same invocation: an ablation. Each variant's change in
+final and best accuracy (points, also with each TTA) and its time ratio against the recipe itself
+are printed after the table, and are under ``"ablation"`` in the JSON.
+
+    python benchmarks/time_to_accuracy.py --recipes fast_small \
+        --variant "reflect: transforms.crop_padding_mode=reflect" \
+        --variant "lookahead: train.lookahead_every=5" \
+        --variant "whiten3: train.whiten_bias_epochs=3"
 """
 
 from __future__ import annotations
@@ -220,6 +230,56 @@ def ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None
     return out
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME: KEY=VALUE KEY=VALUE"`` -> (NAME, overrides)."""
+    name, colon, rest = text.partition(":")
+    name = name.strip()
+    if not colon or not name or not rest.split() or any(c in name for c in "/+, "):
+        raise SystemExit(f"--variant {text!r}: expected 'NAME: KEY=VALUE ...' (NAME without "
+                         "spaces, '/', '+' or ',')")
+    try:
+        return name, dict(parse_override(word) for word in rest.split())
+    except ImgclsError as exc:
+        raise SystemExit(f"--variant {text!r}: {exc}") from None
+
+
+def ablation(results: dict[str, dict[str, Any]], base: str,
+             variants: list[str]) -> dict[str, dict[str, float | None]]:
+    """Each variant against its recipe: accuracy changes in points, time as a ratio."""
+    def delta(a: float | None, b: float | None) -> float | None:
+        return round(100 * (a - b), 2) if a is not None and b is not None else None
+
+    ours = results[base]
+    out: dict[str, dict[str, float | None]] = {}
+    for name in variants:
+        r = results[name]
+        row = {"final_val_acc_points": delta(r["final_val_acc"], ours["final_val_acc"]),
+               "best_val_acc_points": delta(r["best_val_acc"], ours["best_val_acc"])}
+        for mode in TTA_MODES:
+            row[f"final_acc_{mode}_points"] = delta(r.get("final_tta", {}).get(mode),
+                                                    ours.get("final_tta", {}).get(mode))
+        row["total_seconds_ratio"] = (round(r["total_seconds"] / ours["total_seconds"], 4)
+                                      if ours["total_seconds"] else None)
+        out[name] = row
+    return out
+
+
+def ablation_table(rows: dict[str, dict[str, float | None]], base: str) -> str:
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:+.2f}"
+
+    head = (f"{'variant of ' + base:<32}{'final':>8}{'best':>8}"
+            + "".join(f"{m:>16}" for m in TTA_MODES) + f"{'time':>8}")
+    lines = [head + "   (accuracy: points against the recipe; time: ratio)"]
+    for name, r in rows.items():
+        ratio = r["total_seconds_ratio"]
+        lines.append(f"{name:<32}{cell(r['final_val_acc_points']):>8}"
+                     f"{cell(r['best_val_acc_points']):>8}"
+                     + "".join(f"{cell(r[f'final_acc_{m}_points']):>16}" for m in TTA_MODES)
+                     + f"{'-' if ratio is None else f'{ratio:.3f}x':>8}")
+    return "\n".join(lines)
+
+
 def epoch_table(results: dict[str, dict[str, Any]], peer_name: str) -> str:
     """Per epoch: each run's val_acc and elapsed seconds, side by side."""
     peer = results[peer_name]
@@ -246,13 +306,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     def cell(hit: dict[str, Any]) -> str:
         return "-" if hit["seconds"] is None else f"{hit['seconds']:.0f}s/{hit['epochs']}ep"
 
-    head = f"{'recipe':<16}" + "".join(f"{str(p) + '%':>12}" for p in THRESHOLDS)
+    head = f"{'recipe':<24}" + "".join(f"{str(p) + '%':>12}" for p in THRESHOLDS)
     head += f"{'final':>8}{'best':>8}{'epochs':>8}{'total s':>10}"
     lines = [head]
     for name, r in results.items():
         final = f"{r['final_val_acc']:.4f}" if r["final_val_acc"] is not None else "-"
         best = f"{r['best_val_acc']:.4f}" if r["best_val_acc"] is not None else "-"
-        lines.append(f"{name:<16}" + "".join(f"{cell(r[str(p)]):>12}" for p in THRESHOLDS)
+        lines.append(f"{name:<24}" + "".join(f"{cell(r[str(p)]):>12}" for p in THRESHOLDS)
                      + f"{final:>8}{best:>8}{r['epochs_run']:>8}{r['total_seconds']:>10.1f}")
     return "\n".join(lines)
 
@@ -277,6 +337,10 @@ def main() -> None:
                         help="fast's train.max_minutes, a safety cap (default 90)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every recipe (repeatable)")
+    parser.add_argument("--variant", dest="variants", action="append", default=[],
+                        metavar="'NAME: KEY=VALUE ...'",
+                        help="also train the first recipe with these overrides, as RECIPE+NAME "
+                             "(repeatable): an ablation, reported against the recipe")
     parser.add_argument("--peer", choices=PEERS, default=None,
                         help="also train this peer on the same images and split (needs the "
                              "bench extra: pip install -e '.[bench]')")
@@ -308,9 +372,21 @@ def main() -> None:
             parser.error(f"unknown recipe {item!r}: expected {', '.join(RECIPES)} or a .yaml")
     if not recipes and not args.peer:
         parser.error("--recipes names no recipe")
+    if args.variants and not recipes:
+        parser.error("--variant needs a recipe to vary (--recipes)")
+    base = next(iter(recipes), "")
+    variant_overrides: dict[str, dict[str, Any]] = {}
+    for text in args.variants:
+        vname, changes = parse_variant(text)
+        variant_overrides[f"{base}+{vname}"] = changes
+    for vname in variant_overrides:
+        recipes[vname] = recipes[base]
     if args.quick and args.peer_epochs is None:
         args.peer_epochs = QUICK_EPOCHS
     epochs = parse_epochs(args.epochs, list(recipes))
+    for vname in variant_overrides:  # a variant trains as long as its recipe unless told
+        if vname not in epochs and base in epochs:
+            epochs[vname] = epochs[base]
     if args.quick and not args.epochs:
         epochs = dict.fromkeys(recipes, QUICK_EPOCHS)
     try:
@@ -356,11 +432,12 @@ def main() -> None:
             "log.progress": "off",
             "log.tensorboard": False,
         }
-        if name in minutes:
-            overrides["train.max_minutes"] = minutes[name]
+        if name.split("+")[0] in minutes:
+            overrides["train.max_minutes"] = minutes[name.split("+")[0]]
         if name in epochs:
             overrides["train.epochs"] = epochs[name]
         overrides.update(extra)
+        overrides.update(variant_overrides.get(name, {}))
         try:
             configs[name] = build_config(load_yaml(recipe), overrides), overrides
             device = str(resolve_device(configs[name][0].train.device))
@@ -391,12 +468,14 @@ def main() -> None:
         r = results[name]
         print(f"{name}: {r['epochs_run']} epochs in {r['total_seconds']:.1f}s, best val_acc "
               f"{r['best_val_acc']}, run folder {r['run_dir']}", flush=True)
-        if args.peer:  # untimed: the final weights under each test-time augmentation
+        if args.peer or variant_overrides:  # untimed: the final weights under each TTA
             r["final_tta"] = final_tta(Path(r["run_dir"]), cfg.train.device)
             print(f"{name} final val_acc by TTA: " + ", ".join(
                 f"{m} {a:.4f}" for m, a in r["final_tta"].items()), flush=True)
 
     out: dict[str, Any] = {}
+    if variant_overrides:
+        out["ablation"] = ablation(results, base, list(variant_overrides))
     if args.peer and peer_cfg is not None:
         print(f"\n== {args.peer} (its own hyperparameters"
               + (f"; epochs {args.peer_epochs:g}" if args.peer_epochs is not None else "")
@@ -420,6 +499,9 @@ def main() -> None:
 
     print()
     print(table(results))
+    if variant_overrides:
+        print()
+        print(ablation_table(out["ablation"], base))
     for name, r in out.get("ratios", {}).items():
         print(f"{name} / {args.peer}: " + ", ".join(
             f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in r.items()))

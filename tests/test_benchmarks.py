@@ -113,6 +113,34 @@ def test_time_to_accuracy_quick(tmp_path: Path, make_image_folder) -> None:
         assert (Path(r["run_dir"]) / "metrics.jsonl").is_file()
 
 
+def test_time_to_accuracy_variants_are_an_ablation(tmp_path: Path, make_image_folder) -> None:
+    # fast.yaml and two variants of it, one epoch each, reported against fast.yaml
+    data = make_image_folder(tmp_path / "data", per_class=10, size=32)
+    result = run_benchmark(
+        "time_to_accuracy.py", "--data", data, "--quick", "--recipes", "fast",
+        "--variant", "lookahead: train.lookahead_every=2",
+        "--variant", "whiten: train.whiten_bias_epochs=1 transforms.crop_padding_mode=reflect",
+        "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
+    )
+    assert set(result["ablation"]) == {"fast+lookahead", "fast+whiten"}
+    for name, changes in (("fast+lookahead", {"lookahead_every: 2"}),
+                          ("fast+whiten", {"whiten_bias_epochs: 1", "crop_padding_mode: reflect"})):
+        r = result[name]
+        assert r["epochs_run"] == 1 and r["train_images"] == 18, r
+        saved = (Path(r["run_dir"]) / "config.yaml").read_text()
+        assert all(change in saved for change in changes), saved
+        row = result["ablation"][name]
+        assert row["total_seconds_ratio"] > 0
+        assert row["final_val_acc_points"] == round(
+            100 * (r["final_val_acc"] - result["fast"]["final_val_acc"]), 2)
+        assert set(r["final_tta"]) == {"none", "flip", "flip_translate"}
+    assert "lookahead_every: 0" in (Path(result["fast"]["run_dir"]) / "config.yaml").read_text()
+    bad = subprocess.run([sys.executable, str(BENCHMARKS / "time_to_accuracy.py"), "--recipes",
+                          "fast", "--variant", "no colon here"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--variant 'no colon here'" in bad.stderr, bad.stderr
+
+
 def test_time_to_accuracy_with_the_airbench94_peer(tmp_path: Path, make_image_folder) -> None:
     # One epoch of fast.yaml and of airbench94 (batch 6: 3 steps of its 18 training images) on
     # the same stratified 18 / 2 split, side by side in one invocation.

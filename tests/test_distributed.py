@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from imgcls import api, runtime
-from imgcls.cli import _without_nproc
+from imgcls.cli.train import without_nproc
 from imgcls.config import build_config
 from imgcls.data.loaders import shard
 from imgcls.engine.checkpoint import load_checkpoint
@@ -93,7 +93,7 @@ def test_new_keys_are_validated():
 
 def test_nproc_is_removed_from_the_relaunched_command():
     argv = ["train", "--nproc", "2", "--data", "x", "--nproc=3", "optim.lr=0.1"]
-    assert _without_nproc(argv) == ["train", "--data", "x", "optim.lr=0.1"]
+    assert without_nproc(argv) == ["train", "--data", "x", "optim.lr=0.1"]
 
 
 def _exact(tmp_path: Path, data: Path, name: str, **extra: object):

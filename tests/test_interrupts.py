@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 
 from imgcls import api
-from imgcls.cli import _interrupted_message
+from imgcls.cli.messages import interrupted_message
 from imgcls.config import build_config
 from imgcls.engine.checkpoint import load_checkpoint
 
@@ -55,12 +55,12 @@ def test_a_signal_stops_the_run_saying_what_is_saved(tmp_path, sig, code):
 
 
 def test_messages_before_anything_is_saved(tmp_path):
-    assert _interrupted_message(KeyboardInterrupt()) == "interrupted during start-up: nothing " \
+    assert interrupted_message(KeyboardInterrupt()) == "interrupted during start-up: nothing " \
         "was saved"
     exc = api.Interrupted("terminated (SIGTERM)", tmp_path / "r", None)
-    assert "before the first epoch was saved" in _interrupted_message(exc)
+    assert "before the first epoch was saved" in interrupted_message(exc)
     assert f"imgcls train --resume {tmp_path / 'r'}` starts the run over" in \
-        _interrupted_message(exc)
+        interrupted_message(exc)
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_started_over(tmp_path, make_image_folder,

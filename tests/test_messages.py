@@ -19,7 +19,7 @@ from conftest import _make_image_folder, run_cli
 
 import imgcls.engine.checkpoint as checkpoint_module
 from imgcls import api, files
-from imgcls.cli import MAX_ERROR_CHARS, _one_line
+from imgcls.cli.messages import MAX_ERROR_CHARS, one_line
 from imgcls.config import build_config, load_yaml, save_yaml
 from imgcls.data.splits import make_record, save_split
 from imgcls.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
@@ -129,7 +129,7 @@ def test_config_values_are_abbreviated_in_messages(tmp_path):
 
 
 def test_the_command_line_caps_any_error_line():
-    line = _one_line(ImgclsError("bad value " + "x" * 10**6))
+    line = one_line(ImgclsError("bad value " + "x" * 10**6))
     assert len(line) <= MAX_ERROR_CHARS and line.startswith("bad value x")
 
 

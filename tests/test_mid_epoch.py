@@ -14,7 +14,7 @@ import torch
 from conftest import assert_same_weights, run_cli
 
 from imgcls import api
-from imgcls.cli import _interrupted_message
+from imgcls.cli.messages import interrupted_message
 from imgcls.config import build_config
 from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.engine.loop import NonFiniteLoss
@@ -74,7 +74,7 @@ def test_a_stop_mid_epoch_resumes_bit_identical(tmp_path, data, loader):
     assert record["progress"] is not None and record["progress"]["batches"] > 0
     assert stopped.value.progress.batches == record["progress"]["batches"]
     # the message names the saved position and the real resume command
-    message = _interrupted_message(stopped.value)
+    message = interrupted_message(stopped.value)
     assert f"up to batch {record['progress']['batches']} of" in message
     assert f"imgcls train --resume {run}" in message
     resumed = api.train(resume=run)

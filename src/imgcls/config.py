@@ -188,6 +188,13 @@ class TrainConfig:
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions (false: full fp32, as the tutorials)
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     ema_every: int = 1  # EMA update every N optimizer steps (decay applied per update)
+    # airbench94's Lookahead: every N steps the weights move to an average of their recent
+    # values, whose decay grows as lookahead_decay x (step / total steps)^3 (0: off; airbench: 5)
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.7737809375  # 0.95^5, airbench94's
+    # fastnet's whitening stem: its bias trains for the first N epochs, then keeps its value
+    # (airbench94: 3); 0: it trains throughout
+    whiten_bias_epochs: int = 0
     # evaluation: none | flip (average the logits of the image and its mirror) | flip_translate
     # (airbench's: also the flips of the image shifted by one pixel up-left and down-right)
     tta: str = "none"
@@ -632,6 +639,12 @@ def _validate_train(tr: TrainConfig) -> None:
     _check(tr.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes",
            tr.checkpoint_every_minutes, "must be >= 0 (0: off)")
     _check(tr.ema_every >= 1, "train.ema_every", tr.ema_every, "must be >= 1")
+    _check(tr.lookahead_every >= 0, "train.lookahead_every", tr.lookahead_every,
+           "must be >= 0 (0: off)")
+    _check(0.0 <= tr.lookahead_decay < 1.0, "train.lookahead_decay", tr.lookahead_decay,
+           "a decay in [0, 1)")
+    _check(tr.whiten_bias_epochs >= 0, "train.whiten_bias_epochs", tr.whiten_bias_epochs,
+           "must be >= 0 (0: the bias trains throughout)")
     _check(tr.dist_timeout_min > 0, "train.dist_timeout_min", tr.dist_timeout_min, "must be > 0")
     _check(
         re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", tr.device) is not None,

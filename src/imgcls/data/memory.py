@@ -177,6 +177,55 @@ CPU_CHUNK = 256  # images augmented together on the CPU: uint8 working set withi
 DEVICE_CHUNK = 8192  # elsewhere: few kernel launches per epoch
 
 
+def _check_arguments(images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                     train: bool, shuffle: bool, flip_mode: str, crop_padding_mode: str,
+                     num_replicas: int, rank: int, chunk_size: int | None,
+                     sampler: str) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if flip_mode not in FLIP_MODES:
+        raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {flip_mode!r}")
+    if batch_size < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"bad batch_size={batch_size} or rank={rank}/{num_replicas}")
+    if crop_padding_mode not in PAD_MODES:
+        raise ValueError(f"crop_padding_mode must be one of {tuple(PAD_MODES)}, got "
+                         f"{crop_padding_mode!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if sampler not in SAMPLERS or (sampler == "balanced" and train and not shuffle):
+        raise ValueError(f"sampler must be one of {SAMPLERS} (balanced with shuffle=True), "
+                         f"got {sampler!r}")
+
+
+def _train_padding(crop_padding: int | Sequence[int] | None, mode: str, size: Sequence[int],
+                   train: bool) -> tuple[int, int, int, int] | None:
+    """The random crop's padding (left, top, right, bottom), or None: no crop."""
+    if crop_padding is None or not train:
+        return None
+    padding = padding_ltrb(crop_padding)
+    if sum(padding) == 0:
+        return None  # RandomCrop to the same size without padding: the identity
+    if mode == "reflect" and max(padding) >= min(size):
+        raise ValueError(f"reflect padding {padding} needs images larger than each pad, "
+                         f"got {tuple(size)}")
+    return padding
+
+
+def _fused_normalize(mean: list[float], std: list[float],
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ToDtype(scale=True)`` then ``Normalize`` as one multiply-add: [C, 1, 1] scale, shift."""
+    if not all(std):
+        raise ValueError("std evaluated to zero, leading to division by zero.")
+    # Normalize's float32 statistics, combined in float64 and rounded once.
+    mean64 = torch.tensor(mean, dtype=torch.float32).double().view(-1, 1, 1)
+    std64 = torch.tensor(std, dtype=torch.float32).double().view(-1, 1, 1)
+    return ((1.0 / (255.0 * std64)).float().to(device),
+            (-mean64 / std64).float().to(device))
+
+
 class MemoryLoader:
     """A :class:`~imgcls.data.loaders.BatchLoader` over a uint8 ``[N, C, H, W]`` tensor.
 
@@ -232,23 +281,10 @@ class MemoryLoader:
         chunk_size: int | None = None,
         sampler: str = "random",
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        if flip_mode not in FLIP_MODES:
-            raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {flip_mode!r}")
-        if batch_size < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"bad batch_size={batch_size} or rank={rank}/{num_replicas}")
-        if crop_padding_mode not in PAD_MODES:
-            raise ValueError(f"crop_padding_mode must be one of {tuple(PAD_MODES)}, got "
-                             f"{crop_padding_mode!r}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        if sampler not in SAMPLERS or (sampler == "balanced" and train and not shuffle):
-            raise ValueError(f"sampler must be one of {SAMPLERS} (balanced with shuffle=True), "
-                             f"got {sampler!r}")
+        _check_arguments(images, labels, batch_size=batch_size, train=train, shuffle=shuffle,
+                         flip_mode=flip_mode, crop_padding_mode=crop_padding_mode,
+                         num_replicas=num_replicas, rank=rank, chunk_size=chunk_size,
+                         sampler=sampler)
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
@@ -261,14 +297,8 @@ class MemoryLoader:
         self.drop_last = drop_last and train
         self.seed = seed
         self.num_replicas, self.rank = num_replicas, rank
-        self.padding = padding_ltrb(crop_padding) if crop_padding is not None and train else None
-        if self.padding is not None and sum(self.padding) == 0:
-            self.padding = None  # RandomCrop to the same size without padding: the identity
+        self.padding = _train_padding(crop_padding, crop_padding_mode, images.shape[2:], train)
         self.padding_mode = crop_padding_mode
-        if (self.padding is not None and crop_padding_mode == "reflect"
-                and max(self.padding) >= min(images.shape[2:])):
-            raise ValueError(f"reflect padding {self.padding} needs images larger than each pad, "
-                             f"got {tuple(images.shape[2:])}")
         self.hflip = hflip if train else 0.0
         self.flip_mode = flip_mode
         self.cutout = cutout if train else 0
@@ -277,21 +307,15 @@ class MemoryLoader:
         # Crop by copying windows of an overlapping strided view on the CPU (fastest there);
         # elsewhere one gather per chunk. Both make the same batches.
         self._window_crop = self.device.type == "cpu"
-        channels = self.images.shape[1]
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
         self.scale: torch.Tensor | None = None  # [C, 1, 1] float32: x * scale + shift
         self.shift: torch.Tensor | None = None
         if mean_std is not None:
-            self.mean: list[float] | None = _channels(list(mean_std[0]), channels)
-            self.std: list[float] | None = _channels(list(mean_std[1]), channels)
-            if not all(self.std):
-                raise ValueError("std evaluated to zero, leading to division by zero.")
-            # Normalize's float32 statistics, combined in float64 and rounded once.
-            mean = torch.tensor(self.mean, dtype=torch.float32).double().view(-1, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32).double().view(-1, 1, 1)
-            self.scale = (1.0 / (255.0 * std)).float().to(self.device)
-            self.shift = (-mean / std).float().to(self.device)
-        else:
-            self.mean = self.std = None
+            channels = self.images.shape[1]
+            self.mean = _channels(list(mean_std[0]), channels)
+            self.std = _channels(list(mean_std[1]), channels)
+            self.scale, self.shift = _fused_normalize(self.mean, self.std, self.device)
         # airbench's alternating flip: a fixed coin per image, inverted on odd epochs.
         coin = torch.Generator().manual_seed(seed * 1_000_003 + 12_345)
         self.flip_base = (torch.rand(len(images), generator=coin) < 0.5).to(self.device)

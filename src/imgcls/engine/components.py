@@ -20,6 +20,7 @@ from imgcls.data.memory import MemoryLoader
 from imgcls.engine.checkpoint import load_model_state
 from imgcls.engine.loop import Speed, TrainState
 from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.weight_hooks import FreezeAfter, Lookahead, WeightHook
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
 from imgcls.optim import create_loss, create_optimizer, create_scheduler, resolve_class_weights
@@ -112,7 +113,27 @@ def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
         # train.monitor=val_loss must compare across runs; evaluate_checkpoint's loss is
         # unweighted too.
         eval_loss_fn=create_loss(cfg.optim).to(device) if weights is not None else None,
+        weight_hooks=create_weight_hooks(cfg, model, steps_per_epoch),
     )
+
+
+def create_weight_hooks(cfg: Config, model: nn.Module, steps_per_epoch: int) -> list[WeightHook]:
+    """train.lookahead_every and train.whiten_bias_epochs, as hooks after each step."""
+    hooks: list[WeightHook] = []
+    if cfg.train.lookahead_every > 0:
+        hooks.append(Lookahead(runtime.unwrap_model(model), every=cfg.train.lookahead_every,
+                               decay=cfg.train.lookahead_decay,
+                               total_steps=cfg.train.epochs * steps_per_epoch))
+    # last: a frozen value stays frozen, whatever the hooks before it did
+    if cfg.train.whiten_bias_epochs > 0:
+        whiten = getattr(runtime.unwrap_model(model), "whiten", None)
+        if not isinstance(getattr(whiten, "bias", None), nn.Parameter):
+            raise ImgclsError(f"train.whiten_bias_epochs={cfg.train.whiten_bias_epochs}: "
+                              f"{cfg.model.name} has no whitening layer with a bias (fastnet and "
+                              "fastnet_s have one)")
+        hooks.append(FreezeAfter({"whiten.bias": whiten.bias},
+                                 steps=cfg.train.whiten_bias_epochs * steps_per_epoch))
+    return hooks
 
 
 def describe_class_weights(spec: str | list[float], weights: Sequence[float],
@@ -152,6 +173,9 @@ def restore_train_state(state: TrainState, record: CheckpointRecord, path: Path)
         state.ema.load_state_dict(record.ema)
     if state.scaler is not None and record.scaler:
         state.scaler.load_state_dict(record.scaler)
+    for hook in state.weight_hooks:
+        if hook.key in record.weight_hooks:
+            hook.load_state_dict(record.weight_hooks[hook.key])
     state.epoch, state.step = int(record.epoch or 0), record.step
     state.best_metric, state.best_epoch = record.best_metric, record.best_epoch
     runtime.set_rng_state(record.rng)  # type: ignore[arg-type]

@@ -63,6 +63,8 @@ class TrainState:
     scaler: torch.amp.GradScaler | None = None  # fp16 autocast: loss scaling
     ema: torch.optim.swa_utils.AveragedModel | None = None  # updated every ema_every steps
     ema_every: int = 1
+    # changes to the weights after each step (engine/weight_hooks.py: Lookahead, FreezeAfter)
+    weight_hooks: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     # validation's loss when it differs from training's (None: loss_fn): class-weighted training
     # still reports the plain cross-entropy as val_loss
@@ -72,7 +74,7 @@ class TrainState:
 
     def optimizer_step(self) -> None:
         """Clip (if asked), step the optimizer (through the grad scaler under fp16), advance
-        the schedule and the EMA."""
+        the schedule, then the weight hooks and the EMA."""
         if self.scaler is not None:
             if self.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
@@ -85,6 +87,8 @@ class TrainState:
             self.optimizer.step()
         self.scheduler.step_batch()
         self.step += 1
+        for hook in self.weight_hooks:
+            hook.after_step(unwrap_model(self.model), self.step)
         if self.ema is not None and self.step % self.ema_every == 0:
             self.ema.update_parameters(unwrap_model(self.model))
 

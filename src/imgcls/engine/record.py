@@ -55,6 +55,7 @@ class CheckpointRecord:
     ema: dict[str, Any] | None = None  # AveragedModel state (train.ema > 0)
     scaler: dict[str, Any] | None = None  # GradScaler state (fp16 autocast)
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by callback key
+    weight_hooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by hook key
     # a state saved inside an epoch: how far epoch `epoch + 1` had come (EpochProgress)
     progress: dict[str, Any] | None = None
 
