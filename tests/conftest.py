@@ -9,9 +9,11 @@ classes within a few steps.
 from __future__ import annotations
 
 import colorsys
+import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from imgcls.engine.trainer import Callback
 
 # (extension, Pillow mode written): every format and awkward mode the loaders must turn into RGB.
 FORMATS = [
@@ -246,6 +250,19 @@ class InterruptDuringEpoch:
 
             trainer.train_loader = Interrupting()
         return None
+
+
+class SignalAtSave(Callback):
+    """Sends ``sig`` to this process at the ``nth`` mid-epoch save, as a scheduler would: the
+    stop is graceful, so the run saves again at the next step and stops there."""
+
+    def __init__(self, nth: int, sig: int = signal.SIGINT) -> None:
+        self.nth, self.sig, self.saves = nth, sig, 0
+
+    def on_mid_epoch_save(self, trainer, progress) -> None:
+        self.saves += 1
+        if self.saves == self.nth:
+            os.kill(os.getpid(), self.sig)
 
 
 def interrupt_and_resume(cfg, at_epoch: int):

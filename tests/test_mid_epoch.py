@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_weights, run_cli
+from conftest import SignalAtSave, assert_same_weights, run_cli
 
 from imgcls import api
 from imgcls.cli.messages import interrupted_message
@@ -41,19 +41,6 @@ def _cfg(tmp_path: Path, data: Path, name: str, **extra: object):
 
 def _rows(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-class SignalAtSave(Callback):
-    """Sends ``sig`` to this process at the ``nth`` mid-epoch save, as a scheduler would: the
-    stop is graceful, so the run saves again at the next step and stops there."""
-
-    def __init__(self, nth: int, sig: int = signal.SIGINT) -> None:
-        self.nth, self.sig, self.saves = nth, sig, 0
-
-    def on_mid_epoch_save(self, trainer, progress) -> None:
-        self.saves += 1
-        if self.saves == self.nth:
-            os.kill(os.getpid(), self.sig)
 
 
 LOADERS = {

@@ -3,14 +3,12 @@ the whitening bias frozen after N epochs, and both surviving a mid-epoch resume 
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from airbench.utils import LookaheadState
-from conftest import assert_one_line_error, assert_same_weights, run_cli
+from conftest import SignalAtSave, assert_one_line_error, assert_same_weights, run_cli
 from torch import nn
 
 from imgcls import api
@@ -117,18 +115,6 @@ class WhitenBias(Callback):
         self.values.append(trainer.eval_model.whiten.bias.detach().clone())
 
 
-class StopAtSave(Callback):
-    """SIGINT at the ``nth`` mid-epoch save: the run saves at the next step and stops."""
-
-    def __init__(self, nth: int) -> None:
-        self.nth, self.saves = nth, 0
-
-    def on_mid_epoch_save(self, trainer, progress) -> None:
-        self.saves += 1
-        if self.saves == self.nth:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_fastnet_run_freezes_the_whitening_bias_and_resumes_bit_identical(tmp_path, data):
     bias = WhitenBias()
     whole = api.train(_cfg(tmp_path, data, "whole"), callbacks=[bias])
@@ -139,7 +125,7 @@ def test_fastnet_run_freezes_the_whitening_bias_and_resumes_bit_identical(tmp_pa
     assert set(hooks) == {"lookahead", "freeze_after"}
 
     with pytest.raises(api.Interrupted):  # stopped inside epoch 2, past the freeze
-        api.train(_cfg(tmp_path, data, "cut"), callbacks=[StopAtSave(3)])
+        api.train(_cfg(tmp_path, data, "cut"), callbacks=[SignalAtSave(3)])
     run = tmp_path / "runs" / "cut"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["batches"] > 0
     api.train(resume=run)
