@@ -23,9 +23,12 @@ the run's ``metrics.jsonl``; null where no epoch reaches it. Decoded images are 
 ``--data`` is a folder of class folders or a folder holding ``train/`` (its class folders; a
 ``val/`` or ``test/`` beside it is not used). ``--quick`` trains on a stratified subset (a list
 file of the chosen images). Prints a table (recipe x threshold: seconds / epochs) with each
-recipe's final and best val_acc and total time, then as its last line one JSON object:
+recipe's final and best val_acc, total time, training images per second end to end (setup and
+validation in) and the process's user CPU seconds and system share during the run
+(``getrusage``), then as its last line one JSON object:
 ``{"fast": {"85": {"seconds", "epochs"}, ..., "94": ..., "best_val_acc", "final_val_acc",
-"total_seconds", "epochs_run", ...}, "simple_v3_seed": {...}, "device": ...}``.
+"total_seconds", "epochs_run", "images_per_s", "cpu": {"user_s", "system_s", "system_share",
+"minor_faults"}, ...}, "simple_v3_seed": {...}, "device": ...}``.
 
 ``--peer airbench94`` also trains airbench94 (the ``airbench`` package, ``pip install -e
 ".[bench]"``; its own code and hyperparameters, shimmed only to find these images and, off CUDA,
@@ -60,6 +63,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from datetime import datetime
@@ -134,10 +138,33 @@ def thresholds(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | 
     return out
 
 
+class CpuTimes:
+    """The process's user and system CPU seconds and minor page faults over a ``with`` block
+    (``getrusage``): the system share shows memory returned to the OS and faulted back in."""
+
+    def __enter__(self) -> CpuTimes:
+        self._start = resource.getrusage(resource.RUSAGE_SELF)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        user = end.ru_utime - self._start.ru_utime
+        system = end.ru_stime - self._start.ru_stime
+        self.record = {"user_s": round(user, 2), "system_s": round(system, 2),
+                       "system_share": round(system / (user + system), 4) if user + system
+                       else None, "minor_faults": end.ru_minflt - self._start.ru_minflt}
+
+
+def images_per_second(train_images: int, epochs: int, seconds: float) -> float | None:
+    """Training images per second of the whole run, end to end (setup and validation in)."""
+    return round(train_images * epochs / seconds, 1) if seconds else None
+
+
 def run_recipe(cfg: Config, recipe: Path) -> dict[str, Any]:
     """Train one recipe's config; its threshold times, accuracies and run facts."""
     start = time.perf_counter()
-    result = api.train(cfg)
+    with CpuTimes() as cpu:
+        result = api.train(cfg)
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()
             if line.strip()]
@@ -155,6 +182,8 @@ def run_recipe(cfg: Config, recipe: Path) -> dict[str, Any]:
         "seconds_per_epoch": round(rows[-1]["elapsed_s"] / len(rows), 3) if rows else None,
         "train_images": len(split["train"]),
         "val_images": len(split["val"]),
+        "images_per_s": images_per_second(len(split["train"]), len(rows), result.seconds),
+        "cpu": cpu.record,
         "batch_size": cfg.loader.batch_size,
         "run_dir": str(result.run_dir),
         "recipe": str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe),
@@ -187,12 +216,13 @@ def run_peer(name: str, cfg: Config, args: argparse.Namespace, tta: str,
     from peers import airbench94
 
     start = time.perf_counter()
-    data, train, val = peer_data(cfg)
-    level = airbench94.TTA_LEVELS[tta]
-    result = airbench94.run(
-        train, val, list(data.classes), device=resolve_device(cfg.train.device),
-        folder=output / f"{name}-data", start=start, epochs=args.peer_epochs,
-        batch_size=args.peer_batch_size, tta_level=level, seed=cfg.train.seed)
+    with CpuTimes() as cpu:
+        data, train, val = peer_data(cfg)
+        level = airbench94.TTA_LEVELS[tta]
+        result = airbench94.run(
+            train, val, list(data.classes), device=resolve_device(cfg.train.device),
+            folder=output / f"{name}-data", start=start, epochs=args.peer_epochs,
+            batch_size=args.peer_batch_size, tta_level=level, seed=cfg.train.seed)
     key = "val_acc_tta" if level > 0 else "val_acc"
     scored = [dict(r, val_acc=r[key]) for r in result["rows"]]
     accs = [r["val_acc"] for r in scored]
@@ -202,8 +232,11 @@ def run_peer(name: str, cfg: Config, args: argparse.Namespace, tta: str,
         "final_val_acc": accs[-1] if accs else None,
         "epochs_run": len(scored),
         "scored_with_tta": tta,
+        "cpu": cpu.record,
         **result,
     })
+    out["images_per_s"] = images_per_second(out["train_images"], len(scored),
+                                            out["total_seconds"])
     return out, data.split_record
 
 
@@ -223,6 +256,7 @@ def ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None
     out = {f"seconds_to_{p}": ratio(ours[str(p)]["seconds"], peer[str(p)]["seconds"])
            for p in RATIO_THRESHOLDS}
     out["total_seconds"] = ratio(ours["total_seconds"], peer["total_seconds"])
+    out["images_per_s"] = ratio(ours.get("images_per_s"), peer.get("images_per_s"))
     out["final_val_acc"] = ratio(ours["final_val_acc"], peer["final_val_acc"])
     for mode in TTA_MODES:
         out[f"final_acc_{mode}"] = ratio(ours.get("final_tta", {}).get(mode),
@@ -307,13 +341,19 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         return "-" if hit["seconds"] is None else f"{hit['seconds']:.0f}s/{hit['epochs']}ep"
 
     head = f"{'recipe':<24}" + "".join(f"{str(p) + '%':>12}" for p in THRESHOLDS)
-    head += f"{'final':>8}{'best':>8}{'epochs':>8}{'total s':>10}"
+    head += f"{'final':>8}{'best':>8}{'epochs':>8}{'total s':>10}{'img/s':>8}{'user s':>9}"
+    head += f"{'sys':>7}"
     lines = [head]
     for name, r in results.items():
         final = f"{r['final_val_acc']:.4f}" if r["final_val_acc"] is not None else "-"
         best = f"{r['best_val_acc']:.4f}" if r["best_val_acc"] is not None else "-"
+        speed = "-" if r.get("images_per_s") is None else f"{r['images_per_s']:.0f}"
+        cpu = r.get("cpu") or {}
+        share = cpu.get("system_share")
         lines.append(f"{name:<24}" + "".join(f"{cell(r[str(p)]):>12}" for p in THRESHOLDS)
-                     + f"{final:>8}{best:>8}{r['epochs_run']:>8}{r['total_seconds']:>10.1f}")
+                     + f"{final:>8}{best:>8}{r['epochs_run']:>8}{r['total_seconds']:>10.1f}"
+                     + f"{speed:>8}{cpu.get('user_s', 0):>9.0f}"
+                     + f"{'-' if share is None else f'{100 * share:.1f}%':>7}")
     return "\n".join(lines)
 
 

@@ -110,6 +110,8 @@ def test_time_to_accuracy_quick(tmp_path: Path, make_image_folder) -> None:
         assert 0 <= r["best_val_acc"] <= 1 and 0 <= r["final_val_acc"] <= 1, r
         assert r["total_seconds"] > 0 and r["epochs_run"] == 1, r
         assert r["train_images"] == 18 and r["val_images"] == 2, r
+        assert r["images_per_s"] == pytest.approx(18 / r["total_seconds"], abs=0.06), r
+        assert r["cpu"]["user_s"] > 0 and 0 <= r["cpu"]["system_share"] < 1, r
         assert (Path(r["run_dir"]) / "metrics.jsonl").is_file()
 
 
@@ -119,12 +121,13 @@ def test_time_to_accuracy_variants_are_an_ablation(tmp_path: Path, make_image_fo
     result = run_benchmark(
         "time_to_accuracy.py", "--data", data, "--quick", "--recipes", "fast",
         "--variant", "lookahead: train.lookahead_every=2",
-        "--variant", "whiten: train.whiten_bias_epochs=1 transforms.crop_padding_mode=reflect",
+        "--variant", "whiten: train.whiten_bias_epochs=1 transforms.crop_padding_mode=constant",
         "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
     )
     assert set(result["ablation"]) == {"fast+lookahead", "fast+whiten"}
     for name, changes in (("fast+lookahead", {"lookahead_every: 2"}),
-                          ("fast+whiten", {"whiten_bias_epochs: 1", "crop_padding_mode: reflect"})):
+                          ("fast+whiten", {"whiten_bias_epochs: 1",
+                                           "crop_padding_mode: constant"})):
         r = result[name]
         assert r["epochs_run"] == 1 and r["train_images"] == 18, r
         saved = (Path(r["run_dir"]) / "config.yaml").read_text()
@@ -134,7 +137,8 @@ def test_time_to_accuracy_variants_are_an_ablation(tmp_path: Path, make_image_fo
         assert row["final_val_acc_points"] == round(
             100 * (r["final_val_acc"] - result["fast"]["final_val_acc"]), 2)
         assert set(r["final_tta"]) == {"none", "flip", "flip_translate"}
-    assert "lookahead_every: 0" in (Path(result["fast"]["run_dir"]) / "config.yaml").read_text()
+    saved = (Path(result["fast"]["run_dir"]) / "config.yaml").read_text()
+    assert "lookahead_every: 5" in saved and "crop_padding_mode: reflect" in saved  # fast.yaml's
     bad = subprocess.run([sys.executable, str(BENCHMARKS / "time_to_accuracy.py"), "--recipes",
                           "fast", "--variant", "no colon here"],
                          capture_output=True, text=True, timeout=120)
@@ -167,6 +171,10 @@ def test_time_to_accuracy_with_the_airbench94_peer(tmp_path: Path, make_image_fo
     assert {"seconds_to_85", "seconds_to_88", "seconds_to_90", "total_seconds",
             "final_acc_none", "final_acc_flip_translate"} <= set(ratios)
     assert ratios["total_seconds"] > 0
+    assert peer["images_per_s"] == pytest.approx(18 / peer["total_seconds"], abs=0.06), peer
+    assert peer["cpu"]["user_s"] > 0 and peer["cpu"]["minor_faults"] > 0, peer
+    assert ratios["images_per_s"] == pytest.approx(
+        ours["images_per_s"] / peer["images_per_s"], rel=0.01)
     assert (tmp_path / "runs" / "airbench94-data" / "train.pt").is_file()
 
 
