@@ -27,8 +27,8 @@ recipe's final and best val_acc, total time, training images per second end to e
 validation in) and the process's user CPU seconds and system share during the run
 (``getrusage``), then as its last line one JSON object:
 ``{"fast": {"85": {"seconds", "epochs"}, ..., "94": ..., "best_val_acc", "final_val_acc",
-"total_seconds", "epochs_run", "images_per_s", "cpu": {"user_s", "system_s", "system_share",
-"minor_faults"}, ...}, "simple_v3_seed": {...}, "device": ...}``.
+"total_seconds", "epochs_run", "images_trained", "images_per_s", "cpu": {"user_s", "sys_s",
+"sys_share", "img_per_cpu_s", ...}, ...}, "simple_v3_seed": {...}, "device": ...}``.
 
 ``--peer airbench94`` also trains airbench94 (the ``airbench`` package, ``pip install -e
 ".[bench]"``; its own code and hyperparameters, shimmed only to find these images and, off CUDA,
@@ -62,8 +62,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import resource
 import tempfile
 import time
 from datetime import datetime
@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from train_throughput import cpu_usage, usage_delta
 from tutorial_data import ROOT, add_data_argument, resolve_folder
 
 from imgcls import api
@@ -138,38 +139,27 @@ def thresholds(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | 
     return out
 
 
-class CpuTimes:
-    """The process's user and system CPU seconds and minor page faults over a ``with`` block
-    (``getrusage``): the system share shows memory returned to the OS and faulted back in."""
-
-    def __enter__(self) -> CpuTimes:
-        self._start = resource.getrusage(resource.RUSAGE_SELF)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        end = resource.getrusage(resource.RUSAGE_SELF)
-        user = end.ru_utime - self._start.ru_utime
-        system = end.ru_stime - self._start.ru_stime
-        self.record = {"user_s": round(user, 2), "system_s": round(system, 2),
-                       "system_share": round(system / (user + system), 4) if user + system
-                       else None, "minor_faults": end.ru_minflt - self._start.ru_minflt}
-
-
-def images_per_second(train_images: int, epochs: int, seconds: float) -> float | None:
-    """Training images per second of the whole run, end to end (setup and validation in)."""
-    return round(train_images * epochs / seconds, 1) if seconds else None
+def speed_and_cpu(before: tuple[float, float, int, int], images: int, steps: int,
+                  seconds: float) -> dict[str, Any]:
+    """Training images per second of the whole run, end to end (setup and validation in), and
+    the process's CPU use since ``before`` (``train_throughput.usage_delta``): its system share
+    shows memory returned to the OS and faulted back in, and its images per CPU second do not
+    depend on what other processes (or the host) took."""
+    cpu = {k: round(v, 4) for k, v in usage_delta(before, seconds, steps, images).items()}
+    return {"images_trained": images, "images_per_s": round(images / seconds, 1), "cpu": cpu}
 
 
 def run_recipe(cfg: Config, recipe: Path) -> dict[str, Any]:
     """Train one recipe's config; its threshold times, accuracies and run facts."""
-    start = time.perf_counter()
-    with CpuTimes() as cpu:
-        result = api.train(cfg)
+    start, before = time.perf_counter(), cpu_usage()
+    result = api.train(cfg)
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()
             if line.strip()]
     split = json.loads((result.run_dir / "split.json").read_text())
     accs = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    n, batch = len(split["train"]), cfg.loader.batch_size
+    per_epoch = n // batch * batch if cfg.loader.drop_last else n
     out: dict[str, Any] = thresholds(rows)
     out.update({
         "best_val_acc": max(accs) if accs else None,
@@ -182,8 +172,8 @@ def run_recipe(cfg: Config, recipe: Path) -> dict[str, Any]:
         "seconds_per_epoch": round(rows[-1]["elapsed_s"] / len(rows), 3) if rows else None,
         "train_images": len(split["train"]),
         "val_images": len(split["val"]),
-        "images_per_s": images_per_second(len(split["train"]), len(rows), result.seconds),
-        "cpu": cpu.record,
+        **speed_and_cpu(before, per_epoch * len(rows), rows[-1]["step"] if rows else 0,
+                        result.seconds),
         "batch_size": cfg.loader.batch_size,
         "run_dir": str(result.run_dir),
         "recipe": str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe),
@@ -215,14 +205,15 @@ def run_peer(name: str, cfg: Config, args: argparse.Namespace, tta: str,
     accuracies; the split record it trained on)."""
     from peers import airbench94
 
-    start = time.perf_counter()
-    with CpuTimes() as cpu:
-        data, train, val = peer_data(cfg)
-        level = airbench94.TTA_LEVELS[tta]
-        result = airbench94.run(
-            train, val, list(data.classes), device=resolve_device(cfg.train.device),
-            folder=output / f"{name}-data", start=start, epochs=args.peer_epochs,
-            batch_size=args.peer_batch_size, tta_level=level, seed=cfg.train.seed)
+    start, before = time.perf_counter(), cpu_usage()
+    data, train, val = peer_data(cfg)
+    level = airbench94.TTA_LEVELS[tta]
+    result = airbench94.run(
+        train, val, list(data.classes), device=resolve_device(cfg.train.device),
+        folder=output / f"{name}-data", start=start, epochs=args.peer_epochs,
+        batch_size=args.peer_batch_size, tta_level=level, seed=cfg.train.seed)
+    # airbench drops each epoch's last partial batch and stops after ceil(steps x epochs) steps
+    steps = math.ceil(result["train_images"] // result["batch_size"] * result["epochs"])
     key = "val_acc_tta" if level > 0 else "val_acc"
     scored = [dict(r, val_acc=r[key]) for r in result["rows"]]
     accs = [r["val_acc"] for r in scored]
@@ -232,11 +223,9 @@ def run_peer(name: str, cfg: Config, args: argparse.Namespace, tta: str,
         "final_val_acc": accs[-1] if accs else None,
         "epochs_run": len(scored),
         "scored_with_tta": tta,
-        "cpu": cpu.record,
         **result,
+        **speed_and_cpu(before, steps * result["batch_size"], steps, result["total_seconds"]),
     })
-    out["images_per_s"] = images_per_second(out["train_images"], len(scored),
-                                            out["total_seconds"])
     return out, data.split_record
 
 
@@ -349,7 +338,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         best = f"{r['best_val_acc']:.4f}" if r["best_val_acc"] is not None else "-"
         speed = "-" if r.get("images_per_s") is None else f"{r['images_per_s']:.0f}"
         cpu = r.get("cpu") or {}
-        share = cpu.get("system_share")
+        share = cpu.get("sys_share")
         lines.append(f"{name:<24}" + "".join(f"{cell(r[str(p)]):>12}" for p in THRESHOLDS)
                      + f"{final:>8}{best:>8}{r['epochs_run']:>8}{r['total_seconds']:>10.1f}"
                      + f"{speed:>8}{cpu.get('user_s', 0):>9.0f}"

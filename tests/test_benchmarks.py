@@ -111,7 +111,8 @@ def test_time_to_accuracy_quick(tmp_path: Path, make_image_folder) -> None:
         assert r["total_seconds"] > 0 and r["epochs_run"] == 1, r
         assert r["train_images"] == 18 and r["val_images"] == 2, r
         assert r["images_per_s"] == pytest.approx(18 / r["total_seconds"], abs=0.06), r
-        assert r["cpu"]["user_s"] > 0 and 0 <= r["cpu"]["system_share"] < 1, r
+        assert r["images_trained"] == 18 and r["cpu"]["user_s"] > 0, r
+        assert 0 <= r["cpu"]["sys_share"] < 1 and r["cpu"]["img_per_cpu_s"] > 0, r
         assert (Path(r["run_dir"]) / "metrics.jsonl").is_file()
 
 
@@ -172,7 +173,8 @@ def test_time_to_accuracy_with_the_airbench94_peer(tmp_path: Path, make_image_fo
             "final_acc_none", "final_acc_flip_translate"} <= set(ratios)
     assert ratios["total_seconds"] > 0
     assert peer["images_per_s"] == pytest.approx(18 / peer["total_seconds"], abs=0.06), peer
-    assert peer["cpu"]["user_s"] > 0 and peer["cpu"]["minor_faults"] > 0, peer
+    assert peer["images_trained"] == 18 and peer["cpu"]["user_s"] > 0, peer  # 3 steps of 6
+    assert peer["cpu"]["faults_per_step"] > 0, peer
     assert ratios["images_per_s"] == pytest.approx(
         ours["images_per_s"] / peer["images_per_s"], rel=0.01)
     assert (tmp_path / "runs" / "airbench94-data" / "train.pt").is_file()
