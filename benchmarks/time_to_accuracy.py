@@ -80,6 +80,7 @@ from imgcls.data import DataSplit, create_datasets
 from imgcls.data.folder import scan_folder
 from imgcls.data.memory import decode_to_tensor
 from imgcls.data.pipeline import cache_dir as decode_cache
+from imgcls.data.pipeline import keep_a_lone_partial_batch
 from imgcls.errors import ImgclsError
 from imgcls.runtime import keep_freed_memory, resolve_device
 
@@ -159,7 +160,8 @@ def run_recipe(cfg: Config, recipe: Path) -> dict[str, Any]:
     split = json.loads((result.run_dir / "split.json").read_text())
     accs = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
     n, batch = len(split["train"]), cfg.loader.batch_size
-    per_epoch = n // batch * batch if cfg.loader.drop_last else n
+    dropping = keep_a_lone_partial_batch(cfg, n, world_size=1).loader.drop_last
+    per_epoch = n // batch * batch if dropping else n
     out: dict[str, Any] = thresholds(rows)
     out.update({
         "best_val_acc": max(accs) if accs else None,

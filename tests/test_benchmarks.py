@@ -153,14 +153,14 @@ def test_time_to_accuracy_with_the_airbench94_peer(tmp_path: Path, make_image_fo
     data = make_image_folder(tmp_path / "data", per_class=10, size=32)
     result = run_benchmark(
         "time_to_accuracy.py", "--data", data, "--quick", "--recipes", "fast",
-        "--peer", "airbench94", "--peer-batch-size", "6",
+        "--peer", "airbench94", "--peer-batch-size", "6", "--set", "train.tta=flip",
         "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
     )
     peer, ours = result["airbench94"], result["fast"]
     assert peer["train_images"] == 18 and peer["val_images"] == 2, peer
     assert peer["epochs_run"] == 1 and peer["epochs"] == 1 and peer["batch_size"] == 6
     assert peer["same_split_as"] == {"fast": True}
-    assert peer["scored_with_tta"] == "flip" and peer["tta_level"] == 1  # fast.yaml's train.tta
+    assert peer["scored_with_tta"] == "flip" and peer["tta_level"] == 1  # the recipe's train.tta
     row = peer["rows"][0]
     assert 0 <= row["val_acc"] <= 1 and 0 <= row["val_acc_tta"] <= 1
     assert 0 < row["train_s"] <= row["elapsed_s"] <= peer["total_seconds"]
@@ -168,6 +168,7 @@ def test_time_to_accuracy_with_the_airbench94_peer(tmp_path: Path, make_image_fo
         assert set(side) == {"none", "flip", "flip_translate"}
         assert all(0 <= v <= 1 for v in side.values()), side
     assert ours["rows"][0]["epoch"] == 1
+    assert ours["images_trained"] == 18  # fast.yaml's drop_last keeps its one (partial) batch
     ratios = result["ratios"]["fast"]
     assert {"seconds_to_85", "seconds_to_88", "seconds_to_90", "total_seconds",
             "final_acc_none", "final_acc_flip_translate"} <= set(ratios)

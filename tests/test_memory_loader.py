@@ -28,6 +28,7 @@ from imgcls.data.memory import (
     pad_images,
     padding_ltrb,
 )
+from imgcls.data.pipeline import keep_a_lone_partial_batch
 from imgcls.data.transforms import build_transform
 from imgcls.errors import ImgclsError
 
@@ -580,3 +581,21 @@ def test_memory_training_resumes_exactly(tmp_path, make_image_folder):
     resumed = interrupt_and_resume(_train_cfg(tmp_path, data, log__name="split", **common), 1)
     assert_same_weights(whole.run_dir, resumed.run_dir)
     assert resumed.best_metric == whole.best_metric
+
+
+def test_drop_last_keeps_a_lone_partial_batch():
+    cfg = build_config(overrides={"loader.batch_size": 8, "loader.drop_last": True})
+    assert keep_a_lone_partial_batch(cfg, 20, world_size=1).loader.drop_last  # 2 full, 4 dropped
+    assert not keep_a_lone_partial_batch(cfg, 7, world_size=1).loader.drop_last  # the only batch
+    assert not keep_a_lone_partial_batch(cfg, 20, world_size=3).loader.drop_last  # 6 per rank
+    assert keep_a_lone_partial_batch(cfg, 20, world_size=1) is cfg
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_a_batch_larger_than_the_data_still_trains_with_drop_last(tmp_path, make_image_folder,
+                                                                  loader):
+    # fast.yaml (batch 1024, drop_last) on a folder of a dozen images: one batch per epoch.
+    data = make_image_folder(tmp_path / "imgs", per_class=4, size=32)
+    result = api.train(_train_cfg(tmp_path, data, data__loader=loader, loader__batch_size=1024,
+                                  loader__drop_last=True, train__epochs=1))
+    assert result.epochs == 1 and (result.run_dir / "checkpoints" / "last.pt").is_file()

@@ -138,6 +138,7 @@ def build_train_loaders(cfg: Config, data: DataSplit, prep: Preprocessing,
     """The training loader (sharded per rank) and the validation loader (a disjoint share per
     rank, no padding repeats: the metric sums are all-reduced), of the kind ``data.loader``
     picks."""
+    cfg = keep_a_lone_partial_batch(cfg, len(data.train), info.world_size)  # type: ignore[arg-type]
     if use_memory_loader(cfg, data, prep):
         train, val = _memory_loaders(cfg, data, prep, info, device)
         loaders = TrainLoaders(train, val, in_memory=True)
@@ -150,6 +151,15 @@ def build_train_loaders(cfg: Config, data: DataSplit, prep: Preprocessing,
             f"{cfg.loader.batch_size} and loader.drop_last={cfg.loader.drop_last}"
         )
     return loaders
+
+
+def keep_a_lone_partial_batch(cfg: Config, train_images: int, world_size: int) -> Config:
+    """``loader.drop_last`` drops each epoch's last partial batch (airbench does, for equal
+    steps), but not when it is the only batch: a recipe tuned for CIFAR-10's 50,000 images must
+    still train on a folder of a few hundred."""
+    if cfg.loader.drop_last and 0 < train_images // world_size < cfg.loader.batch_size:
+        return replace(cfg, loader=replace(cfg.loader, drop_last=False))
+    return cfg
 
 
 def use_memory_loader(cfg: Config, data: DataSplit, prep: Preprocessing) -> bool:
