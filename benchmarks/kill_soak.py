@@ -17,7 +17,15 @@ Printed at the end:
   temp files left  at the end
   final weights    bit-identical to the uninterrupted run
 
-    python benchmarks/kill_soak.py --kills 24
+Then two cases of issue 29's:
+  concurrent       rounds of two trainings of one run folder at once (two `--name X` started
+                   together, or a `--resume` of a run still training, as soon as it saved): one
+                   trains, the other exits 2 naming the PID that holds the folder, and every
+                   epoch has one metrics row
+  tune kills       `imgcls tune` SIGKILLed inside a trial, then rerun: the trial resumes from
+                   its last.pt and the study ends with --trials complete trials, rows once
+
+    python benchmarks/kill_soak.py --kills 24 --concurrent 4 --tune-kills 3
 
 The last line is the same as one JSON object.
 """
@@ -25,6 +33,7 @@ The last line is the same as one JSON object.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -159,6 +168,93 @@ def consistency(run: Path, load_checkpoint) -> dict:  # type: ignore[no-untyped-
 # --------------------------------------------------------------------------- the parent
 
 
+def _cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "imgcls", *argv]
+
+
+def _epochs_logged(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x)["epoch"] for x in path.read_text().splitlines() if x.strip()]
+
+
+def concurrent_rounds(work: Path, rounds: int, short: int) -> dict:
+    """Two writers of one run folder per round: two `--name X` started together, or, every
+    other round, a `--resume` of the run as soon as its first checkpoint is written."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = ["train", "--data", "digits", "--model", "lenet", "--output", str(work / "pairs"),
+             f"data.root={work / 'data'}", "log.progress=off", "log.tensorboard=false"]
+    good, notes = 0, []
+    for i in range(rounds):
+        name, mode = f"pair-{i}", ("together", "resume")[i % 2]
+        run = work / "pairs" / name
+        # a resume must come while the run still trains: longer than a process's start-up
+        epochs = short if mode == "together" else 5 * short
+        first = subprocess.Popen(_cli(*train, "--name", name, "--epochs", str(epochs)),
+                                 stderr=subprocess.PIPE, text=True, env=env)
+        second_argv = ["--name", name, "--epochs", str(epochs)]
+        if mode == "resume":
+            while not (run / "checkpoints" / "last.pt").exists() and first.poll() is None:
+                time.sleep(0.02)
+            second_argv = ["--resume", str(run), f"train.epochs={epochs + 1}"]
+        second = subprocess.run(_cli(*train, *second_argv), stderr=subprocess.PIPE, text=True,
+                                env=env, timeout=900)
+        first_err = first.communicate(timeout=900)[1]
+        codes = sorted([first.returncode, second.returncode])
+        loser = second.stderr if second.returncode else first_err
+        refused = "is in use by another training (PID" in loser or "already holds" in loser
+        rows = _epochs_logged(run)
+        ok = codes == [0, 2] and refused and rows == list(range(1, epochs + 1))
+        good += bool(ok)
+        last = (loser.strip().splitlines() or [""])[-1]
+        notes.append(f"concurrent {i}: {mode}: exit codes {codes}, rows {rows}, the other: "
+                     f"{last[:120]}")
+    return {"rounds": rounds, "good": good, "notes": notes}
+
+
+def tune_kills(work: Path, kills: int, rng: random.Random) -> dict:
+    """``imgcls tune --trials 2`` SIGKILLed inside a trial ``kills`` times (each after a row
+    of that trial's), then run to its end: every trial complete, each epoch's row once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    space = work / "space.yaml"
+    space.write_text("optim.lr: {choice: [0.02, 0.05]}\n")
+    out = work / "tune"
+    argv = _cli("tune", "--space", str(space), "--trials", "2", "--pruner", "none", "--data",
+                "digits", "--model", "lenet", "--epochs", "4", "--output", str(out),
+                f"data.root={work / 'data'}", "log.progress=off", "log.tensorboard=false")
+    exp, done, notes = out / "tune-space", 0, []
+    for k in range(kills):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env)
+        rows_before = {t: len(_epochs_logged(t)) for t in exp.glob("trial-*")}
+        wait_rows = rng.randint(1, 3)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            grown = [t for t in exp.glob("trial-*")
+                     if len(_epochs_logged(t)) >= rows_before.get(t, 0) + wait_rows]
+            if grown:
+                proc.kill()
+                break
+            time.sleep(0.02)
+        proc.wait()
+        killed = proc.returncode == -signal.SIGKILL
+        done += killed
+        how = f"killed after {wait_rows} row(s)" if killed else "the study ended first"
+        notes.append(f"tune kill {k + 1}: {how}")
+    final = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    with (exp / "trials.csv").open() as handle:
+        trials = list(csv.DictReader(handle))
+    complete = sum(r["state"] == "complete" for r in trials)
+    rows_once = all(_epochs_logged(t) == [1, 2, 3, 4] for t in exp.glob("trial-*")
+                    if (t / "metrics.jsonl").exists())
+    running = sum(r["state"] == "running" for r in trials)
+    notes.append(f"tune: final command exit {final.returncode}; trials "
+                 f"{[(r['number'], r['state']) for r in trials]}")
+    return {"kills": done, "complete": complete, "running": running, "rows_once": rows_once,
+            "code": final.returncode, "notes": notes}
+
+
 def run_segment(run: Path, overrides: dict, target: str, nth: int, delay: float | None,
                 timeout: float) -> dict:
     """One child; returns what it printed and how it ended."""
@@ -207,6 +303,10 @@ def main() -> None:
                         help="train.checkpoint_every_steps (the checkpoint interval)")
     parser.add_argument("--seed", type=int, default=0, help="of the kill schedule")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
+    parser.add_argument("--concurrent", type=int, default=4,
+                        help="rounds of two trainings of one run folder at once")
+    parser.add_argument("--tune-kills", type=int, default=2,
+                        help="SIGKILLs of `imgcls tune` inside a trial")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--target", default="", help=argparse.SUPPRESS)
     parser.add_argument("--nth", type=int, default=1, help=argparse.SUPPRESS)
@@ -277,8 +377,10 @@ def main() -> None:
     checks.append(consistency(run, load_checkpoint))  # the finished run's records
     finished.append(not failed and same_weights(work / "whole", run))
     good = [c for c in checks if c["rows_ok"] and c["best_ok"] and not c["temps"]]
+    pairs = concurrent_rounds(work, args.concurrent, 3)
+    tuned = tune_kills(work, args.tune_kills, rng)
     temps = [str(p) for p in work.rglob("*.tmp")]
-    print("\n".join(log + failed))
+    print("\n".join(log + failed + pairs["notes"] + tuned["notes"]))
     print()
     print(f"kills                 {kills} (at: {', '.join(TARGETS)}, random moments)")
     print(f"resumable             {segments - len(failed)}/{segments} segments")
@@ -289,11 +391,19 @@ def main() -> None:
     print(f"temp files left       {len(temps)}")
     print(f"final weights         {sum(finished)}/{len(finished)} runs bit-identical to the "
           "uninterrupted one")
+    print(f"concurrent writers    {pairs['good']}/{pairs['rounds']} rounds: one trained, the "
+          "other exited 2 naming the holder; one metrics row per epoch")
+    print(f"tune kills            {tuned['kills']}: then {tuned['complete']}/2 trials complete, "
+          f"{tuned['running']} left running, rows once: {tuned['rows_once']}")
     print(json.dumps({
         "kills": kills, "segments": segments, "resumable": segments - len(failed),
         "steps_lost_max": max(lost), "steps_lost_median": statistics.median(lost),
         "checkpoint_interval": args.every_steps, "consistent": len(good), "checks": len(checks),
         "temp_files_left": len(temps), "runs_equal": sum(finished), "runs": len(finished),
+        "concurrent_rounds": pairs["rounds"], "concurrent_good": pairs["good"],
+        "tune_kills": tuned["kills"], "tune_complete": tuned["complete"],
+        "tune_running": tuned["running"], "tune_rows_once": tuned["rows_once"],
+        "tune_code": tuned["code"],
     }))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

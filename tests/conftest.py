@@ -265,6 +265,30 @@ class SignalAtSave(Callback):
             os.kill(os.getpid(), self.sig)
 
 
+class BlowUpAfter(Callback):
+    """Sets an absurd learning rate after epoch ``epoch``: the next epoch diverges."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, metrics):
+        if metrics["epoch"] == self.epoch:
+            for group in trainer.state.optimizer.param_groups:
+                group["lr"] = 1e12
+        return None
+
+
+def tune_base(tmp_path: Path, data: Path, **extra: object):
+    """The base config of a tiny tune study: lenet on a small folder, quarter held out."""
+    from imgcls.config import build_config
+
+    return build_config(overrides={
+        "data.source": str(data), "model.name": "lenet", "train.epochs": 2,
+        "loader.batch_size": 4, "log.progress": "off", "log.tensorboard": False,
+        "data.val_fraction": 0.25, "log.output": str(tmp_path / "runs"),
+        "data.root": str(tmp_path / "cache"), **extra})
+
+
 def interrupt_and_resume(cfg, at_epoch: int):
     """Train ``cfg``, stopped in the middle of the epoch after ``at_epoch`` (as Ctrl-C would),
     then resumed to ``train.epochs``; returns the resumed run's RunResult."""

@@ -224,11 +224,16 @@ def test_imbalance_quick(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_soak_quick() -> None:
-    # four SIGKILLs (start-up, validation, around a last.pt rename, after the last epoch)
-    result = run_benchmark("kill_soak.py", "--kills", "4", "--epochs", "3", timeout=600)
+    # four SIGKILLs (start-up, validation, around a last.pt rename, after the last epoch), two
+    # pairs of writers of one run folder, one SIGKILL of `imgcls tune` inside a trial
+    result = run_benchmark("kill_soak.py", "--kills", "4", "--epochs", "3", "--concurrent", "2",
+                           "--tune-kills", "1", timeout=900)
     assert result["kills"] == 4
     assert result["resumable"] == result["segments"] >= 5
     assert result["steps_lost_max"] <= result["checkpoint_interval"]
     assert result["consistent"] == result["checks"] > 0
     assert result["temp_files_left"] == 0
     assert result["runs_equal"] == result["runs"] >= 1
+    assert result["concurrent_good"] == result["concurrent_rounds"] == 2
+    assert result["tune_code"] == 0 and result["tune_complete"] == 2
+    assert result["tune_running"] == 0 and result["tune_rows_once"]

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import BlowUpAfter, assert_one_line_error, run_cli
 
 from imgcls import api
 from imgcls.config import build_config
 from imgcls.engine.checkpoint import load_checkpoint, save_checkpoint
 from imgcls.engine.loop import NonFiniteLoss
-from imgcls.engine.trainer import Callback
 from imgcls.errors import ImgclsError
 
 FAST = {"model.name": "lenet", "loader.batch_size": 8, "optim.lr": 0.02,
@@ -28,24 +27,11 @@ def _cfg(tmp_path: Path, data: Path | str, **extra: object):
                                    "log.output": str(tmp_path / "runs"), **extra})
 
 
-class _BlowUpAfter(Callback):
-    """Sets an absurd learning rate after epoch ``epoch``: the next epoch diverges."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, metrics):
-        if metrics["epoch"] == self.epoch:
-            for group in trainer.state.optimizer.param_groups:
-                group["lr"] = 1e12
-        return None
-
-
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, make_image_folder):
     data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=12, size=32)
     with pytest.raises(NonFiniteLoss, match=r"non-finite .* in epoch 2, first at batch \d+ of"):
         api.train(_cfg(tmp_path, data, **{"train.epochs": 3, "log.name": "div"}),
-                  callbacks=[_BlowUpAfter(1)])
+                  callbacks=[BlowUpAfter(1)])
     run = tmp_path / "runs" / "div"
     for name in ("last.pt", "best.pt"):
         ckpt = load_checkpoint(run / "checkpoints" / name)

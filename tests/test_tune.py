@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import _make_image_folder, assert_one_line_error, run_cli
+from conftest import _make_image_folder, assert_one_line_error, run_cli, tune_base
 
 from imgcls.config import build_config, load_yaml
 from imgcls.engine.trainer import Callback, Trainer
@@ -160,11 +160,7 @@ def test_interrupted_trial_does_not_count_and_diverged_one_fails(tmp_path):
     from imgcls.experiments.tune import TuneInterrupted, tune
 
     data = _make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8, size=16)
-    base = build_config(overrides={
-        "data.source": str(data), "model.name": "lenet", "train.epochs": 2,
-        "loader.batch_size": 4, "log.progress": "off", "log.tensorboard": False,
-        "data.val_fraction": 0.25, "log.output": str(tmp_path / "runs"),
-        "data.root": str(tmp_path / "cache")})
+    base = tune_base(tmp_path, data)
     space = _write(tmp_path / "s.yaml", "optim.lr: {choice: [1000.0]}\n")  # diverges at once
     with pytest.raises(TuneInterrupted, match="trial 0 stopped and does not count"):
         tune(base, space, 1, pruner="none", callbacks=[_InterruptAtStart()])

@@ -17,6 +17,7 @@ from imgcls.engine.checkpoint import load_checkpoint
 from imgcls.errors import ImgclsError
 from imgcls.export import export_checkpoint
 from imgcls.models import create_model, get_model_info
+from imgcls.models.user import CodeConsent
 
 # Seed 000's network, as the PyTorch tutorial writes it: no num_classes, 10 outputs hard-coded.
 TUTORIAL_NET = textwrap.dedent("""
@@ -93,23 +94,28 @@ def test_the_tutorials_net_trains_resumes_and_is_used_elsewhere(tmp_path, net_fi
     assert ckpt["model"]["fc3.weight"].shape == (3, 84)
 
     monkeypatch.chdir(tmp_path)
-    more = api.train(resume=result.run_dir, overrides={"train.epochs": 3})
+    code = CodeConsent(model_code=f"{net_file}:Net")  # the user names the code again
+    more = api.train(resume=result.run_dir, overrides={"train.epochs": 3}, code=code)
     assert more.epochs == 3
     best = result.run_dir / "checkpoints" / "best.pt"
-    summary = api.evaluate_checkpoint(best)
+    summary = api.evaluate_checkpoint(best, code=code)
     assert summary["n"] > 0
     assert "rebuilding the model from" in capsys.readouterr().err
-    report = predict.predict(best, [data / "a"], top_k=1, device="cpu")
+    report = predict.predict(best, [data / "a"], top_k=1, device="cpu", code=code)
     assert not report.failed and report.results[0].top[0][0] in ("a", "b", "c")
-    assert export_checkpoint(best, fmt="torchscript", output=tmp_path / "m.pt").max_abs_diff < 1e-4
+    assert export_checkpoint(best, fmt="torchscript", output=tmp_path / "m.pt",
+                             code=code).max_abs_diff < 1e-4
 
-    # the file is gone, or no longer fits the weights: one line each
+    # the file is changed (refused unless trusted, then it no longer fits the weights), or
+    # gone: one line each
     net_file.write_text(TUTORIAL_NET.replace("nn.Linear(120, 84)", "nn.Linear(120, 80)")
                         .replace("nn.Linear(84, 10)", "nn.Linear(80, 10)"))
-    assert main(["evaluate", str(best)]) == 2
+    assert main(["evaluate", str(best), "--model-code", f"{net_file}:Net"]) == 2
+    assert "differs from the one" in capsys.readouterr().err
+    assert main(["evaluate", str(best), "--trust-code"]) == 2
     assert "does not fit the model" in capsys.readouterr().err
     net_file.unlink()
-    assert main(["evaluate", str(best)]) == 2
+    assert main(["evaluate", str(best), "--trust-code"]) == 2
     err = capsys.readouterr().err.strip()
     assert "not found" in err and str(net_file) in err and len(err.splitlines()) <= 2
 

@@ -1,3 +1,3 @@
-from imgcls.cli import main
+from imgcls.entry import main  # start-up's signal handlers come first
 
 raise SystemExit(main())

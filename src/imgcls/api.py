@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,12 @@ from imgcls.engine.run_folder import (
     shared_run_dir,
     unsaved_run,
 )
+from imgcls.engine.run_lock import require_free
 from imgcls.engine.signals import GracefulStop
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model
+from imgcls.models.user import CodeConsent, approve_code, code_record
 from imgcls.optim import create_loss
 from imgcls.tracking import echo
 
@@ -71,14 +73,34 @@ MAX_LR_FIND_STEPS = 1000  # a range test is a few hundred steps; more is a train
 class Interrupted(KeyboardInterrupt):
     """A training run stopped by Ctrl-C or a signal, with where it stands: ``epoch`` is the
     last saved epoch (None: nothing saved yet), ``progress`` how far into the next epoch the
-    saved state is (None: at the epoch's end), ``requeue`` whether SLURM asked (SIGUSR1)."""
+    saved state is (None: at the epoch's end), ``requeue`` whether SLURM asked (SIGUSR1).
+    ``phase``: "" (in the training loop), "resuming" (before a resumed run's loop started:
+    nothing new was saved) or "finished" (after its last save; ``epochs``: train.epochs)."""
 
     def __init__(self, message: str, run_dir: Path, epoch: int | None,
                  progress: EpochProgress | None = None, total_batches: int = 0,
-                 requeue: bool = False) -> None:
+                 requeue: bool = False, *, phase: str = "", epochs: int = 0) -> None:
         super().__init__(message)
         self.run_dir, self.epoch, self.progress = run_dir, epoch, progress
         self.total_batches, self.requeue = total_batches, requeue
+        self.phase, self.epochs = phase, epochs
+
+
+@contextlib.contextmanager
+def _interrupted_while_resuming(resumed: Resume | None) -> Iterator[None]:
+    """Ctrl-C or a signal before a resumed run's loop starts (its data and model loading): its
+    ``last.pt`` is as it was, which the message says instead of "nothing was saved"."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        if resumed is None:
+            raise
+        record = resumed.record
+        progress = EpochProgress.from_state(record.progress) if record.progress else None
+        raise Interrupted(str(exc) or "interrupted", resumed.run_dir, record.epoch or 0,
+                          progress, phase="resuming") from None
 
 
 @dataclass
@@ -124,6 +146,7 @@ def train(
     val_dataset: Dataset | None = None,
     classes: list[str] | None = None,
     callbacks: Sequence[Callback] = (),
+    code: CodeConsent | None = None,
 ) -> RunResult:
     """Train a classifier; returns where the run went and its best monitored metric.
 
@@ -131,13 +154,17 @@ def train(
     layered on top, e.g. more epochs). ``train_dataset`` (any map-style dataset yielding
     ``(image, label)``) replaces ``cfg.data``. ``callbacks`` run after imgcls's stop rules and
     before its checkpoint (see :class:`imgcls.engine.trainer.Callback`); those with a ``key``
-    have their state saved and restored on resume.
+    have their state saved and restored on resume. ``code`` allows the resumed run's own model
+    class to be imported (:func:`imgcls.models.user.approve_code`).
 
     >>> train(build_config(overrides={"data.source": "my_images", "train.epochs": 3}))
     ... # doctest: +SKIP
     """
     start_time = time.perf_counter()
-    cfg, resumed = train_config(cfg, resume=resume, overrides=overrides)
+    if resume is not None and not runtime.detect_dist().distributed:
+        # fail before reading data or repairing records (under torchrun rank 0's lock decides)
+        require_free(Path(resume) if Path(resume).is_dir() else run_dir_of(Path(resume)))
+    cfg, resumed = train_config(cfg, resume=resume, overrides=overrides, code=code)
     if resumed is not None:
         done = resumed.record.epoch or 0
         if done >= cfg.train.epochs:
@@ -153,9 +180,12 @@ def train(
     runtime.configure_determinism(cfg.train.deterministic)
     runtime.seed_everything(cfg.train.seed)
     user = UserData(train_dataset, val_dataset, classes, list(callbacks))
-    # Under torchrun: join the process group for the whole run and leave it on any exit.
-    with runtime.distributed(cfg.train.device, cfg.train.dist_timeout_min) as (info, device):
-        return _train(cfg, resumed, info, device, user, start_time)
+    # Under torchrun: join the process group for the whole run and leave it on any exit. Rank 0
+    # holds the run folder's lock (``held``) until the run ends, however it ends.
+    with _interrupted_while_resuming(resumed), runtime.distributed(
+            cfg.train.device, cfg.train.dist_timeout_min) as (info, device), \
+            contextlib.ExitStack() as held:
+        return _train(cfg, resumed, info, device, user, start_time, held)
 
 
 def train_config(
@@ -163,6 +193,7 @@ def train_config(
     *,
     resume: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    code: CodeConsent | None = None,
 ) -> tuple[Config, Resume | None]:
     """The config :func:`train` runs with, and the run it resumes (None for a new run).
 
@@ -174,14 +205,16 @@ def train_config(
     'digits'
     """
     if resume is not None and (unsaved := unsaved_run(resume)) is not None:
+        where = {"log.output": str(unsaved.parent), "log.name": unsaved.name}
+        cfg = build_config(load_yaml(unsaved / "config.yaml"), {**(overrides or {}), **where})
+        cfg = _approved(cfg, {}, code, unsaved)
         echo(f"{unsaved} has no checkpoint yet (it stopped during its first epoch): starting it "
              "over with its config.yaml")
-        where = {"log.output": str(unsaved.parent), "log.name": unsaved.name}
-        return source_defaults(build_config(load_yaml(unsaved / "config.yaml"),
-                                            {**(overrides or {}), **where})), None
+        return source_defaults(cfg), None
     if resume is not None:
         resumed = resolve_resume(resume)
-        return build_config(resumed.record.config, overrides), resumed
+        cfg = build_config(resumed.record.config, overrides)
+        return _approved(cfg, resumed.record.model_code, code, resumed.path), resumed
     cfg = source_defaults(build_config(cfg, overrides))
     folder = Path(cfg.log.output) / cfg.log.name
     if cfg.train.requeue and cfg.log.name and (folder / "checkpoints" / "last.pt").exists():
@@ -192,8 +225,16 @@ def train_config(
     return cfg, None
 
 
+def _approved(cfg: Config, recorded: dict[str, Any], code: CodeConsent | None,
+              source: Path) -> Config:
+    """A resumed run's config, its own model code allowed by ``code`` (or refused before
+    anything is imported)."""
+    name = approve_code(cfg.model.name, recorded, code, source)
+    return replace(cfg, model=replace(cfg.model, name=name))
+
+
 def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: torch.device,
-           user: UserData, start_time: float) -> RunResult:
+           user: UserData, start_time: float, held: contextlib.ExitStack) -> RunResult:
     say = echo if info.is_main else _silent  # only rank 0 prints and writes the run folder
     runtime.configure_speed(device, cudnn_benchmark=cfg.train.cudnn_benchmark,
                             deterministic=cfg.train.deterministic, tf32=cfg.train.tf32)
@@ -212,7 +253,7 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
                           "single-process runs (a distributed run saves at each epoch's end)")
     state = _train_state(cfg, data, loaders.train, resumed, info, device, say)
     # ---- the run folder: written (by rank 0) only once everything above has been checked
-    run_dir = shared_run_dir(cfg, resumed.run_dir if resumed else None, info)
+    run_dir = shared_run_dir(cfg, resumed.run_dir if resumed else None, info, held)
     callbacks = _callbacks(cfg, run_dir, data, prep, resumed, info, device, monitor, say,
                            user.callbacks)
     # Signals ask for a save at the next step (one process; under torchrun every rank would
@@ -257,12 +298,16 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
         raise Interrupted(str(exc) or "interrupted", run_dir, trainer.saved_epoch,
                           trainer.saved_progress, len(loaders.train),
                           requeue=graceful is not None and graceful.requeue) from None
-    seconds = time.perf_counter() - start_time
-    best = (f"best {monitor.name} {state.best_metric:.4f} at epoch {state.best_epoch}"
-            if monitor is not None and state.best_metric is not None else "no validation set")
-    say(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
-    say("next:\n" + "\n".join(f"  {line}" for line in next_steps(
-        run_dir, _resume_hint(cfg, trainer.stopped_by, state.epoch))))
+    try:  # the run is over and its last epoch saved (by rank 0): a signal now loses nothing
+        seconds = time.perf_counter() - start_time
+        best = (f"best {monitor.name} {state.best_metric:.4f} at epoch {state.best_epoch}"
+                if monitor is not None and state.best_metric is not None else "no validation set")
+        say(f"done: {best} | {state.epoch} epochs in {seconds:.1f}s | run folder {run_dir}")
+        say("next:\n" + "\n".join(f"  {line}" for line in next_steps(
+            run_dir, _resume_hint(cfg, trainer.stopped_by, state.epoch))))
+    except KeyboardInterrupt as exc:
+        raise Interrupted(str(exc) or "interrupted", run_dir, state.epoch, phase="finished",
+                          epochs=cfg.train.epochs) from None
     return RunResult(run_dir, state.best_metric if monitor else None, state.best_epoch,
                      state.epoch, seconds, last, trainer.stop_reason)
 
@@ -371,7 +416,7 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataSplit, prep: Preprocessing,
         mean=prep.mean_std[0] if prep.mean_std else None,
         std=prep.mean_std[1] if prep.mean_std else None,
         native_size=data.native_size, monitor=cfg.train.monitor,
-        provenance=provenance(device, info.world_size),
+        provenance=provenance(device, info.world_size), model_code=code_record(cfg.model.name),
     )
     graph_input = None
     if cfg.log.graph and resumed is None:
@@ -400,6 +445,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     trust_pickle: bool = False,
     tta: str | None = None,
+    code: CodeConsent | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split; writes the confusion matrix (CSV, PNG) and metrics JSON.
 
@@ -416,7 +462,8 @@ def evaluate_checkpoint(
         overrides["loader.eval_batch_size"] = batch_size
     if tta is not None:  # default: the run's own train.tta
         overrides["train.tta"] = tta
-    loaded = load_model(path, device=device, trust_pickle=trust_pickle, overrides=overrides)
+    loaded = load_model(path, device=device, trust_pickle=trust_pickle, overrides=overrides,
+                        code=code)
     cfg = loaded.config
     run_dir = run_dir_of(path)
     split_record = None

@@ -37,6 +37,9 @@ class DataConfig:
     test_fraction: float = 0.0
     download: bool = True  # let torchvision download CIFAR when it is not in `root`
     skip_bad_images: bool = False  # skip unreadable images (counted) instead of stopping
+    # an image whose header says more pixels than this is a bad image, never decoded (a tiny
+    # PNG can claim 12000x12000 and take gigabytes); PIL's own default limit; 0: no limit
+    max_image_pixels: int = 89_478_485
     # dataloader | memory (decode once, keep uint8 on the device, augment per batch) | auto
     # (memory when the images fit memory_budget_mb and the transforms allow it)
     loader: str = "auto"
@@ -496,6 +499,8 @@ def _validate_data(d: DataConfig) -> None:
     _check(bool(d.source), "data.source", d.source, "must not be empty")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     _check(d.memory_budget_mb >= 0, "data.memory_budget_mb", d.memory_budget_mb, "must be >= 0")
+    _check(d.max_image_pixels >= 0, "data.max_image_pixels", d.max_image_pixels,
+           "must be >= 0 (0: no limit)")
     _check(0.0 <= d.test_fraction < 1.0, "data.test_fraction", d.test_fraction,
            "must be in [0, 1)")
     _check(d.val_fraction + d.test_fraction < 1.0, "data.test_fraction", d.test_fraction,

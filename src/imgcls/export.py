@@ -28,7 +28,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
+import os
+import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,6 +49,7 @@ from imgcls.data.transforms import _channels
 from imgcls.errors import ImgclsError, first_line
 from imgcls.files import atomic_write_file
 from imgcls.inference import LoadedModel, load_model
+from imgcls.models.user import CodeConsent
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportReport", "Preprocess", "export_checkpoint",
            "onnx_session"]
@@ -217,20 +222,68 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise _write_error(path, exc) from None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {first_line(exc)}"
+    # torch.onnx wraps the error that stopped it ("Failed to export the model with
+    # torch.export. This is step 1/3 ..."): the innermost cause says what it was.
+    while exc.__cause__ is not None and exc.__cause__ is not exc:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {_ANSI.sub('', first_line(exc))}"
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporters' deprecation chatter (``torch.jit`` is deprecated in favour of
-    ``torch.export``, the TorchScript-based ONNX exporter likewise) and tracer warnings: whether
-    the file is right is decided by the verification, not by warnings."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+    ``torch.export``, the TorchScript-based ONNX exporter likewise), tracer warnings, and the
+    log records of torch.export, dynamo and onnxscript (a failed capture logs dozens of lines of
+    traceback before it raises): whether the file is right is decided by the verification, and
+    a failure is one line, made from the exception."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            yield
+    finally:
+        logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _stdout_muted() -> Iterator[None]:
+    """File descriptor 1 goes to the null device: the TorchScript-based ONNX exporter turns
+    torch's C++ ONNX log on for every export, and a failed export dumps its whole graph there."""
+    sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+    except OSError:  # no standard output: nothing to keep clean
+        saved = None
+    try:
+        if saved is not None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
         yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _check_runs(module: nn.Module, example: torch.Tensor, checkpoint: Path, size: int) -> None:
+    """The eager model runs on the input the checkpoint describes, or a one-line error: an
+    exporter's error for such a checkpoint is pages of traces about its own internals."""
+    try:
+        with _quiet(), torch.inference_mode():
+            module(example)
+    except Exception as exc:
+        raise ImgclsError(
+            f"the model in {checkpoint} does not run on its own input (a {tuple(example.shape)} "
+            f"batch; input_size {size} in the checkpoint): {_first_line(exc)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -307,7 +360,7 @@ def _export_onnx_legacy(module: nn.Module, example: torch.Tensor, spec: _InputSp
     axes = {INPUT_NAME: dict(spec.dynamic), OUTPUT_NAME: {0: "batch"}}
     buffer = io.BytesIO()
     try:
-        with _quiet():
+        with _quiet(), _stdout_muted():
             torch.onnx.export(
                 module, (example,), buffer, dynamo=False, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_axes=axes,
@@ -460,6 +513,7 @@ def export_checkpoint(
     output: str | Path | None = None,
     include_preprocess: bool = False,
     trust_pickle: bool = False,
+    code: CodeConsent | None = None,
 ) -> ExportReport:
     """Export ``checkpoint`` to ``fmt`` ("onnx" or "torchscript"), write the JSON sidecar, and
     verify the written file against the eager model.
@@ -477,7 +531,7 @@ def export_checkpoint(
         raise ImgclsError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     versions = _require_onnx() if fmt == "onnx" else {}
     start = time.perf_counter()
-    loaded = load_model(checkpoint, device="cpu", trust_pickle=trust_pickle)
+    loaded = load_model(checkpoint, device="cpu", trust_pickle=trust_pickle, code=code)
     path = _output_path(loaded.path, fmt, output)
     size = loaded.input_size
     channels = loaded.config.model.in_channels
@@ -489,6 +543,7 @@ def export_checkpoint(
     example = _random_input(spec, EXPORT_BATCH, size, size + 1 if include_preprocess else size,
                             torch.Generator().manual_seed(VERIFY_SEED + 1))
 
+    _check_runs(module, example, loaded.path, size)
     extra: list[Path] = []
     notes: list[str] = []
     opset = None

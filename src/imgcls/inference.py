@@ -19,7 +19,7 @@ from imgcls.engine.checkpoint import load_model_state
 from imgcls.engine.record import CheckpointRecord
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
-from imgcls.models.user import is_user_model
+from imgcls.models.user import CodeConsent, approve_code, is_user_model
 from imgcls.tracking import echo
 
 
@@ -53,8 +53,10 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
     if trust_pickle:
         from imgcls.legacy import read_any_checkpoint
 
-        return read_any_checkpoint(path, trust_pickle=True)
-    return CheckpointRecord.load(path)
+        record = read_any_checkpoint(path, trust_pickle=True)
+        record.check(path)  # a converted pickle is checked as a loaded record is
+        return record
+    return CheckpointRecord.load(path)  # checked against itself (CheckpointRecord.check)
 
 
 def load_model(
@@ -63,8 +65,10 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_pickle: bool = False,
     overrides: dict[str, Any] | None = None,
+    code: CodeConsent | None = None,
 ) -> LoadedModel:
-    """Rebuild the model of a checkpoint with its weights, in eval mode.
+    """Rebuild the model of a checkpoint with its weights, in eval mode. A model of the user's
+    own class is imported only as ``code`` allows (:func:`imgcls.models.user.approve_code`).
 
     >>> loaded = load_model("runs/NAME/checkpoints/best.pt")  # doctest: +SKIP
     >>> loaded.classes, loaded.input_size                      # doctest: +SKIP
@@ -72,8 +76,10 @@ def load_model(
     path = Path(path)
     record = read_checkpoint(path, trust_pickle=trust_pickle)
     cfg = build_config(record.config, overrides)
+    name = approve_code(cfg.model.name, record.model_code, code, path)  # before any import
+    cfg = replace(cfg, model=replace(cfg.model, name=name))
     if is_user_model(cfg.model.name):  # the user's own code, named by the checkpoint: say so
-        echo(f"rebuilding the model from {cfg.model.name}, as the checkpoint's config names it")
+        echo(f"rebuilding the model from {cfg.model.name} (your own model code)")
     torch_device = device if isinstance(device, torch.device) else runtime.resolve_device(device)
     # The weights come from the checkpoint: never download or read pretrained ones again.
     model = create_model(
@@ -87,6 +93,8 @@ def load_model(
                           "from a run that diverged; use an earlier checkpoint")
     load_model_state(model, weights, path)
     model.to(torch_device).eval()
+    # one image of the recorded size: a size or head that does not fit is one line, here
+    record.check_model(model, path, torch_device)
     return LoadedModel(
         model=model, classes=list(record.classes), input_size=int(record.input_size),
         mean_std=record.mean_std, config=cfg, record=record, device=torch_device, path=path,

@@ -47,6 +47,7 @@ from imgcls.errors import ImgclsError, first_line
 from imgcls.models import MODELS, STATE_DICT_KEYS, create_model, extract_state_dict, get_model_info
 from imgcls.models import torchvision_models as tvm
 from imgcls.models.seed_cnns import CIFAR10NetSimpleV3, CIFAR10Network, LeNet
+from imgcls.models.user import code_record
 
 __all__ = ["NORMALIZE_CHOICES", "TUTORIAL_CLASSES", "convert", "read_any_checkpoint"]
 
@@ -487,5 +488,5 @@ def _make_record(
         in_channels=arch.in_channels,
         mean=mean_std[0] if mean_std else None,
         std=mean_std[1] if mean_std else None,
-        provenance={"converted_from": str(source)},
+        provenance={"converted_from": str(source)}, model_code=code_record(arch.name),
     )

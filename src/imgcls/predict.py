@@ -24,11 +24,12 @@ import torch
 from torchvision.transforms import v2
 
 from imgcls.data import IMAGE_EXTENSIONS, load_rgb
-from imgcls.data.folder import walk_images
+from imgcls.data.folder import MAX_PIXELS, walk_images
 from imgcls.engine.loop import tta_logits
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write, printable
 from imgcls.inference import LoadedModel, load_model
+from imgcls.models.user import CodeConsent
 
 LIST_SUFFIX = ".txt"
 CSV_HEADER = ["path", "rank", "class", "prob", "error"]
@@ -109,12 +110,15 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
 # --------------------------------------------------------------------------- prediction
 
 
-def _prepare(path: str, transform: v2.Compose) -> torch.Tensor | str:
-    """The model-ready tensor of one image, or the one-line reason it cannot be read."""
+def _prepare(
+    path: str, transform: v2.Compose, max_pixels: int = MAX_PIXELS
+) -> torch.Tensor | str:
+    """The model-ready tensor of one image, or the one-line reason it cannot be read (also
+    when its header says more than ``max_pixels`` pixels: it is then never decoded)."""
     if not os.path.isfile(path):
         return "broken symlink" if os.path.islink(path) else "file not found"
     try:
-        return transform(load_rgb(path))
+        return transform(load_rgb(path, max_pixels))
     except ImgclsError as exc:
         # load_rgb's message names the file; the result carries the path, so keep the reason.
         return str(exc).removeprefix(f"cannot read image {path}: ") or "cannot read image"
@@ -149,6 +153,7 @@ def predict(
     device: str = "auto",
     tta: bool = False,
     trust_pickle: bool = False,
+    code: CodeConsent | None = None,
 ) -> PredictReport:
     """Classify every image in ``inputs``; returns a report with one result per image.
 
@@ -160,15 +165,16 @@ def predict(
     if batch_size < 1:
         raise ImgclsError(f"--batch-size must be at least 1, got {batch_size}")
     paths = collect_inputs(inputs)  # check the inputs before the (slower) model load
-    loaded = load_model(checkpoint, device=device, trust_pickle=trust_pickle)
+    loaded = load_model(checkpoint, device=device, trust_pickle=trust_pickle, code=code)
     # native_size=None: files come in any size, so every image is resized to the input size.
     transform = loaded.eval_transform(native_size=None)
     k = min(top_k, len(loaded.classes))
+    limit = loaded.config.data.max_image_pixels  # training's limit (the default in old runs)
     results: list[PredictResult] = []
     # Pillow and torch release the GIL while decoding and resizing, so threads overlap the I/O.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for batch_paths in _chunks(paths, batch_size):
-            prepared = list(pool.map(lambda p: _prepare(p, transform), batch_paths))
+            prepared = list(pool.map(lambda p: _prepare(p, transform, limit), batch_paths))
             good = [t for t in prepared if isinstance(t, torch.Tensor)]
             tops = iter(_classify(loaded, good, k, tta) if good else [])
             for path, item in zip(batch_paths, prepared, strict=True):

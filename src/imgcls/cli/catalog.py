@@ -148,12 +148,20 @@ def add_check_data(commands: Any) -> None:
     check.add_argument("--near-threshold", type=int, default=3, metavar="BITS",
                        help="near-duplicates differ in at most this many of the 64 perceptual "
                        "hash bits (default 3)")
+    check.add_argument("--max-image-pixels", type=int, metavar="N", default=None,
+                       help="an image above N pixels is listed as unreadable, never decoded "
+                       "(data.max_image_pixels; default PIL's 89478485; 0: no limit)")
     check.set_defaults(run=_run_check_data)
 
 
 def _run_check_data(args: argparse.Namespace) -> int:
     from imgcls.datacheck import check_data, summary_lines
 
-    result = check_data(args.data, output=args.output, near_threshold=args.near_threshold)
+    limit = {} if args.max_image_pixels is None else {"max_pixels": args.max_image_pixels}
+    if limit and args.max_image_pixels < 0:
+        raise ImgclsError(f"--max-image-pixels {args.max_image_pixels}: must be >= 0 "
+                          "(0: no limit)")
+    result = check_data(args.data, output=args.output, near_threshold=args.near_threshold,
+                        **limit)
     print("\n".join(summary_lines(result)))
     return 0

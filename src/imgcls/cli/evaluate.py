@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from imgcls.cli.options import add_trust_pickle
+from imgcls.cli.options import add_code_options, add_trust_pickle, code_consent
 from imgcls.errors import ImgclsError
 
 
@@ -29,6 +29,7 @@ def add_evaluate(commands: Any) -> None:
     evaluate.add_argument("--tta", choices=["none", "flip", "flip_translate"],
                           help="test-time augmentation (default: the run's train.tta)")
     add_trust_pickle(evaluate)
+    add_code_options(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
 
@@ -41,7 +42,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     summary = api.evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, output=args.output,
         device=args.device, batch_size=args.batch_size, trust_pickle=args.trust_pickle,
-        tta=args.tta,
+        tta=args.tta, code=code_consent(args),
     )
     if args.json:
         print(api.dumps(summary))
@@ -66,7 +67,8 @@ def _run_evaluate_experiment(args: argparse.Namespace) -> int:
     if args.data is not None:
         raise ImgclsError("--data: an experiment's runs are evaluated on their own data source")
     result = evaluate_experiment(args.checkpoint, split=args.split, device=args.device,
-                                 batch_size=args.batch_size, tta=args.tta, output=args.output)
+                                 batch_size=args.batch_size, tta=args.tta, output=args.output,
+                                 code=code_consent(args))
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
 
@@ -88,6 +90,7 @@ def add_predict(commands: Any) -> None:
     predict.add_argument("--tta", action="store_true",
                          help="add the horizontal flip (scored as evaluate's train.tta=flip)")
     add_trust_pickle(predict)
+    add_code_options(predict)
     predict.set_defaults(run=_run_predict)
 
 
@@ -97,6 +100,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     report = predict.predict(
         args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
         device=args.device, tta=args.tta, trust_pickle=args.trust_pickle,
+        code=code_consent(args),
     )
     if args.csv:
         predict.write_csv(report, args.csv)

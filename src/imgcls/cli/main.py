@@ -15,6 +15,7 @@ from imgcls.cli import catalog, evaluate, experiments, report, ship, train
 from imgcls.cli.messages import interrupted_message, one_line, peer_lost, raise_on_sigterm
 from imgcls.cli.options import TRAIN_LIKE
 from imgcls.engine.signals import TERMINATED, requeue_slurm_job
+from imgcls.entry import settle
 from imgcls.errors import ImgclsError
 
 
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.command == "train" and args.nproc is not None and args.nproc > 1
             and not args.print_config):  # printing needs no processes
         try:
+            settle()  # start-up ends: Ctrl-C is the KeyboardInterrupt launch_torchrun awaits
             return train.launch_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
         except ImgclsError as exc:
             print(f"imgcls: error: {one_line(exc)}", file=sys.stderr)
@@ -60,11 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from imgcls.runtime import keep_freed_memory
 
         keep_freed_memory()  # a process that trains: reuse freed memory, no page faults per step
-    previous = signal.signal(signal.SIGTERM, raise_on_sigterm) if (
-        args.command in ("train", "cv", "repeat", "tune")) else None
     # Under torchrun each rank reports for itself: say which one.
     rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    previous = None
     try:
+        # Start-up ends here, inside the try: until now a signal ended the process with one line
+        # (imgcls.entry); from now on it is a KeyboardInterrupt, answered below.
+        previous = settle(raise_on_sigterm if args.command in ("train", "cv", "repeat", "tune")
+                          else None)
         return args.run(args)
     except ImgclsError as exc:
         print(f"imgcls: error: {rank}{one_line(exc)}", file=sys.stderr)

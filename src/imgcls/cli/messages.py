@@ -25,11 +25,20 @@ def interrupted_message(exc: BaseException) -> str:
         return (f"{reason} before the first epoch was saved: nothing to resume yet; {resume} "
                 "starts the run over")
     last = run_dir / "checkpoints" / "last.pt"
+    total = getattr(exc, "total_batches", 0)
     if progress is not None:
-        saved = (f"epoch {epoch + 1} up to batch {progress.batches} of "
-                 f"{getattr(exc, 'total_batches', 0) or '?'}")
+        saved = f"epoch {epoch + 1} up to batch {progress.batches}" + (
+            f" of {total}" if total else "")
     else:
         saved = f"epoch {epoch}"
+    phase = getattr(exc, "phase", "")
+    if phase == "finished":  # the signal came after the last save: nothing to continue
+        epochs = getattr(exc, "epochs", 0)
+        return (f"{reason} after the run had finished: {saved}{f' of {epochs}' if epochs else ''}"
+                f" is saved in {last}; nothing was lost")
+    if phase == "resuming":  # while the resumed run loaded its data and model
+        return (f"{reason} while resuming: {saved} is saved in {last} (nothing new since); "
+                f"continue with {resume}")
     lost = " (the steps since then are lost)" if "again" in reason else ""
     return f"{reason}: {saved} is saved in {last}{lost}; continue with {resume}"
 

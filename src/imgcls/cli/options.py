@@ -33,6 +33,22 @@ def add_trust_pickle(parser: argparse.ArgumentParser) -> None:
                         help="accept an old torch.save(model) file (runs its code!)")
 
 
+def add_code_options(parser: argparse.ArgumentParser) -> None:
+    """A checkpoint of your own model class imports its code only when you name it here."""
+    parser.add_argument("--model-code", metavar="FILE.py:CLASS",
+                        help="the code of a checkpoint's own model class (FILE.py:CLASS or "
+                        "MODULE:CLASS), checked against the class and file hash it records")
+    parser.add_argument("--trust-code", action="store_true",
+                        help="import whatever model code the checkpoint names (runs it!)")
+
+
+def code_consent(args: argparse.Namespace) -> Any:
+    """The :class:`imgcls.models.user.CodeConsent` of the command line."""
+    from imgcls.models.user import CodeConsent  # imports torch: not while parsing
+
+    return CodeConsent(model_code=args.model_code, trust_code=args.trust_code)
+
+
 def add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """The options of `train`, shared by `lr-find` (the same run, swept instead of trained)."""
     parser.add_argument("--config", help="YAML recipe: a file, or a bundled recipe's name "

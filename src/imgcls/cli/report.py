@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from imgcls.cli.options import add_code_options, code_consent
 from imgcls.errors import ImgclsError
 
 
@@ -23,6 +24,7 @@ def add_report(commands: Any) -> None:
     report.add_argument("--output", help="folder for the page (default RUN_DIR/report, or "
                         "./report-compare for several runs)")
     report.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_code_options(report)
     report.set_defaults(run=_run_report)
 
 
@@ -39,7 +41,7 @@ def _run_report(args: argparse.Namespace) -> int:
         path = report_experiment(args.runs[0], output=args.output)
     elif len(args.runs) == 1:
         path = report_run(args.runs[0], split=args.split, data=args.data, output=args.output,
-                          device=args.device)
+                          device=args.device, code=code_consent(args))
     elif args.data is not None or args.split != "val":
         raise ImgclsError("--data and --split apply to one run's page; several runs are "
                           "compared on their metrics.jsonl")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from imgcls.cli.options import add_trust_pickle
+from imgcls.cli.options import add_code_options, add_trust_pickle, code_consent
 
 
 def add_export(commands: Any) -> None:
@@ -21,6 +21,7 @@ def add_export(commands: Any) -> None:
     export.add_argument("--include-preprocess", action="store_true",
                         help="take uint8 NCHW images; resizing and normalisation inside")
     add_trust_pickle(export)
+    add_code_options(export)
     export.set_defaults(run=_run_export)
 
 
@@ -30,6 +31,7 @@ def _run_export(args: argparse.Namespace) -> int:
     report = export_checkpoint(
         args.checkpoint, fmt=args.format, output=args.output,
         include_preprocess=args.include_preprocess, trust_pickle=args.trust_pickle,
+        code=code_consent(args),
     )
     print(report.describe())
     return 0

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from imgcls.cli.options import add_train_options, train_overrides
+from imgcls.cli.options import add_code_options, add_train_options, code_consent, train_overrides
 from imgcls.config import build_config, describe_keys
 from imgcls.errors import ImgclsError
 
@@ -43,6 +43,7 @@ def add_train(commands: Any) -> None:
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved config as YAML (what the run would use) and "
                        "exit: no data read, nothing written")
+    add_code_options(train)  # --resume of a run of your own model class
     add_train_options(train)
     train.set_defaults(run=_run_train)
 
@@ -51,14 +52,18 @@ def _run_train(args: argparse.Namespace) -> int:
     from imgcls import api
 
     overrides = train_overrides(args)
+    code = code_consent(args)
+    if (args.model_code or args.trust_code) and not args.resume:
+        raise ImgclsError("--model-code and --trust-code allow the code of a run to --resume; "
+                          "a new run names its model with --model FILE.py:CLASS")
     if args.print_config:  # as LightningCLI's --print_config: show, touch no data, write nothing
         import yaml
 
-        cfg, _ = api.train_config(resume=args.resume, overrides=overrides)
+        cfg, _ = api.train_config(resume=args.resume, overrides=overrides, code=code)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     if args.resume:
-        api.train(resume=args.resume, overrides=overrides)
+        api.train(resume=args.resume, overrides=overrides, code=code)
     else:
         api.train(build_config(overrides=overrides))
     return 0

@@ -7,8 +7,10 @@ opens, converts and returns one file (no per-item or per-epoch filesystem scans)
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +18,76 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import has_file_allowed_extension
 
+from imgcls.config import DataConfig
 from imgcls.errors import ImgclsError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+MAX_PIXELS = DataConfig.max_image_pixels  # data.max_image_pixels's default: PIL's own limit
 
 Sample = tuple[str, int]
 
+_pil_lock = threading.Lock()
+_pil_openers = 0  # threads inside own_pixel_check
+_pil_limit: int | None = None  # Image.MAX_IMAGE_PIXELS as it was before the first of them
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image file fully decoded, in RGB mode; an unreadable file is an ImgclsError."""
+
+@contextmanager
+def own_pixel_check() -> Iterator[None]:
+    """Turn PIL's decompression-bomb check off while imgcls opens images: ours (see
+    :func:`pixel_limit_error`) reads the header first and makes one line naming the file, where
+    PIL's prints a two-line warning per image, or raises above twice its limit. PIL's global is
+    put back when the last thread decoding under this leaves, so other code keeps PIL's check."""
+    global _pil_openers, _pil_limit
+    with _pil_lock:
+        if _pil_openers == 0:
+            _pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _pil_openers += 1
     try:
-        with open(path, "rb") as f, Image.open(f) as img:
-            return to_rgb(img)
+        yield
+    finally:
+        with _pil_lock:
+            _pil_openers -= 1
+            if _pil_openers == 0:
+                Image.MAX_IMAGE_PIXELS = _pil_limit
+
+
+def _fresh_pil_lock() -> None:
+    # A DataLoader worker forked while another thread held the lock would wait on it forever.
+    global _pil_lock, _pil_openers
+    _pil_lock, _pil_openers = threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_fresh_pil_lock)
+
+
+def pixel_limit_error(size: tuple[int, int], limit: int) -> str | None:
+    """Why an image whose header says ``size`` (width, height) is not decoded, or None when it
+    is within ``limit`` pixels (data.max_image_pixels; 0: no limit).
+
+    >>> pixel_limit_error((64, 64), 0) is None
+    True
+    >>> pixel_limit_error((12000, 12000), 89478485)[:36]
+    '12000x12000 = 144.0 megapixels, abov'
+    """
+    width, height = size
+    pixels = width * height
+    if limit == 0 or pixels <= limit:
+        return None
+    count = f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
+    whose = " (PIL's decompression-bomb limit)" if limit == MAX_PIXELS else ""
+    return (f"{width}x{height} = {count}, above data.max_image_pixels={limit}{whose}; raise it "
+            "or set 0 for no limit")
+
+
+def load_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file fully decoded, in RGB mode; an unreadable file, or one whose header
+    says more than ``max_pixels`` pixels (0: no limit; it is then not decoded), is an
+    ImgclsError."""
+    try:
+        with open(path, "rb") as f, own_pixel_check(), Image.open(f) as img:
+            too_big = pixel_limit_error(img.size, max_pixels)
+            if too_big is None:
+                return to_rgb(img)
     except FileNotFoundError:
         if os.path.islink(path):
             raise ImgclsError(
@@ -40,6 +100,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
         reason = first_line(exc)
         raise ImgclsError(f"cannot read image {path}: {reason}") from None
+    raise ImgclsError(f"cannot read image {path}: {too_big}")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -64,23 +125,26 @@ class ImageFileDataset(Dataset):
     """Map-style dataset over ``(path, label)`` samples, like torchvision's ``ImageFolder``.
 
     Yields ``(PIL.Image in RGB mode, int label)``; ``samples``, ``targets`` and ``classes`` let
-    callers read labels without decoding images.
+    callers read labels without decoding images. ``max_pixels`` (data.max_image_pixels) travels
+    with the dataset into DataLoader worker processes.
     """
 
-    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], root: str = ""):
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], root: str = "",
+                 max_pixels: int = MAX_PIXELS):
         self.samples: list[Sample] = list(samples)
         self.targets: list[int] = [label for _, label in self.samples]
         self.classes: list[str] = list(classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.root = root
         self.skipped: list[str] = []  # bad files left out (data.skip_bad_images), for reports
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
-        return load_rgb(path), label
+        return load_rgb(path, self.max_pixels), label
 
     def __repr__(self) -> str:
         name, n, k = type(self).__name__, len(self), len(self.classes)
@@ -213,11 +277,14 @@ def relative_key(path: str, base: Path) -> str:
     return rel.replace(os.sep, "/")
 
 
-def verify_samples(samples: Sequence[Sample]) -> tuple[list[Sample], list[str]]:
-    """Decode every image once; returns (good samples, paths of the bad ones)."""
+def verify_samples(
+    samples: Sequence[Sample], max_pixels: int = MAX_PIXELS
+) -> tuple[list[Sample], list[str]]:
+    """Decode every image once; returns (good samples, paths of the bad ones). An image above
+    ``max_pixels`` is bad, found from its header alone."""
     def ok(sample: Sample) -> bool:
         try:
-            load_rgb(sample[0])
+            load_rgb(sample[0], max_pixels)
         except ImgclsError:
             return False
         return True

@@ -143,8 +143,9 @@ def _own_test(cfg: DataConfig, split_record: dict | None) -> tuple[Dataset, list
         samples, _ = scan_folder(test_dir, classes)
         skipped: list[str] = []
         if cfg.skip_bad_images:
-            samples, skipped = verify_samples(samples)
-        test = ImageFileDataset(samples, classes, root=str(test_dir))
+            samples, skipped = verify_samples(samples, cfg.max_image_pixels)
+        test = ImageFileDataset(samples, classes, root=str(test_dir),
+                                max_pixels=cfg.max_image_pixels)
         test.skipped = skipped
     else:
         raise ImgclsError(
@@ -253,8 +254,9 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
     skipped = [str(src.path.parent / key) for key in missing]
     train, val, test = parts
     if cfg.skip_bad_images:
-        train, bad_train = _verify(train) if verify_train else (train, [])
-        val, bad_val = _verify(val) if val is not None else (None, [])
+        limit = cfg.max_image_pixels
+        train, bad_train = _verify(train, limit) if verify_train else (train, [])
+        val, bad_val = _verify(val, limit) if val is not None else (None, [])
         skipped += bad_train + bad_val
     if record is not None:
         seed, fraction = record.get("seed", seed), record.get("val_fraction", cfg.val_fraction)
@@ -268,7 +270,8 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
     root = str(src.path if src.kind == "folder" else src.path.parent)
 
     def files(pairs: Pairs | None) -> ImageFileDataset | None:
-        return ImageFileDataset([s for _, s in pairs], classes, root=root) if pairs else None
+        return ImageFileDataset([s for _, s in pairs], classes, root=root,
+                                max_pixels=cfg.max_image_pixels) if pairs else None
 
     return DataSplit(train=files(train), val=files(val), classes=classes,  # type: ignore[arg-type]
                      split_record=split_record, skipped=skipped, test=files(test),
@@ -428,8 +431,8 @@ def _apply_record(record: dict, pool: dict[str, Sample], skipped: set[str], wher
     return _Parts(parts[0], parts[1] or None, parts[2] or None)
 
 
-def _verify(pairs: Pairs) -> tuple[Pairs, list[str]]:
-    _, bad = verify_samples([s for _, s in pairs])
+def _verify(pairs: Pairs, max_pixels: int) -> tuple[Pairs, list[str]]:
+    _, bad = verify_samples([s for _, s in pairs], max_pixels)
     bad_set = set(bad)
     return [(k, s) for k, s in pairs if s[0] not in bad_set], bad
 

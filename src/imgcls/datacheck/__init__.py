@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgcls.data.folder import MAX_PIXELS
 from imgcls.datacheck.findings import IMBALANCE_WARN, analyse
 from imgcls.datacheck.hashing import NEAR_THRESHOLD
 from imgcls.datacheck.leaks import warn_train_leaks
@@ -40,8 +41,10 @@ def default_output(data: str | os.PathLike[str]) -> Path:
 
 
 def check_data(data: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
-               near_threshold: int = NEAR_THRESHOLD, workers: int | None = None) -> CheckResult:
-    """Check ``data`` and write ``output/check.json`` and ``output/index.html``.
+               near_threshold: int = NEAR_THRESHOLD, workers: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> CheckResult:
+    """Check ``data`` and write ``output/check.json`` and ``output/index.html``. An image
+    above ``max_pixels`` (data.max_image_pixels; 0: no limit) is unreadable, never decoded.
 
     A path that is missing, or holds no images, or whose every image is unreadable, is an
     ImgclsError; anything else (even many problems) is reported, not raised.
@@ -50,8 +53,9 @@ def check_data(data: str | os.PathLike[str], output: str | os.PathLike[str] | No
         raise ImgclsError(f"near-duplicate threshold {near_threshold}: expected 0..15 bits")
     start = time.perf_counter()
     source = find_source(data)
-    decoded = decode_all([e.path for e in source.entries], workers)
+    decoded = decode_all([e.path for e in source.entries], workers, max_pixels)
     report = analyse(source, decoded, near_threshold)
+    report["settings"]["max_image_pixels"] = max_pixels
     report["links_not_followed"] = source.links_dropped
     if report["images"]["readable"] == 0:
         first = report["unreadable"][0]

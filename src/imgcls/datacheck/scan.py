@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imgcls.data.folder import IMAGE_EXTENSIONS, find_class_folders, to_rgb, walk_images
+from imgcls.data.folder import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    find_class_folders,
+    own_pixel_check,
+    pixel_limit_error,
+    to_rgb,
+    walk_images,
+)
 from imgcls.data.listfile import read_list_file
 from imgcls.datacheck.hashing import FLAT_RANGE, THUMB_SIDE, grey_thumbnail, pixel_hash
 from imgcls.errors import ImgclsError, first_line
@@ -103,10 +111,15 @@ def _list_source(path: Path) -> Source:
     return Source(path, "list", [WHOLE], classes, entries)
 
 
-def decode(path: str) -> Decoded:
-    """Open ``path`` fully decoded; an unreadable file comes back with the reason, not raised."""
+def decode(path: str, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Open ``path`` fully decoded; an unreadable file comes back with the reason, not raised.
+    An image whose header says more than ``max_pixels`` pixels is unreadable and never decoded:
+    a 140 KB PNG can claim 12000x12000 and take gigabytes."""
     try:
-        with open(path, "rb") as handle, Image.open(handle) as img:
+        with open(path, "rb") as handle, own_pixel_check(), Image.open(handle) as img:
+            too_big = pixel_limit_error(img.size, max_pixels)
+            if too_big is not None:
+                return Decoded(error=too_big)
             img.load()
             mode, fmt = img.mode, img.format or ""
             rgb = to_rgb(img)
@@ -121,13 +134,15 @@ def decode(path: str) -> Decoded:
     return Decoded(rgb.width, rgb.height, mode, fmt, pixel_hash(rgb), thumb, flat)
 
 
-def decode_all(paths: list[str], workers: int | None = None) -> list[Decoded]:
+def decode_all(paths: list[str], workers: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> list[Decoded]:
     """``decode`` every path; threads, as Pillow releases the GIL while it decodes. Paths go
     to the pool in chunks: a future per image would cost more than a CIFAR image's decode."""
     workers = workers or min(8, os.cpu_count() or 1)
     chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [d for chunk in pool.map(lambda c: [decode(p) for p in c], chunks) for d in chunk]
+        decoded = pool.map(lambda c: [decode(p, max_pixels) for p in c], chunks)
+        return [d for chunk in decoded for d in chunk]
 
 
 def thumbs_of(decoded: list[Decoded]) -> np.ndarray:

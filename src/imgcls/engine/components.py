@@ -161,6 +161,9 @@ def restore_train_state(state: TrainState, record: CheckpointRecord, path: Path)
     counters, best metric and every RNG."""
     record.require_resumable(path)
     load_model_state(state.model, record.model, path)
+    # one image of the recorded size, before the RNG state is put back below (nothing drawn
+    # here changes the resumed run's batches)
+    record.check_model(state.model, path, state.device)
     try:
         state.optimizer.load_state_dict(record.optimizer)  # type: ignore[arg-type]
     except ValueError as exc:  # parameter groups differ: head_lr_mult or freeze changed

@@ -263,7 +263,24 @@ class _EpochCounts:
 
 
 class NonFiniteLoss(ImgclsError):
-    """The training loss became NaN or infinite: the run stops before it saves such weights."""
+    """The training loss became NaN or infinite: the run stops before it saves such weights.
+
+    Made by :meth:`of` from what happened (``cause``) and what to do (``advice``); the trainer,
+    which knows what its checkpoints hold, says so in the message with :meth:`saying`."""
+
+    cause: str = ""
+    advice: str = ""
+
+    @classmethod
+    def of(cls, cause: str, advice: str,
+           saved: str = "the run stops before it saves such weights") -> NonFiniteLoss:
+        exc = cls(f"{cause}: {saved}; {advice}")
+        exc.cause, exc.advice = cause, advice
+        return exc
+
+    def saying(self, saved: str) -> NonFiniteLoss:
+        """The same error, its message saying ``saved`` (what the run folder holds)."""
+        return self.of(self.cause, self.advice, saved) if self.cause else self
 
 
 class _NonFiniteWatch:
@@ -290,11 +307,11 @@ class _NonFiniteWatch:
         if self.skipping:
             state.nonfinite_skipped += 1
             if state.nonfinite_skipped > state.skip_nonfinite:
-                raise NonFiniteLoss(
+                raise NonFiniteLoss.of(
                     f"the training loss was non-finite (nan or inf) on more than "
                     f"train.skip_nonfinite={state.skip_nonfinite} batches, the last in epoch "
-                    f"{state.epoch + 1} at batch {i + 1} of {total}; the last checkpoint is "
-                    "kept: lower optim.lr or set train.grad_clip")
+                    f"{state.epoch + 1} at batch {i + 1} of {total}",
+                    "lower optim.lr or set train.grad_clip")
         return not self.skipping
 
     def check(self, total: int) -> None:
@@ -303,10 +320,10 @@ class _NonFiniteWatch:
         epoch = self.state.epoch + 1
         where = f", first at batch {int(self.first.item()) + 1} of {total}" if int(
             self.first.item()) >= 0 else ""
-        raise NonFiniteLoss(
-            f"the training loss became non-finite (nan or inf) in epoch {epoch}{where}: the run "
-            f"stops and keeps its last checkpoint (epoch {epoch - 1}); lower optim.lr, set "
-            "train.grad_clip, or skip up to N bad batches with train.skip_nonfinite=N")
+        raise NonFiniteLoss.of(
+            f"the training loss became non-finite (nan or inf) in epoch {epoch}{where}",
+            "lower optim.lr, set train.grad_clip, or skip up to N bad batches with "
+            "train.skip_nonfinite=N")
 
 
 TTA_MODES = ("none", "flip", "flip_translate")

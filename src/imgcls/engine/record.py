@@ -9,6 +9,7 @@ running any code), written atomically by :func:`imgcls.engine.checkpoint.save_ch
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 import imgcls
 from imgcls.engine.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
-from imgcls.errors import ImgclsError
+from imgcls.errors import ImgclsError, first_line, short_repr
 
 # What every record needs to rebuild and use a model; the rest has defaults.
 REQUIRED = ("model", "config", "classes", "input_size")
@@ -48,6 +49,8 @@ class CheckpointRecord:
     monitor: str = "val_acc"  # the metric best_metric and best.pt refer to
     metrics: dict[str, Any] = field(default_factory=dict)  # the epoch's metrics row
     provenance: dict[str, Any] = field(default_factory=dict)
+    # the user's own model class: its name and file's sha256 ({} for imgcls's own models)
+    model_code: dict[str, Any] = field(default_factory=dict)
     # ---- training state: present in training checkpoints, absent in converted ones
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
@@ -105,7 +108,89 @@ class CheckpointRecord:
         if not isinstance(record.config, dict) or not isinstance(record.classes, (list, tuple)):
             raise ImgclsError(f"checkpoint {path}: field 'config' or 'classes' has the wrong type")
         record.classes = [str(c) for c in record.classes]
+        configured = _model_config(record.config).get("in_channels")
+        if "in_channels" not in payload and isinstance(configured, int):
+            record.in_channels = configured  # a record without the field: its config's value
+        record.check(path)
         return record
+
+    def check(self, path: str | Path) -> None:
+        """The record against itself, before anything is built from it: a one-line error naming
+        the first field that cannot be right. Classes: at least one, each name once. Input size
+        and channels: positive whole numbers, the channels those of its config. Mean and std: one
+        finite value per channel (or one for all), every std > 0 (a zero std divides by zero,
+        a negative one flips the image). Whether the model fits them is
+        :meth:`check_model`'s part."""
+        where = f"checkpoint {path}"
+        if not self.classes:
+            raise ImgclsError(f"{where} has no classes")
+        seen: set[str] = set()
+        for name in self.classes:
+            if name in seen:
+                raise ImgclsError(f"{where} names class {short_repr(name)} twice; each class "
+                                  "needs a name of its own (the checkpoint is damaged or was "
+                                  "edited)")
+            seen.add(name)
+        for key in ("input_size", "in_channels"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ImgclsError(f"{where}: {key} must be a positive whole number, got "
+                                  f"{short_repr(value)}")
+        configured = _model_config(self.config).get("in_channels", self.in_channels)
+        if configured != self.in_channels:
+            raise ImgclsError(f"{where} records in_channels={self.in_channels} but its config "
+                              f"says model.in_channels={short_repr(configured)}")
+        if (self.mean is None) != (self.std is None):
+            raise ImgclsError(f"{where} has a {'mean' if self.std is None else 'std'} "
+                              f"without a {'std' if self.std is None else 'mean'}")
+        # one value per channel; one for all channels; RGB statistics averaged for greyscale
+        lengths = {1, self.in_channels} | ({3} if self.in_channels == 1 else set())
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            if values is None:
+                continue
+            if not isinstance(values, (list, tuple)) or len(values) not in lengths:
+                raise ImgclsError(f"{where}: {key} {short_repr(values)} does not fit "
+                                  f"{self.in_channels}-channel images (one value per channel)")
+            for i, value in enumerate(values):
+                number = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                          and math.isfinite(value))
+                if not number or (key == "std" and value <= 0):
+                    need = "a finite number > 0" if key == "std" else "a finite number"
+                    raise ImgclsError(f"{where}: {key}[{i}] is {short_repr(value)}, not {need} "
+                                      "(the checkpoint is damaged or was edited)")
+        if self.mean is not None and len(self.mean) != len(self.std or ()):
+            raise ImgclsError(f"{where}: mean and std have different lengths "
+                              f"({len(self.mean)} and {len(self.std or ())})")
+
+    def check_model(self, model: torch.nn.Module, path: str | Path,
+                    device: torch.device | str = "cpu") -> None:
+        """Run one zero image of the recorded size through ``model`` (eval mode, no gradients,
+        each module's mode put back after): a model that cannot take that size, or that gives
+        another number of scores than there are classes, is a one-line error here instead of a
+        shape traceback (or scores for the wrong classes) on the first real batch."""
+        shape = (1, self.in_channels, self.input_size, self.input_size)
+        size = "x".join(str(n) for n in shape)
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(shape, device=device))
+        except (ImgclsError, torch.cuda.OutOfMemoryError):  # already one line / not a misfit
+            raise
+        except Exception as exc:
+            raise ImgclsError(
+                f"checkpoint {path}: the model does not run on its recorded input size {size} "
+                f"({first_line(exc, limit=160)}); it was not trained at that size"
+            ) from None
+        finally:
+            for module, training in modes:
+                module.training = training
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if got != (1, len(self.classes)):
+            raise ImgclsError(
+                f"checkpoint {path}: the model gives output {got} for one {size} image, not one "
+                f"score for each of its {len(self.classes)} classes"
+            )
 
     # ------------------------------------------------------------------ files
 
@@ -127,6 +212,12 @@ class CheckpointRecord:
             f"{path} holds weights only{origin} and cannot be resumed; start a new run from it "
             f"with model.pretrained={path}"
         )
+
+
+def _model_config(config: Any) -> dict[str, Any]:
+    """The ``model`` section of a config dict ({} when there is none)."""
+    section = config.get("model") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
 
 
 def provenance(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:

@@ -1,18 +1,28 @@
 """Where a run lives: ``runs/NAME`` with ``checkpoints/``, ``config.yaml``, ``split.json``,
 ``metrics.jsonl`` and ``tensorboard/``. Made once, by rank 0, only after everything the run
-needs has been checked, so a bad option never leaves an empty run folder behind."""
+needs has been checked, so a bad option never leaves an empty run folder behind. One training
+at a time writes it: rank 0 holds its :class:`~imgcls.engine.run_lock.RunLock` for the whole
+run."""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from imgcls import runtime
-from imgcls.config import Config
+from imgcls.config import Config, ModelConfig, load_yaml
+from imgcls.data.splits import load_split
+from imgcls.engine.checkpoint import FORMAT
 from imgcls.engine.record import CheckpointRecord
-from imgcls.errors import ImgclsError
+from imgcls.engine.run_lock import RunLock, in_use, require_free
+from imgcls.errors import ImgclsError, short_repr
+from imgcls.models.user import is_user_model
 
 
 @dataclass
@@ -41,7 +51,106 @@ def resolve_resume(path: str | Path) -> Resume:
         ckpt, run_dir = path, run_dir_of(path)
     record = CheckpointRecord.load(ckpt)
     record.require_resumable(ckpt)
+    check_run_folder(run_dir, ckpt, record)
     return Resume(run_dir, ckpt, record)
+
+
+# What builds the architecture: the same in the run's config.yaml, last.pt and best.pt (a
+# resume may change the rest of model.*, head_pool or freeze say, as it may change the epochs)
+ARCHITECTURE = ("name", "in_channels", "head", "kwargs")
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+    section = config.get("model") if isinstance(config, dict) else None
+    section = section if isinstance(section, dict) else {}
+    defaults = ModelConfig()
+    return {key: _plain(section.get(key, getattr(defaults, key))) for key in ARCHITECTURE}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as config.yaml holds them (a checkpoint keeps a tuple)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _differs(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The first architecture key on which ``a`` and ``b`` differ. Of the user's own class
+    only the class counts: ``--model-code`` may name its file where it now lies (its content is
+    checked against the recorded hash), and config.yaml takes that path before last.pt does."""
+    def same(key: str) -> bool:
+        x, y = a[key], b[key]
+        if key == "name" and isinstance(x, str) and isinstance(y, str) and is_user_model(x) \
+                and is_user_model(y):
+            return x.rpartition(":")[2] == y.rpartition(":")[2]
+        return bool(x == y)
+
+    return next((key for key in ARCHITECTURE if not same(key)), None)
+
+
+def check_run_folder(run_dir: Path, ckpt: Path, record: CheckpointRecord) -> None:
+    """The checkpoint to resume belongs to its run folder: config.yaml and best.pt are of the
+    same model (:data:`ARCHITECTURE`) and split.json names the same classes; else a one-line
+    error naming both files and what differs, before anything is read or written. A file that
+    is missing or unreadable is left to the repair and the data loading that follow."""
+    mine = _architecture(record.config)
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        try:
+            theirs: dict[str, Any] | None = _architecture(load_yaml(config_file))
+        except ImgclsError:  # rewritten by the resume, as a kill may have left it
+            theirs = None
+        if theirs is not None and (key := _differs(theirs, mine)) is not None:
+            raise ImgclsError(
+                f"{config_file} and {ckpt} are of different models: model.{key} is "
+                f"{short_repr(theirs[key])} in {config_file.name} and {short_repr(mine[key])} in "
+                f"{ckpt.name}; {ckpt.name} comes from another run: put this run's own back, or "
+                "train a new run"
+            )
+    split_file = run_dir / "split.json"
+    if split_file.is_file():
+        try:
+            split: dict[str, Any] | None = load_split(split_file)
+        except ImgclsError:  # the data loading says what is wrong with it
+            split = None
+        if split is not None and [str(c) for c in split["classes"]] != record.classes:
+            raise ImgclsError(
+                f"{split_file} and {ckpt} name different classes ({short_repr(split['classes'])}"
+                f" and {short_repr(record.classes)}); {ckpt.name} comes from another run: put "
+                "this run's own back, or train a new run"
+            )
+    best = run_dir / "checkpoints" / "best.pt"
+    if best.is_file() and best.resolve() != ckpt.resolve():
+        other = _peek(best)
+        if other is None:
+            return
+        theirs = _architecture(other.get("config"))
+        if (key := _differs(theirs, mine)) is not None:
+            raise ImgclsError(
+                f"{best} and {ckpt} are of different models: model.{key} is "
+                f"{short_repr(theirs[key])} in {best.name} and {short_repr(mine[key])} in "
+                f"{ckpt.name}; one of them comes from another run"
+            )
+        classes = other.get("classes")
+        if isinstance(classes, (list, tuple)) and [str(c) for c in classes] != record.classes:
+            raise ImgclsError(
+                f"{best} and {ckpt} name different classes ({short_repr(list(classes))} and "
+                f"{short_repr(record.classes)}); one of them comes from another run"
+            )
+
+
+def _peek(path: Path) -> dict[str, Any] | None:
+    """An imgcls checkpoint's fields, its tensors memory-mapped rather than read; None when it
+    is damaged or not one (the resume's repair rewrites a damaged best.pt)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # truncated, empty, foreign: not this check's to report
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        return None
+    return payload
 
 
 def unsaved_run(path: str | Path) -> Path | None:
@@ -60,8 +169,9 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if in_checkpoints else checkpoint.parent
 
 
-def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> Path:
-    """Create (or, on resume, reuse) the run folder and check that it can be written."""
+def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> tuple[Path, RunLock]:
+    """Create (or, on resume, reuse) the run folder, check that it can be written, and lock it
+    for this process."""
     if resume_dir is not None:
         run_dir = resume_dir
     else:
@@ -69,7 +179,10 @@ def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> Path:
         run_dir = Path(cfg.log.output) / name
         # A folder whose run stopped before its first checkpoint holds nothing to keep: it is
         # started over (its metrics rows and events are dropped by the logger), not refused.
-        if (run_dir / "checkpoints" / "last.pt").exists():
+        # One that another process is training is never taken over.
+        if cfg.log.name:
+            require_free(run_dir)
+        if (run_dir / "checkpoints" / "last.pt").exists() or in_use(run_dir):
             if cfg.log.name:
                 raise ImgclsError(
                     f"run folder {run_dir} already holds a run; continue it with "
@@ -85,17 +198,38 @@ def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> Path:
         raise ImgclsError(
             f"cannot write to output folder {run_dir}: {exc.strerror or exc}"
         ) from None
-    return run_dir
+    lock = RunLock.acquire(run_dir)
+    if resume_dir is None:  # a folder started over (a resume's repair does this on its own)
+        remove_checkpoint_temporaries(run_dir)
+    return run_dir, lock
 
 
-def shared_run_dir(cfg: Config, resume_dir: Path | None, info: runtime.DistInfo) -> Path:
-    """Rank 0 makes the run folder; every rank gets its path (one timestamp for all), or rank
-    0's error, so that no rank waits for a folder that will never come."""
+def remove_checkpoint_temporaries(run_dir: Path) -> int:
+    """Delete the ``.last.pt.XXXX.tmp`` / ``.best.pt.XXXX.tmp`` files a kill during a checkpoint
+    write left in ``run_dir/checkpoints`` (a SIGKILL gives the atomic write no chance to clean
+    up); returns how many. Only a training writes them, and only while it holds the run folder's
+    lock: call this while holding it, so that no live write's file is ever taken away."""
+    removed = 0
+    for pattern in (".last.pt.*.tmp", ".best.pt.*.tmp"):
+        for tmp in (run_dir / "checkpoints").glob(pattern):
+            try:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+            except OSError:  # not ours to remove after all: the run goes on without it
+                pass
+    return removed
+
+
+def shared_run_dir(cfg: Config, resume_dir: Path | None, info: runtime.DistInfo,
+                   held: contextlib.ExitStack) -> Path:
+    """Rank 0 makes the run folder and holds its lock until ``held`` closes; every rank gets
+    its path (one timestamp for all), or rank 0's error, so that no rank waits for a folder
+    that will never come."""
     run_dir: Path | None = None
     error: str | None = None
     if info.is_main:
         try:
-            run_dir = prepare_run_dir(cfg, resume_dir)
+            run_dir = held.enter_context(prepare_run_dir(cfg, resume_dir)[1]).run_dir
         except ImgclsError as exc:
             if not info.distributed:
                 raise

@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from imgcls import runtime
-from imgcls.engine.loop import EpochProgress, EvalResult, TrainState, evaluate, train_one_epoch
+from imgcls.engine.loop import (
+    EpochProgress,
+    EvalResult,
+    NonFiniteLoss,
+    TrainState,
+    evaluate,
+    train_one_epoch,
+)
 from imgcls.engine.metrics import Monitor, classification_metrics, epoch_metrics_from_eval
 from imgcls.engine.signals import GracefulStop, StopRequested
 
@@ -148,6 +155,8 @@ class Trainer:
                     break
             # every rank returns only once rank 0's last checkpoint is on disk
             runtime.barrier()
+        except NonFiniteLoss as exc:  # say what the run folder holds: maybe nothing yet
+            raise exc.saying(self._what_is_saved()) from None
         finally:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
@@ -231,6 +240,18 @@ class Trainer:
         if stopping:
             assert self.stop is not None
             raise StopRequested(self.stop.reason)
+
+    def _what_is_saved(self) -> str:
+        """What ``last.pt`` holds, for a message that stops the run."""
+        epoch, progress = self.saved_epoch, self.saved_progress
+        if not self.dist.is_main:  # rank 0 saves, at each epoch's end (none mid-epoch)
+            epoch, progress = self.state.epoch or self.saved_epoch, None
+        if progress is not None:
+            return (f"the run stops and keeps its last checkpoint (epoch {(epoch or 0) + 1} up "
+                    f"to batch {progress.batches})")
+        if epoch:
+            return f"the run stops and keeps its last checkpoint (epoch {epoch})"
+        return "the run stops before its first checkpoint: nothing was saved"
 
     def _first_batch(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         for cb in self.callbacks:

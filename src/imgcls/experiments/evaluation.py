@@ -20,6 +20,7 @@ from imgcls.experiments.stats import Spread, spread
 from imgcls.experiments.status import FINISHED, statuses
 from imgcls.files import atomic_write_text
 from imgcls.inference import load_model
+from imgcls.models.user import CodeConsent
 from imgcls.report.predictions import collect_predictions
 from imgcls.report.tables import csv_text
 
@@ -28,7 +29,8 @@ SCORES = ("accuracy", "loss", "macro_f1", "balanced_acc")
 
 def evaluate_experiment(path: str | Path, *, split: str = "test", device: str = "auto",
                         batch_size: int | None = None, tta: str | None = None,
-                        output: str | Path | None = None) -> dict[str, Any]:
+                        output: str | Path | None = None,
+                        code: CodeConsent | None = None) -> dict[str, Any]:
     """Score every finished run's best.pt on ``split``; writes ``evaluation.json`` and
     ``runs.csv`` to ``output`` (default ``EXPERIMENT/eval/<split>``) and returns the first."""
     experiment = load_experiment(path)
@@ -45,7 +47,7 @@ def evaluate_experiment(path: str | Path, *, split: str = "test", device: str = 
     rows, probs, shared = [], [], None
     for status in done:
         best = status.run_dir / "checkpoints" / "best.pt"
-        loaded = load_model(best, device=device, overrides=overrides)
+        loaded = load_model(best, device=device, overrides=overrides, code=code)
         preds = collect_predictions(loaded, status.run_dir, split=split)
         rows.append({"run": status.member.name, "images": len(preds.labels),
                      **scores(preds.probs, preds.labels, preds.classes)})

@@ -27,6 +27,7 @@ from imgcls.experiments.plan import (
 )
 from imgcls.experiments.status import FINISHED, MISSING, run_status
 from imgcls.experiments.summary import summarize
+from imgcls.models.user import CodeConsent
 from imgcls.tracking import echo
 
 
@@ -73,8 +74,9 @@ def _train_member(experiment: Experiment, member: Member, cfg: Config) -> bool:
             echo(f"{what}: training into {run_dir}")
             api.train(experiment.member_config(cfg, member), callbacks=record)
         else:  # its own saved config, with this command's devices and paths
-            echo(f"{what}: continuing {status.describe()}")
-            api.train(resume=run_dir, overrides=_infra(cfg), callbacks=record)
+            echo(f"{what}: {status.next_step()}")
+            api.train(resume=run_dir, overrides=_infra(cfg), callbacks=record,
+                      code=CodeConsent.of_config(cfg.model.name))  # the code this command names
     except api.Interrupted:
         echo(f"rerun the same `imgcls {experiment.kind}` command to continue with the "
              f"{KINDS[experiment.kind]}s not finished")

@@ -24,14 +24,31 @@ class RunStatus:
     epochs: int = 0  # train.epochs of the run (0: not known yet)
     early_stopped: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+    saved: bool = False  # last.pt exists (an unfinished run may have stopped before it)
+    batches: int = 0  # batches of epoch ``epoch + 1`` in last.pt as well (a mid-epoch save)
 
     def describe(self) -> str:
-        """``fold-3 (not started)``, ``fold-4 (epoch 2 of 5 saved)``."""
+        """``fold-3 (not started)``, ``fold-4 (epoch 2 of 5 saved)``, ``fold-0 (stopped
+        before its first checkpoint)``."""
         if self.state == MISSING:
             return f"{self.member.name} (not started)"
+        if self.state == UNFINISHED and not self.saved:
+            return f"{self.member.name} (stopped before its first checkpoint)"
         if self.state == UNFINISHED:
-            return f"{self.member.name} (epoch {self.epoch} of {self.epochs or '?'} saved)"
+            of = f" of {self.epochs}" if self.epochs else ""
+            if self.batches and not self.epoch:
+                return f"{self.member.name} (epoch 1{of} up to batch {self.batches} saved)"
+            part = (f", and epoch {self.epoch + 1} up to batch {self.batches}"
+                    if self.batches else "")
+            return f"{self.member.name} (epoch {self.epoch}{of} saved{part})"
         return f"{self.member.name} (finished)"
+
+    def next_step(self) -> str:
+        """What running it again does: ``continuing fold-4 (epoch 2 of 5 saved)``, or
+        ``starting fold-0 over (it stopped before its first checkpoint)``."""
+        if self.state == UNFINISHED and not self.saved:
+            return f"starting {self.member.name} over (it stopped before its first checkpoint)"
+        return f"continuing {self.describe()}"
 
 
 def run_status(experiment: Experiment, member: Member) -> RunStatus:
@@ -52,7 +69,9 @@ def run_status(experiment: Experiment, member: Member) -> RunStatus:
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     rows = [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
     state = FINISHED if epoch >= epochs or early else UNFINISHED
-    return RunStatus(member, run_dir, state, epoch, epochs, early, rows)
+    batches = int((record.progress or {}).get("batches", 0))
+    return RunStatus(member, run_dir, state, epoch, epochs, early, rows, saved=True,
+                     batches=batches)
 
 
 def statuses(experiment: Experiment) -> list[RunStatus]:

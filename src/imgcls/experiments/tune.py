@@ -11,6 +11,12 @@ the study holds fewer than N that count (done, pruned, failed or running; not th
 Ctrl-C or a setup error), so rerunning a finished command does nothing and a larger N adds the
 difference.
 
+A worker holds its trial's run-folder lock (:class:`imgcls.engine.run_folder.RunLock`) for the
+whole trial, so a trial still ``running`` in the study whose lock is free lost its process (a
+SIGKILL, a machine gone): the next command resumes it from its ``last.pt`` and tells the study
+its outcome, or, when there is nothing to resume, marks it ``lost`` (not counted) so that a
+replacement runs.
+
     result = tune(build_config(overrides={"data.source": "digits"}), "space.yaml", trials=20)
     print(result.best_yaml)
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,8 @@ from imgcls import api
 from imgcls.config import Config, build_config
 from imgcls.engine.loop import NonFiniteLoss
 from imgcls.engine.metrics import Monitor, get_monitor
+from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.run_lock import LOCK_FILE, RunLock, in_use
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError, first_line
 from imgcls.experiments.search_space import Param, load_space
@@ -48,6 +57,7 @@ from imgcls.experiments.tune_results import (
     write_csv,
 )
 from imgcls.experiments.tune_study import create_pruner, open_study, require_optuna, shown_url
+from imgcls.models.user import CodeConsent
 from imgcls.tracking import echo
 
 
@@ -169,6 +179,7 @@ class _Tuner:
         echo("space: " + "; ".join(p.describe() for p in self.params))
 
     def run(self) -> None:
+        self.recover()
         if len(self.counted()) >= self.trials:
             echo(f"tune: the study already holds {self.trials} trials (--trials "
                  f"{self.trials}): nothing to run; a larger --trials searches on")
@@ -183,19 +194,28 @@ class _Tuner:
             raise _Surplus
         values = {p.key: p.suggest(trial) for p in self.params}
         run_dir = self.exp / f"trial-{trial.number:04d}"
-        trial.set_user_attr(RUN_DIR, str(run_dir.resolve()))  # workers may run elsewhere
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        echo(f"trial {trial.number}: {_params(values)} -> {run_dir}")
-        self.ran += 1
-        try:
-            cfg = build_config(self.base, {**values, "log.output": str(self.exp),
-                                           "log.name": run_dir.name})
-        except ImgclsError as exc:  # a pairing the config refuses (adam with nesterov)
-            self._fail(trial, str(exc))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # held before the study names the folder: a named folder with a free lock is a lost trial
+        with RunLock.acquire(run_dir):
+            trial.set_user_attr(RUN_DIR, str(run_dir.resolve()))  # workers may run elsewhere
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            echo(f"trial {trial.number}: {_params(values)} -> {run_dir}")
+            self.ran += 1
+            try:
+                cfg = build_config(self.base, {**values, "log.output": str(self.exp),
+                                               "log.name": run_dir.name})
+            except ImgclsError as exc:  # a pairing the config refuses (adam with nesterov)
+                self._fail(trial, str(exc))
+            return self._train(trial, lambda callbacks: api.train(cfg, callbacks=callbacks),
+                               run_dir)
+
+    def _train(self, trial: Any, train: Any, run_dir: Path) -> float:
+        """Train (or continue) ``trial``'s run with the pruning callback: its best metric, or
+        the exception that tells the study how it ended."""
         pruning = PruneOnEpoch(trial)
         try:
             with _console_to(run_dir / "console.log"):
-                result = api.train(cfg, callbacks=[pruning, *self.callbacks])
+                result = train([pruning, *self.callbacks])
         except KeyboardInterrupt as exc:
             trial.set_user_attr(UNCOUNTED, "interrupted")
             raise TuneInterrupted(
@@ -212,6 +232,81 @@ class _Tuner:
             raise self.optuna.TrialPruned(result.stop_reason or "pruned")
         assert result.best_metric is not None  # PruneOnEpoch refuses a run without validation
         return float(result.best_metric)
+
+    # ---------------------------------------------------------------- lost trials
+
+    def recover(self) -> None:
+        """Resume every trial whose worker is gone (see the module docstring)."""
+        running = self.study.get_trials(deepcopy=False,
+                                        states=(self.optuna.trial.TrialState.RUNNING,))
+        for frozen in running:
+            if UNCOUNTED in frozen.user_attrs or not self._lost(frozen):
+                continue
+            trial = self.optuna.trial.Trial(self.study, frozen._trial_id)
+            run_dir = Path(frozen.user_attrs.get(RUN_DIR, ""))
+            if RUN_DIR not in frozen.user_attrs or not run_dir.is_dir():
+                self._lose(trial, "its worker stopped before its run began")
+                continue
+            try:
+                lock = RunLock.acquire(run_dir)
+            except ImgclsError:  # another worker took it over first
+                continue
+            with lock:
+                self._resume(trial, run_dir)
+
+    @staticmethod
+    def _lost(frozen: Any, grace_s: float = 60.0) -> bool:
+        """A running trial whose run folder nobody holds. Where its folder cannot be seen (a
+        worker on another machine's disk) only a worker of this machine that is gone tells;
+        one not named yet counts as lost once its worker had time to name it."""
+        host, _, pid = str(frozen.user_attrs.get("worker", "")).rpartition(":")
+        here_and_gone = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        if RUN_DIR not in frozen.user_attrs:
+            started = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
+            return here_and_gone or time.time() - started > grace_s
+        run_dir = Path(frozen.user_attrs[RUN_DIR])
+        if not (run_dir / LOCK_FILE).is_file():
+            return here_and_gone
+        return in_use(run_dir) is None
+
+    def _resume(self, trial: Any, run_dir: Path) -> None:
+        last = run_dir / "checkpoints" / "last.pt"
+        if not last.is_file() and not (run_dir / "config.yaml").is_file():
+            self._lose(trial, "its worker stopped before its run began")
+            return
+        state = self.optuna.trial.TrialState
+        finished = _finished_value(last)
+        if finished is not None:  # trained to its end, killed before the study was told
+            echo(f"trial {trial.number}: its worker stopped after its last epoch; recorded")
+            self.study.tell(trial, finished)
+        else:
+            echo(f"trial {trial.number}: its worker stopped; continuing it in {run_dir}")
+            self.ran += 1
+            code = CodeConsent.of_config(self.base.model.name)  # the code this command names
+            try:
+                value = self._train(trial, lambda callbacks: api.train(
+                    resume=run_dir, callbacks=callbacks, code=code), run_dir)
+            except self.optuna.TrialPruned:
+                self.study.tell(trial, state=state.PRUNED)
+            except _TrialFailed:
+                self.study.tell(trial, state=state.FAIL)
+            except TuneInterrupted:
+                self.study.tell(trial, state=state.FAIL)
+                raise
+            except ImgclsError as exc:  # its run cannot be continued: a replacement runs
+                self._lose(trial, f"cannot be continued: {first_line(exc)}")
+                return
+            else:
+                self.study.tell(trial, value)
+        self.after_trial(self.study, next(t for t in self.study.get_trials(deepcopy=False)
+                                          if t.number == trial.number))
+
+    def _lose(self, trial: Any, reason: str) -> None:
+        """A trial that cannot be resumed: failed and not counted, so a replacement runs."""
+        trial.set_user_attr(UNCOUNTED, "lost")
+        trial.set_user_attr(ERROR, reason)
+        self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+        echo(f"trial {trial.number} lost: {reason}; a new trial takes its place")
 
     @staticmethod
     def _fail(trial: Any, reason: str) -> NoReturn:
@@ -246,6 +341,29 @@ class _Tuner:
         write_best_recipe(self.exp / "best.yaml", self.base, best, self.monitor.name,
                           self.study.study_name, best_trial.user_attrs.get(BEST_EPOCH))
         return rows, best
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _finished_value(last: Path) -> float | None:
+    """The best metric of a run whose ``last.pt`` holds its last epoch (None otherwise)."""
+    if not last.is_file():
+        return None
+    try:
+        record = CheckpointRecord.load(last)
+    except ImgclsError:
+        return None
+    epochs = build_config(record.config).train.epochs
+    done = record.epoch is not None and record.epoch >= epochs and record.progress is None
+    return float(record.best_metric) if done and record.best_metric is not None else None
 
 
 def _params(values: dict[str, Any]) -> str:

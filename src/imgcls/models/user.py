@@ -1,9 +1,11 @@
 """Your own network: ``model.name=path/to/file.py:ClassName`` or ``package.module:ClassName``.
 
 Importing the file runs its code, by the user's choice, as running their script would. A
-checkpoint only names the class (in its config), so loading one runs nothing from the
-checkpoint itself; ``evaluate``, ``predict``, ``export`` and ``--resume`` import the named file
-again to rebuild the model, and say which file.
+checkpoint names the class (in its config) and records the file's SHA-256; loading it imports
+nothing until the user names that code again on the command line (``--model-code
+FILE.py:CLASS``, checked against the recorded class and hash) or trusts whatever the checkpoint
+names (``--trust-code``): a checkpoint from elsewhere must not make imgcls run a file that merely
+exists on this machine (:func:`approve_code`).
 
 The class gets ``num_classes`` (and ``in_channels``) when its constructor takes them, plus
 ``model.kwargs``. A class without ``num_classes`` (the tutorials' ``Net`` hard-codes 10) keeps its
@@ -18,6 +20,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,86 @@ def resolve_name(name: str) -> str:
     if where.endswith(".py"):
         return f"{Path(where).expanduser().resolve()}:{cls}"
     return name
+
+
+def file_sha256(name: str) -> str | None:
+    """The SHA-256 of the file ``name`` points at (None for ``module:Class`` or a missing file)."""
+    where = name.rpartition(":")[0]
+    file = Path(where).expanduser()
+    if not where.endswith(".py") or not file.is_file():
+        return None
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def code_record(name: str) -> dict[str, str]:
+    """What a checkpoint records of the code its model came from ({} for imgcls's own models)."""
+    if not is_user_model(name):
+        return {}
+    digest = file_sha256(name)
+    return {"name": name, **({"sha256": digest} if digest else {})}
+
+
+@dataclass(frozen=True)
+class CodeConsent:
+    """Which code the user allowed a checkpoint's model to import, on the command line: none
+    (the default), the code named by ``--model-code``, or whatever it names (``--trust-code``).
+    """
+
+    model_code: str | None = None  # FILE.py:CLASS or MODULE:CLASS
+    trust_code: bool = False
+
+    @classmethod
+    def of_config(cls, name: str) -> CodeConsent:
+        """The consent a command's own config gives (cv, repeat and tune continuing the runs
+        they started): the code it names, as it is now."""
+        return cls(model_code=name, trust_code=True) if is_user_model(name) else cls()
+
+
+def approve_code(name: str, recorded: dict[str, Any], consent: CodeConsent | None,
+                 source: str | Path, say: Any = echo) -> str:
+    """The ``model.name`` to rebuild the model of ``source`` (a checkpoint or run folder) with,
+    decided before anything is imported: a built-in model as it is; the user's own class only
+    when ``consent`` names it (the same class, and the same file content when the checkpoint
+    recorded a hash) or trusts it. Anything else is one line saying which code the checkpoint
+    asks for and how to allow it."""
+    consent = consent or CodeConsent()
+    if not is_user_model(name):
+        if consent.model_code is not None and not consent.trust_code:
+            raise ImgclsError(f"--model-code {consent.model_code}: {source} holds imgcls's own "
+                              f"model {name}, which needs no code of yours; drop --model-code")
+        return name
+    if consent.model_code is None:
+        if consent.trust_code:
+            return name
+        raise ImgclsError(f"{source} asks to import and run {name} (your own model code); "
+                          f"nothing was imported: allow it with --model-code {name} (checked "
+                          "against the class and file it was trained with) or --trust-code")
+    given = resolve_name(consent.model_code)
+    wanted_cls, given_cls = name.rpartition(":")[2], given.rpartition(":")[2]
+    if given_cls != wanted_cls and not consent.trust_code:
+        raise ImgclsError(f"--model-code {consent.model_code}: {source} was trained with class "
+                          f"{wanted_cls!r} ({name}), not {given_cls!r}")
+    if not given.rpartition(":")[0].endswith(".py"):
+        if given != name and not consent.trust_code:
+            raise ImgclsError(f"--model-code {consent.model_code}: {source} was trained with "
+                              f"{name}; name that code, or add --trust-code to use another")
+        return given
+    digest, expected = file_sha256(given), recorded.get("sha256")
+    if digest is None:
+        raise ImgclsError(f"--model-code {consent.model_code}: file "
+                          f"{given.rpartition(':')[0]} not found")
+    if expected and digest != expected:
+        if not consent.trust_code:
+            raise ImgclsError(
+                f"--model-code {consent.model_code}: the file differs from the one {source} "
+                f"was trained with (sha256 {digest[:12]}..., recorded {expected[:12]}...); "
+                "add --trust-code to use it anyway")
+        say(f"warning: {given} differs from the code {source} was trained with (sha256 "
+            f"{digest[:12]}..., recorded {expected[:12]}...): using it, as --trust-code allows")
+    elif not expected and not consent.trust_code:
+        say(f"{source} records no hash of its code (an older checkpoint): {given} is used as "
+            "--model-code names it, unchecked")
+    return given
 
 
 def load_class(name: str) -> type[nn.Module]:

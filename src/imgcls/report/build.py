@@ -17,6 +17,7 @@ import yaml
 import imgcls
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write, atomic_write_text
+from imgcls.models.user import CodeConsent
 from imgcls.report import figures, page, tables
 from imgcls.report.calibration import BINS, calibration
 from imgcls.report.curves import plot_curves, read_metrics, results_csv_text
@@ -49,7 +50,8 @@ class _Folder:
 
 
 def report_run(run_dir: str | Path, *, split: str = "val", data: str | None = None,
-               output: str | Path | None = None, device: str = "auto") -> Path:
+               output: str | Path | None = None, device: str = "auto",
+               code: CodeConsent | None = None) -> Path:
     """Write ``RUN_DIR/report/index.html`` (or ``output/index.html``) for best.pt (else last.pt)
     on ``split``; returns the page's path.
 
@@ -58,7 +60,7 @@ def report_run(run_dir: str | Path, *, split: str = "val", data: str | None = No
     """
     run = Path(run_dir)
     start = time.perf_counter()
-    loaded = load_for_report(run, data=data, device=device)
+    loaded = load_for_report(run, data=data, device=device, code=code)
     preds = collect_predictions(loaded, run, split=split, data=data)
     scored_s = time.perf_counter() - start
     out = _Folder(Path(output) if output is not None else run / "report")

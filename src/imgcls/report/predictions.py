@@ -20,6 +20,7 @@ from imgcls.engine.components import create_speed
 from imgcls.engine.loop import tta_logits
 from imgcls.errors import ImgclsError
 from imgcls.inference import LoadedModel, load_model
+from imgcls.models.user import CodeConsent
 
 
 @dataclass
@@ -117,6 +118,7 @@ def collect_predictions(loaded: LoadedModel, run_dir: Path, *, split: str = "val
                        list(classes), dataset, split, cfg.data.source)
 
 
-def load_for_report(run_dir: Path, *, data: str | None, device: str) -> LoadedModel:
+def load_for_report(run_dir: Path, *, data: str | None, device: str,
+                    code: CodeConsent | None = None) -> LoadedModel:
     overrides: dict[str, Any] = {"data.source": data} if data is not None else {}
-    return load_model(find_checkpoint(run_dir), device=device, overrides=overrides)
+    return load_model(find_checkpoint(run_dir), device=device, overrides=overrides, code=code)
