@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,33 @@ def test_two_trainings_started_together_one_runs(tmp_path):
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]  # each epoch once
     csv_rows = (tmp_path / "runs" / "x" / "results.csv").read_text().splitlines()
     assert len(csv_rows) == 4
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_holds_the_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    run_dir = tmp_path / "runs" / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "imgcls", *_train_args(tmp_path, "--name", "ddp"),
+               "--epochs", "30", "--model", "lenet", "--batch-size", "4",
+               "train.dist_timeout_min=0.5", "log.tensorboard=false"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # killed with its workers
+    try:
+        while not (run_dir / "checkpoints" / "last.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        holder = in_use(run_dir)
+        assert holder is not None
+        environ = Path(f"/proc/{holder}/environ").read_bytes().split(b"\0")
+        assert b"RANK=0" in environ and b"WORLD_SIZE=2" in environ
+        second = subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume",
+                                 str(run_dir), "train.epochs=31"], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"is in use by another training (PID {holder})" in second.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
