@@ -14,7 +14,14 @@ from conftest import assert_same_weights, interrupt_and_resume
 from torch import nn
 
 from imgcls import api
-from imgcls.config import LoaderConfig, OptimConfig, build_config, parse_override
+from imgcls.config import (
+    LoaderConfig,
+    OptimConfig,
+    build_config,
+    from_saved,
+    load_yaml,
+    parse_override,
+)
 from imgcls.data.loaders import EpochLoader, TransformedDataset
 from imgcls.data.memory import MemoryLoader
 from imgcls.data.sampling import BalancedSampler, balanced_indices, class_counts, shard_order
@@ -252,14 +259,45 @@ def test_train_balanced_and_weighted(tmp_path, make_image_folder, capsys, loader
                             loader__sampler="balanced", optim__class_weights="auto",
                             data__loader=loader))
     err = capsys.readouterr().err
-    weight_lines = [line for line in err.splitlines() if "class weights" in line]
+    weight_lines = [line for line in err.splitlines()
+                    if "class weights" in line and not line.startswith("train.monitor=")]
     assert len(weight_lines) == 1 and "auto" in weight_lines[0]
+    # with either on and train.monitor left unset, best.pt is chosen by balanced accuracy
+    monitor_lines = [line for line in err.splitlines() if line.startswith("train.monitor=")]
+    assert monitor_lines == [
+        "train.monitor=val_balanced_acc: class weights/balanced sampling are on, and accuracy "
+        "would favour the majority class; set train.monitor to choose"]
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text()
             .splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in rows)
     saved = build_config(load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["config"])
     assert saved.loader.sampler == "balanced" and saved.optim.class_weights == "auto"
+    assert saved.train.monitor == "val_balanced_acc"
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["monitor"] \
+        == "val_balanced_acc"
+    assert load_yaml(result.run_dir / "config.yaml")["train"]["monitor"] == "val_balanced_acc"
+
+
+def test_monitor_default_follows_class_weights_and_balanced_sampling():
+    assert build_config().train.monitor == "val_acc"
+    for overrides in ({"optim.class_weights": "auto"}, {"optim.class_weights": [1, 3]},
+                      {"loader.sampler": "balanced"}):
+        assert build_config(overrides=overrides).train.monitor == "val_balanced_acc"
+        # set by the user, to the old default or anything else, it is kept
+        for monitor in ("val_acc", "val_loss"):
+            kept = build_config(overrides={**overrides, "train.monitor": monitor})
+            assert kept.train.monitor == monitor
+    # layered on a config whose monitor was derived, it is derived again
+    weighted = build_config(overrides={"optim.class_weights": "auto"})
+    assert build_config(weighted, {"optim.class_weights": "none"}).train.monitor == "val_acc"
+    # a resumed run keeps the monitor it saved, set or derived
+    assert from_saved(weighted.to_saved()).train.monitor == "val_balanced_acc"
+    kept = build_config(overrides={"optim.class_weights": "auto", "train.monitor": "val_acc"})
+    assert from_saved(kept.to_saved()).train.monitor == "val_acc"
+    # a run saved before the monitor was derived (no "explicit" list) keeps val_acc
+    old = kept.to_dict()
+    assert build_config(from_saved(old), {"train.epochs": 9}).train.monitor == "val_acc"
 
 
 @pytest.mark.slow

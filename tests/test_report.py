@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,13 @@ def test_run_report_in_browser_and_against_sklearn(runs, tmp_path, capsys):
     source = (out / "index.html").read_text(encoding="utf-8")
     dom, log = render_in_browser(out / "index.html", tmp_path / "shot.png")
     check_rendered_page(dom, log, source, RUN_SECTIONS, tmp_path / "shot.png")
+    # each "numbers in" note names tables (CSV, JSON) the report wrote, never a picture
+    noted = re.findall(r'numbers in: <span class="files">([^<]*)</span>', source)
+    named = [n for note in noted for n in note.split(", ")]
+    assert "top_losses.csv" in named and "correct_samples.csv" in named
+    assert all(n.endswith((".csv", ".json")) and (out / n).is_file() for n in named), named
+    assert source.count('one picture: <span class="files">') == 2  # the grids' PNGs, as such
+    assert "<th>command</th><td>python: imgcls.api.train" in source  # trained from Python
 
     # the page's numbers, recomputed by scikit-learn from the per-image predictions
     preds = _csv(out / "predictions.csv")

@@ -389,6 +389,69 @@ def test_preset_in_the_built_transform():
     assert not of_type(t, v2.RandomCrop) and not of_type(t, v2.RandomHorizontalFlip)
 
 
+def test_a_key_set_to_its_default_still_overrides_the_preset(tmp_path):
+    # "set by the user" is the keys given, not the values that differ from the default
+    cfg = build_config(overrides={"transforms.preset": "cifar", "transforms.hflip": 0})
+    assert "transforms.hflip" in cfg.explicit and cfg.transforms.hflip == 0.0
+    assert apply_preset(cfg.transforms, 32, cfg.explicit).hflip == 0.0
+    t = build_transform(cfg.transforms, train=True, image_size=32, native_size=32,
+                        explicit=cfg.explicit)
+    assert of_type(t, v2.RandomCrop) and not of_type(t, v2.RandomHorizontalFlip)
+    # imagenet's eval centre crop is turned off the same way
+    cfg = build_config(overrides={"transforms.preset": "imagenet",
+                                  "transforms.center_crop": False})
+    t = build_transform(cfg.transforms, train=False, image_size=224, explicit=cfg.explicit)
+    assert not of_type(t, v2.CenterCrop)
+    # a recipe file that writes the default counts as setting it
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("transforms: {preset: cifar, hflip: 0.0}\n")
+    cfg = build_config(load_yaml(recipe))
+    assert apply_preset(cfg.transforms, 32, cfg.explicit).hflip == 0.0
+    # keys left alone still get the preset's value
+    cfg = build_config(overrides={"transforms.preset": "cifar"})
+    assert apply_preset(cfg.transforms, 32, cfg.explicit).hflip == 0.5
+
+
+def test_hflip_0_turns_the_flip_off_in_the_training_loaders(tmp_path, make_image_folder):
+    from imgcls import runtime
+    from imgcls.data import create_datasets
+    from imgcls.data.pipeline import build_train_loaders, resolve_preprocessing
+
+    root = make_image_folder(tmp_path / "imgs", per_class=4, size=32)
+    for loader in ("dataloader", "memory"):
+        cfg = build_config(overrides={
+            "data.source": str(root), "data.loader": loader, "model.name": "lenet",
+            "transforms.preset": "cifar", "transforms.hflip": 0, "train.device": "cpu",
+            "data.root": str(tmp_path / "cache")})
+        data = create_datasets(cfg.data, cfg.train.seed)
+        prep = resolve_preprocessing(cfg, data)
+        loaders = build_train_loaders(cfg, data, prep, runtime.DistInfo(), torch.device("cpu"))
+        if loader == "memory":
+            assert loaders.in_memory and loaders.train.hflip == 0.0
+        else:
+            t = loaders.train.dataset.transform
+            assert of_type(t, v2.RandomCrop) and not of_type(t, v2.RandomHorizontalFlip)
+
+
+def test_saved_configs_keep_what_the_user_set():
+    from imgcls.config import flatten, from_saved
+
+    cfg = build_config(overrides={"transforms.preset": "cifar", "transforms.hflip": 0})
+    saved = cfg.to_saved()  # config.yaml and a checkpoint's config
+    assert saved["explicit"] == ["transforms.hflip", "transforms.preset"]
+    again = from_saved(saved)
+    assert again == cfg and again.explicit == cfg.explicit
+    assert build_config(saved).explicit == cfg.explicit
+    # read as a recipe (--config runs/X/config.yaml): the set keys and non-defaults only
+    assert flatten(saved) == {"transforms.preset": "cifar", "transforms.hflip": 0.0}
+    # a config saved before the list existed: the keys that differ from their defaults, so
+    # an old run resumes with the preset's flip as it trained
+    # (and the monitor it chose best.pt by, whatever today's default would be)
+    old = from_saved(cfg.to_dict())
+    assert old.explicit == {"transforms.preset", "train.monitor"}
+    assert apply_preset(old.transforms, 32, old.explicit).hflip == 0.5
+
+
 def test_eval_center_crop_keeps_the_centre():
     # ImageNet-style eval at 224: shorter side to 256, then the central 224 x 224.
     img = torch.zeros(3, 256, 256, dtype=torch.uint8)

@@ -22,7 +22,14 @@ import torch
 from torch.utils.data import Dataset
 
 from imgcls import runtime
-from imgcls.config import Config, build_config, load_yaml, save_yaml
+from imgcls.config import (
+    Config,
+    build_config,
+    from_saved,
+    imbalance_handled,
+    load_yaml,
+    save_yaml,
+)
 from imgcls.data import DataSplit, create_datasets, create_eval_dataset, from_dataset
 from imgcls.data.pipeline import (
     Preprocessing,
@@ -31,6 +38,7 @@ from imgcls.data.pipeline import (
     cache_dir,
     resolve_preprocessing,
     source_defaults,
+    use_memory_loader,
 )
 from imgcls.data.sampling import class_counts
 from imgcls.data.sources import dataset_labels
@@ -206,14 +214,15 @@ def train_config(
     """
     if resume is not None and (unsaved := unsaved_run(resume)) is not None:
         where = {"log.output": str(unsaved.parent), "log.name": unsaved.name}
-        cfg = build_config(load_yaml(unsaved / "config.yaml"), {**(overrides or {}), **where})
+        cfg = build_config(from_saved(load_yaml(unsaved / "config.yaml")),
+                           {**(overrides or {}), **where})
         cfg = _approved(cfg, {}, code, unsaved)
         echo(f"{unsaved} has no checkpoint yet (it stopped during its first epoch): starting it "
              "over with its config.yaml")
         return source_defaults(cfg), None
     if resume is not None:
         resumed = resolve_resume(resume)
-        cfg = build_config(resumed.record.config, overrides)
+        cfg = build_config(from_saved(resumed.record.config), overrides)
         return _approved(cfg, resumed.record.model_code, code, resumed.path), resumed
     cfg = source_defaults(build_config(cfg, overrides))
     folder = Path(cfg.log.output) / cfg.log.name
@@ -223,6 +232,75 @@ def train_config(
         echo(f"train.requeue: {folder} holds this run; resuming it")
         return cfg, resolve_resume(folder)
     return cfg, None
+
+
+def dry_run(
+    cfg: Config | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    code: CodeConsent | None = None,
+) -> list[str]:
+    """What :func:`train` would run, checked up to one forward pass of one training batch:
+    the config, the data (listed and split), the model, the loaders and, with ``resume``, the
+    run's checkpoint. Writes nothing: no run folder, no decode cache, no download. Returns
+    the lines ``imgcls train --dry-run`` prints.
+
+    >>> print("\n".join(dry_run(overrides={"data.source": "digits"})))  # doctest: +SKIP
+    """
+    cfg, resumed = train_config(cfg, resume=resume, overrides=overrides, code=code)
+    if resumed is not None and (resumed.record.epoch or 0) >= cfg.train.epochs:
+        raise ImgclsError(f"{resumed.path} already finished epoch {resumed.record.epoch} of "
+                          f"train.epochs={cfg.train.epochs}; pass train.epochs=N to train longer")
+    # CIFAR that is not there yet is an error here, not a download
+    checked = replace(cfg, data=replace(cfg.data, download=False))
+    device = runtime.resolve_device(cfg.train.device)
+    data = load_data(checked, resumed, UserData())
+    prep = resolve_preprocessing(checked, data, cache=False)
+    in_memory = use_memory_loader(checked, data, prep)
+    # the batch comes from a DataLoader: the memory loader would write its decode cache
+    as_files = replace(checked, data=replace(checked.data, loader="dataloader"))
+    info = runtime.DistInfo()
+    loaders = build_train_loaders(as_files, data, prep, info, device)
+    notes: list[str] = []
+    _monitor(checked, has_val=loaders.val is not None, say=notes.append)
+    state = _train_state(as_files, data, loaders.train, resumed, info, device, _silent)
+    images, _ = next(iter(loaders.train))
+    state.model.eval()
+    with torch.no_grad():
+        logits = state.model(images.to(device))
+    if tuple(logits.shape) != (len(images), len(data.classes)):
+        raise ImgclsError(f"{cfg.model.name} gave logits of shape {tuple(logits.shape)} for a "
+                          f"batch of {len(images)}; expected ({len(images)}, "
+                          f"{len(data.classes)})")
+    if resumed is not None:
+        run_dir, what = resumed.run_dir, f"resume {resumed.run_dir} at epoch " \
+            f"{(resumed.record.epoch or 0) + 1}"
+    else:
+        name = cfg.log.name or f"{cfg.model.name}-<timestamp>"
+        run_dir, what = Path(cfg.log.output) / name, "train"
+        if cfg.log.name and (run_dir / "checkpoints" / "last.pt").exists():
+            raise ImgclsError(f"run folder {run_dir} already holds a run; continue it with "
+                              f"`imgcls train --resume {run_dir}` or choose another --name")
+    n_val = len(data.val) if data.val is not None else 0  # type: ignore[arg-type]
+    classes = ", ".join(data.classes[:10]) + (", ..." if len(data.classes) > 10 else "")
+    return [
+        f"dry run: would {what}",
+        f"  model:     {cfg.model.name} ({sum(p.numel() for p in state.model.parameters()):,} "
+        "parameters)",
+        f"  data:      {cfg.data.source}: {len(data.train)} train / {n_val} val images",  # type: ignore[arg-type]
+        f"  classes:   {len(data.classes)} ({classes})",
+        f"  input:     {prep.image_size}x{prep.image_size}, {cfg.model.in_channels} channel(s)"
+        f"{_adapted(data, prep, cfg)}",
+        f"  loader:    {'memory (decoded into device memory)' if in_memory else 'dataloader'}"
+        f", batch {cfg.loader.batch_size}, {len(loaders.train)} batches per epoch",
+        f"  device:    {device}",
+        f"  epochs:    {cfg.train.epochs}, monitor {cfg.train.monitor}",
+        f"  run folder: {run_dir}",
+        f"  checked:   one batch {tuple(images.shape)} -> logits {tuple(logits.shape)}; "
+        "nothing written",
+        *notes,
+    ]
 
 
 def _approved(cfg: Config, recorded: dict[str, Any], code: CodeConsent | None,
@@ -365,6 +443,9 @@ def _monitor(cfg: Config, *, has_val: bool, say: Any) -> Monitor | None:
     """train.monitor, or None without a validation set (then best.pt is the last epoch, and
     what needs a validation metric is refused before anything is written)."""
     if has_val:
+        if "train.monitor" not in cfg.explicit and imbalance_handled(cfg.to_dict()):
+            say(f"train.monitor={cfg.train.monitor}: class weights/balanced sampling are on, and "
+                "accuracy would favour the majority class; set train.monitor to choose")
         return get_monitor(cfg.train.monitor)
     if cfg.sched.name == "plateau":
         raise ImgclsError("sched.name=plateau needs a validation set to watch, and this run has "
@@ -411,7 +492,7 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataSplit, prep: Preprocessing,
     if not info.is_main:
         return out
     template = CheckpointRecord(
-        model={}, config=cfg.to_dict(), classes=list(data.classes), input_size=prep.image_size,
+        model={}, config=cfg.to_saved(), classes=list(data.classes), input_size=prep.image_size,
         in_channels=cfg.model.in_channels,
         mean=prep.mean_std[0] if prep.mean_std else None,
         std=prep.mean_std[1] if prep.mean_std else None,

@@ -20,6 +20,7 @@ import yaml
 
 from imgcls.errors import ImgclsError, first_line, short_repr
 from imgcls.files import atomic_write_text
+from imgcls.metric_table import monitor_names
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,7 @@ class SchedConfig:
     milestones: list[int] = field(default_factory=list)  # multistep: epochs
     gamma: float = 0.1  # step, multistep, exponential: decay factor
     min_lr: float = 0.0  # cosine: final lr; plateau: floor
-    # plateau: monitor (follow train.monitor) | val_loss | val_acc | val_top5 | val_macro_f1 |
-    # val_balanced_acc
+    # plateau: monitor (follow train.monitor) | a metric train.monitor may name
     plateau_metric: str = "monitor"
     plateau_factor: float = 0.1
     plateau_patience: int = 10
@@ -204,8 +204,9 @@ class TrainConfig:
     # > 0: skip up to this many batches whose loss is nan/inf (checked each step); 0: a
     # non-finite loss stops the run at the end of its epoch, keeping the last good checkpoint
     skip_nonfinite: int = 0
-    # the metric that picks best.pt and drives sched.name=plateau and early stopping: val_acc |
-    # val_loss | val_top5 | val_macro_f1 | val_balanced_acc (loss is minimised, the rest maximised)
+    # the metric that picks best.pt and drives sched.name=plateau and early stopping: one marked
+    # monitor=True in metric_table.METRICS (val_acc, val_loss, ...), in the direction it gives;
+    # left unset: val_balanced_acc with optim.class_weights or loader.sampler=balanced
     monitor: str = "val_acc"
     early_stop_patience: int = 0  # 0: off; else stop after N epochs without a better train.monitor
     early_stop_min_delta: float = 0.0  # early stopping: an improvement must exceed this
@@ -231,13 +232,42 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Not a key: the dotted keys the user set (a YAML file, a dict, KEY=VALUE or a flag), even
+    # to their default value; presets fill in only the others. None (a Config built by hand):
+    # the keys that differ from their defaults.
+    explicit: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        explicit = _differing(self.to_dict()) if self.explicit is None else self.explicit
+        object.__setattr__(self, "explicit", frozenset(explicit))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """The sections as plain values (no ``explicit``)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_saved(self) -> dict[str, Any]:
+        """:meth:`to_dict` plus the keys the user set, as ``config.yaml`` and checkpoints keep
+        it; :func:`build_config` and :func:`flatten` read it back."""
+        return {**self.to_dict(), EXPLICIT: sorted(self.explicit or ())}
 
 
+# The top-level key of a saved config that lists the keys the user set. A config saved before
+# it existed is read by :func:`from_saved` as "the keys that differ from the defaults".
+EXPLICIT = "explicit"
 _SECTION_HINTS = typing.get_type_hints(Config)
-SECTIONS: dict[str, type] = {f.name: _SECTION_HINTS[f.name] for f in dataclasses.fields(Config)}
+SECTIONS: dict[str, type] = {f.name: _SECTION_HINTS[f.name] for f in dataclasses.fields(Config)
+                             if f.name != EXPLICIT}
+
+
+def _differing(tree: dict[str, dict[str, Any]]) -> frozenset[str]:
+    """The dotted keys of ``tree`` whose values differ from the defaults."""
+    defaults = {section: dataclasses.asdict(cls()) for section, cls in SECTIONS.items()}
+    return frozenset(
+        f"{section}.{name}"
+        for section, values in tree.items()
+        for name, value in values.items()
+        if value != defaults.get(section, {}).get(name)
+    )
 _HINTS = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
 
 
@@ -391,10 +421,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; a non-mapping section is an error."""
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; a non-mapping section is an error.
+
+    A saved config (``config.yaml``, ``best.yaml``) lists the keys its user set under
+    ``explicit``; of the others, those at their default are left out, so that reading it as a
+    recipe sets what its run set and leaves the rest to the presets.
+    """
+    listed = _explicit_list(tree.get(EXPLICIT), where)
     flat: dict[str, Any] = {}
     for section, values in tree.items():
-        if values is None:  # a section whose keys are all commented out
+        if values is None or section == EXPLICIT:  # None: a section all commented out
             continue
         if not isinstance(values, dict):
             raise ImgclsError(
@@ -403,7 +439,38 @@ def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
             )
         for name, value in values.items():
             flat[f"{section}.{name}"] = value
+    if listed is not None:
+        unset = _defaults_flat()
+        flat = {key: value for key, value in flat.items()
+                if key in listed or key not in unset or unset[key] != value}
     return flat
+
+
+def _explicit_list(value: Any, where: str = "") -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(key, str) for key in value):
+        raise ImgclsError(f"config{where}: {EXPLICIT!r} must be a list of keys, got "
+                          f"{short_repr(value)}")
+    return frozenset(value)
+
+
+def _defaults_flat() -> dict[str, Any]:
+    return {f"{section}.{name}": value
+            for section, cls in SECTIONS.items()
+            for name, value in dataclasses.asdict(cls()).items()}
+
+
+def from_saved(tree: dict[str, Any]) -> Config:
+    """A config as a run saved it (``config.yaml``, a checkpoint's ``config``): the keys it lists
+    as set are the explicit ones; a config saved before that list existed counts the keys that
+    differ from their defaults, as imgcls then read them."""
+    cfg = build_config(tree)
+    if EXPLICIT in tree:
+        return cfg
+    # the monitor the run chose best.pt by stays, whatever today's default would be
+    old = dataclasses.replace(cfg, explicit=None)
+    return dataclasses.replace(old, explicit=(old.explicit or frozenset()) | {"train.monitor"})
 
 
 def build_config(
@@ -414,22 +481,55 @@ def build_config(
 
     >>> build_config(overrides={"optim.lr": 0.05}).optim.lr
     0.05
+
+    Every key given in ``base`` (a dict) or ``overrides`` counts as set by the user
+    (:attr:`Config.explicit`), whatever its value; a Config ``base`` brings its own.
+
+    >>> "optim.lr" in build_config(overrides={"optim.lr": 0.05}).explicit
+    True
     """
+    explicit: set[str] = set()
     if isinstance(base, Config):
         tree = base.to_dict()
+        explicit.update(base.explicit or ())
     else:
         tree = Config().to_dict()
         for key, value in flatten(base or {}).items():
             _set(tree, key, value)
+            explicit.add(key)
+        listed = _explicit_list((base or {}).get(EXPLICIT))
+        if listed is not None:  # a saved config: what its user set, not every key it holds
+            explicit = {key for key in listed if _known(key)}
     for key, value in (overrides or {}).items():
         _set(tree, key, value)
-    cfg = Config(**{name: SECTIONS[name](**values) for name, values in tree.items()})
+        explicit.add(key)
+    if "train.monitor" not in explicit:
+        tree["train"]["monitor"] = default_monitor(tree)
+    cfg = Config(**{name: SECTIONS[name](**values) for name, values in tree.items()},
+                 explicit=frozenset(explicit))
     validate(cfg)
     return cfg
 
 
+def default_monitor(tree: dict[str, dict[str, Any]]) -> str:
+    """``train.monitor`` when the user does not set it: ``val_balanced_acc`` when the classes
+    are weighted or sampled evenly (the data is imbalanced, and accuracy would pick the epoch
+    that favours the majority class), else ``val_acc``."""
+    return "val_balanced_acc" if imbalance_handled(tree) else TrainConfig().monitor
+
+
+def imbalance_handled(tree: dict[str, dict[str, Any]]) -> bool:
+    """Whether ``optim.class_weights`` or ``loader.sampler=balanced`` is on."""
+    return tree["optim"]["class_weights"] != "none" or tree["loader"]["sampler"] == "balanced"
+
+
+def _known(key: str) -> bool:
+    section, _, name = key.partition(".")
+    return section in SECTIONS and name in _HINTS[section]
+
+
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_saved(), sort_keys=False))
 
 
 def describe_keys() -> str:
@@ -444,8 +544,8 @@ def describe_keys() -> str:
 
 # --------------------------------------------------------------------------- validation
 
-# What train.monitor and sched.plateau_metric may watch: val_loss is minimised, the rest maximised.
-MONITOR_METRICS = ("val_acc", "val_loss", "val_top5", "val_macro_f1", "val_balanced_acc")
+# What train.monitor and sched.plateau_metric may watch, and which way: metric_table.METRICS.
+MONITOR_METRICS = monitor_names()
 
 CHOICES = {
     "data.loader": ("auto", "memory", "dataloader"),
@@ -466,9 +566,7 @@ CHOICES = {
     "train.amp": ("auto", "off", "bf16", "fp16"),
     "train.tta": ("none", "flip", "flip_translate"),
     "train.monitor": MONITOR_METRICS,
-    "sched.plateau_metric": (
-        "monitor", "val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc"
-    ),
+    "sched.plateau_metric": ("monitor", *MONITOR_METRICS),
     "log.progress": ("auto", "on", "off"),
 }
 

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from imgcls import runtime
-from imgcls.config import Config, build_config
+from imgcls.config import Config, build_config, from_saved
 from imgcls.data.transforms import build_transform
 from imgcls.engine.checkpoint import load_model_state
 from imgcls.engine.record import CheckpointRecord
@@ -43,7 +43,7 @@ class LoadedModel:
         return build_transform(
             self.config.transforms, train=False, image_size=self.input_size,
             native_size=native_size, mean_std=self.mean_std,
-            in_channels=self.config.model.in_channels,
+            in_channels=self.config.model.in_channels, explicit=self.config.explicit,
         )
 
 
@@ -75,7 +75,7 @@ def load_model(
     """
     path = Path(path)
     record = read_checkpoint(path, trust_pickle=trust_pickle)
-    cfg = build_config(record.config, overrides)
+    cfg = build_config(from_saved(record.config), overrides)
     name = approve_code(cfg.model.name, record.model_code, code, path)  # before any import
     cfg = replace(cfg, model=replace(cfg.model, name=name))
     if is_user_model(cfg.model.name):  # the user's own code, named by the checkpoint: say so

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from imgcls.data import IMAGE_EXTENSIONS, load_rgb
 from imgcls.data.folder import MAX_PIXELS, walk_images
+from imgcls.data.listfile import list_lines, split_entry
 from imgcls.engine.loop import tta_logits
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write, printable
@@ -67,26 +68,10 @@ def _scan_folder(folder: Path) -> list[str]:
 
 def _read_list_file(list_file: Path) -> list[str]:
     """Image paths of a list file (``path [label]`` per line, ``#`` comments), resolved against
-    the list file's folder. Labels are optional and ignored; a path may contain spaces."""
-    try:
-        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImgclsError(f"cannot read list file {list_file}: {exc}") from None
+    the list file's folder: training's list files work as they are, labels ignored. A path that
+    does not exist is kept and reported as that image's error, not as a failure of the run."""
     base = list_file.parent
-    paths: list[str] = []
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        # The whole line is the path when that file exists ("my photo.jpg"); otherwise the last
-        # word is a label, as in training list files. A path that still does not exist is kept
-        # and reported as that image's error, not as a failure of the whole run.
-        path = os.path.join(base, line)
-        parts = line.rsplit(None, 1)
-        if not os.path.isfile(path) and len(parts) == 2:
-            path = os.path.join(base, parts[0])
-        paths.append(path)
-    return paths
+    return [os.path.join(base, split_entry(line, base)[0]) for _, line in list_lines(list_file)]
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:

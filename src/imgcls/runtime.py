@@ -63,9 +63,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+SEED_STRIDE = 1_000_003  # a prime far above any epoch count: seed s never meets seed s + 1
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of ``seed``'s stream number ``stream`` (an epoch's shuffle or augmentation, or
+    a fixed tag): every random stream of imgcls is seeded here, so seeds 0 and 1 never share
+    one (seed 1 at epoch 0 is not seed 0 at epoch 1).
+
+    >>> stream_seed(1, 0) != stream_seed(0, 1)
+    True
+    """
+    return seed * SEED_STRIDE + stream
+
+
 def rank_epoch_seed(seed: int, rank: int, world_size: int, epoch: int) -> int:
     """A distinct seed per (seed, epoch, rank): seeds 0 and 1 never share an epoch's streams."""
-    return (seed * 1_000_003 + epoch) * world_size + rank
+    return stream_seed(seed, epoch) * world_size + rank
 
 
 def configure_determinism(deterministic: bool) -> None:

@@ -11,24 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-# TensorBoard tags for the per-epoch metrics (metrics.jsonl keeps the plain names).
-# Per-class precision, recall and F1 go to "val_class_<metric>/<class>", up to this many classes
-# (beyond it TensorBoard's scalar list stops being readable; metrics.jsonl keeps them all).
+from imgcls.metric_table import tb_tags
+
+# The per-epoch metrics' TensorBoard tags are in metric_table.METRICS (metrics.jsonl keeps the
+# plain names). Per-class precision, recall and F1 go to "val_class_<metric>/<class>", up to this
+# many classes (beyond it TensorBoard's scalar list stops being readable; metrics.jsonl keeps them
+# all).
 MAX_CLASS_SCALARS = 100
-TB_TAGS = {
-    "train_loss": "train/loss",
-    "train_acc": "train/acc",
-    "val_loss": "val/loss",
-    "val_acc": "val/acc",
-    "val_top5": "val/top5",
-    "val_macro_f1": "val/macro_f1",
-    "val_balanced_acc": "val/balanced_acc",
-    "val_macro_precision": "val/macro_precision",
-    "val_macro_recall": "val/macro_recall",
-    "lr": "lr",
-    "epoch_time_s": "time/epoch_s",
-    "elapsed_s": "time/elapsed_s",
-}
 
 
 def logged_epochs(metrics_path: Path) -> set[int]:
@@ -103,7 +92,7 @@ class RunLogger:
             handle.write(json.dumps(metrics) + "\n")
         if self.writer is not None:
             step = metrics["epoch"]
-            for key, tag in TB_TAGS.items():
+            for key, tag in tb_tags().items():
                 value = metrics.get(key)
                 if value is not None:
                     self.writer.add_scalar(tag, value, global_step=step)

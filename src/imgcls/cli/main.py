@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in TRAIN_LIKE:
         args.overrides = [*args.overrides, *extra]
     if (args.command == "train" and args.nproc is not None and args.nproc > 1
-            and not args.print_config):  # printing needs no processes
+            and not args.print_config and not args.dry_run):  # checking needs no processes
         try:
             settle()  # start-up ends: Ctrl-C is the KeyboardInterrupt launch_torchrun awaits
             return train.launch_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)

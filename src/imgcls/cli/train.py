@@ -21,6 +21,7 @@ examples:
   imgcls train --config simple_v3_seed optim.momentum=0.9 data.val_fraction=0.1
   imgcls train --config fast_small --print-config   # the resolved config as YAML; no run
   imgcls train --resume runs/NAME                # continue at the next epoch
+  imgcls train --data PATH --dry-run             # check data, model and one batch; no run
   imgcls train --nproc 2 --data PATH             # 2 processes on this machine (torchrun)
   torchrun --nproc_per_node 4 -m imgcls train --config C.yaml   # the same, launched by hand
 
@@ -43,6 +44,10 @@ def add_train(commands: Any) -> None:
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved config as YAML (what the run would use) and "
                        "exit: no data read, nothing written")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check everything the run needs (config, data, model, one batch "
+                       "through the model; with --resume, the run) and print what would run; "
+                       "writes nothing")
     add_code_options(train)  # --resume of a run of your own model class
     add_train_options(train)
     train.set_defaults(run=_run_train)
@@ -60,7 +65,10 @@ def _run_train(args: argparse.Namespace) -> int:
         import yaml
 
         cfg, _ = api.train_config(resume=args.resume, overrides=overrides, code=code)
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(yaml.safe_dump(cfg.to_saved(), sort_keys=False), end="")
+        return 0
+    if args.dry_run:
+        print("\n".join(api.dry_run(resume=args.resume, overrides=overrides, code=code)))
         return 0
     if args.resume:
         api.train(resume=args.resume, overrides=overrides, code=code)

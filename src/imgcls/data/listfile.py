@@ -1,4 +1,7 @@
-"""List files: one ``relative/path label`` per line (``#`` comments and blank lines ignored)."""
+"""List files: one ``relative/path label`` per line (``#`` comments and blank lines ignored).
+
+One reader for training (a label on every line) and ``imgcls predict`` (labels optional):
+:func:`list_lines` and :func:`split_entry`."""
 
 from __future__ import annotations
 
@@ -11,6 +14,29 @@ from imgcls.errors import ImgclsError
 Entry = tuple[str, str, str, int]  # (key as written in the file, resolved path, label, line)
 
 INDEX = re.compile(r"-?[0-9]+")  # what counts as an integer label (signed, to refuse -1)
+
+
+def list_lines(list_file: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of every entry: stripped, blank lines and ``#`` comments left
+    out (a BOM too); an unreadable file is one line naming it."""
+    try:
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise ImgclsError(f"list file not found: {list_file}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImgclsError(f"cannot read list file {list_file}: {exc}") from None
+    stripped = ((number, raw.strip()) for number, raw in enumerate(lines, start=1))
+    return [(number, line) for number, line in stripped if line and not line.startswith("#")]
+
+
+def split_entry(line: str, base: Path) -> tuple[str, str | None]:
+    """``(path as written, label or None)``. The label is the last word, so a path may contain
+    spaces; a line that names an existing file as a whole (``my photo.jpg``) is a path without
+    a label."""
+    if os.path.isfile(os.path.join(base, line)):
+        return line, None
+    parts = line.rsplit(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (line, None)
 
 
 def read_list_file(
@@ -26,27 +52,16 @@ def read_list_file(
     image is an error naming it, or, with ``skip_missing``, is dropped and its key returned in
     ``missing``.
     """
-    try:
-        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise ImgclsError(f"list file not found: {list_file}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImgclsError(f"cannot read list file {list_file}: {exc}") from None
-
     base = list_file.parent
     entries: list[Entry] = []
     missing: list[str] = []
     first_line: dict[str, int] = {}
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.rsplit(None, 1)
-        if len(parts) != 2:
+    for number, line in list_lines(list_file):
+        key, label = split_entry(line, base)
+        if label is None:
             raise ImgclsError(
                 f"{list_file}:{number}: expected 'relative/path label', got {line!r}"
             )
-        key, label = parts
         if key in first_line:
             raise ImgclsError(
                 f"{list_file}:{number}: {key!r} is listed twice (first on line {first_line[key]})"

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from imgcls.config import LoaderConfig
 from imgcls.data.sampling import BalancedSampler
+from imgcls.runtime import stream_seed
 
 
 class BatchLoader(Protocol):
@@ -104,9 +105,8 @@ class EpochLoader:
                 num_replicas=num_replicas,
                 rank=rank,
                 shuffle=shuffle,
-                # DistributedSampler seeds each epoch with seed + epoch: spread the seeds apart
-                # so that seed 1 at epoch 0 is not seed 0 at epoch 1.
-                seed=seed * 1_000_003,
+                # DistributedSampler seeds epoch e with seed + e: stream e of stream_seed's
+                seed=stream_seed(seed, 0),
                 drop_last=cfg.drop_last,
             )
         batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
@@ -128,7 +128,7 @@ class EpochLoader:
     def set_epoch(self, epoch: int) -> None:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(self.worker_seed * 1_000_003 + epoch)
+        self.generator.manual_seed(stream_seed(self.worker_seed, epoch))
 
     def start_at(self, batch: int) -> None:
         """The next pass begins at batch ``batch`` of the epoch (a run resumed mid-epoch)."""

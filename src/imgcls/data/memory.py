@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,15 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from imgcls.config import TransformConfig
-from imgcls.data.sampling import SAMPLERS, balanced_indices
+from imgcls.data.sampling import SAMPLERS, balanced_indices, shard_order, shard_size
 from imgcls.data.transforms import _channels, apply_preset
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write
+from imgcls.runtime import stream_seed
 
 FLIP_MODES = ("random", "alternate")
+FLIP_COIN_STREAM = 12_345  # airbench's per-image flip coin: a stream no epoch reaches
+
 # transforms.crop_padding_mode (torchvision's padding_mode names) -> torch.nn.functional.pad's
 PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
 # In the fingerprint of decoded image files: caches from before EXIF orientation was applied
@@ -59,17 +62,19 @@ def padding_ltrb(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
 
 
 def unsupported_transforms(
-    cfg: TransformConfig, image_size: int, in_channels: int = 3
+    cfg: TransformConfig, image_size: int, in_channels: int = 3,
+    explicit: Collection[str] | None = None,
 ) -> list[str]:
-    """The config keys (after the preset is applied) :class:`MemoryLoader` cannot reproduce;
-    empty when it makes the same batches as :func:`build_transform` would.
+    """The config keys (after the preset is applied; ``explicit`` as :func:`apply_preset`'s)
+    :class:`MemoryLoader` cannot reproduce; empty when it makes the same batches as
+    :func:`build_transform` would.
 
     >>> unsupported_transforms(TransformConfig(preset="cifar"), 32)
     []
     >>> unsupported_transforms(TransformConfig(preset="imagenet"), 224)
     ['transforms.random_resized_crop', 'transforms.center_crop']
     """
-    cfg = apply_preset(cfg, image_size)
+    cfg = apply_preset(cfg, image_size, explicit)
     checks = [
         ("transforms.random_resized_crop", cfg.random_resized_crop),
         ("transforms.resize", cfg.resize is not None),
@@ -317,7 +322,7 @@ class MemoryLoader:
             self.std = _channels(list(mean_std[1]), channels)
             self.scale, self.shift = _fused_normalize(self.mean, self.std, self.device)
         # airbench's alternating flip: a fixed coin per image, inverted on odd epochs.
-        coin = torch.Generator().manual_seed(seed * 1_000_003 + 12_345)
+        coin = torch.Generator().manual_seed(stream_seed(seed, FLIP_COIN_STREAM))
         self.flip_base = (torch.rand(len(images), generator=coin) < 0.5).to(self.device)
         self.generator = torch.Generator(device=self.device)
         self.epoch = 0
@@ -339,9 +344,7 @@ class MemoryLoader:
         n = len(self.images)
         if not self.train:
             return len(range(self.rank, n, self.num_replicas))
-        if self.drop_last and n % self.num_replicas:
-            return n // self.num_replicas
-        return math.ceil(n / self.num_replicas)
+        return shard_size(n, self.num_replicas, self.drop_last)
 
     def indices(self) -> torch.Tensor:
         """This rank's image indices for the current epoch, in order (CPU int64)."""
@@ -352,14 +355,11 @@ class MemoryLoader:
             order = balanced_indices(self.balanced_labels, self.seed, self.epoch)
         elif self.shuffle:
             # The seed DistributedSampler (EpochLoader) uses: the same order as the DataLoader.
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        total = self.num_samples * self.num_replicas
-        if total > n:  # pad with repeats from the start, as DistributedSampler does
-            order = torch.cat([order, order.repeat(math.ceil(total / n))[: total - n]])
-        return order[:total][self.rank :: self.num_replicas]
+        return shard_order(order, self.num_replicas, self.rank, self.drop_last)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -370,7 +370,7 @@ class MemoryLoader:
         """The epoch's augmentation, one entry per image of the epoch, in a fixed draw order."""
         # Augmentations differ per rank (seed + rank), as the DataLoader's worker seeds do.
         g = self.generator
-        g.manual_seed(((self.seed + self.rank) * 1_000_003 + self.epoch) * 7 + 3)
+        g.manual_seed(stream_seed(self.seed + self.rank, self.epoch) * 7 + 3)  # not the shuffle's
         dev = self.device
         draws: dict[str, torch.Tensor] = {}
         if self.padding is not None:

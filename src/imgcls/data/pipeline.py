@@ -69,10 +69,11 @@ def source_defaults(cfg: Config) -> Config:
     return cfg
 
 
-def resolve_preprocessing(cfg: Config, data: DataSplit) -> Preprocessing:
+def resolve_preprocessing(cfg: Config, data: DataSplit, *, cache: bool = True) -> Preprocessing:
     """The input size (transforms.image_size, else the model's) and the normalisation. When
     it should be the data's own statistics and the source does not know them (folders, list
-    files), they are computed from the training part once (cached with the decoded images)."""
+    files), they are computed from the training part once (cached with the decoded images,
+    unless ``cache`` is false: a dry run writes nothing)."""
     info = get_model_info(cfg.model.name, cfg.model.pretrained)
     size = cfg.transforms.image_size or info.input_size
     if info.fixed_size and size != info.input_size:
@@ -85,7 +86,7 @@ def resolve_preprocessing(cfg: Config, data: DataSplit) -> Preprocessing:
         cfg.transforms.normalize == "auto" and info.default_normalize == "dataset"
         and not cfg.model.pretrained)
     if stats is None and wants:
-        stats, count = dataset_mean_std(data.train, size, cache_dir(cfg))
+        stats, count = dataset_mean_std(data.train, size, cache_dir(cfg) if cache else None)
         note = (f"normalising with the training images' own mean "
                 f"[{', '.join(f'{v:.4f}' for v in stats[0])}] and std "
                 f"[{', '.join(f'{v:.4f}' for v in stats[1])}] (from {count} images)")
@@ -166,7 +167,8 @@ def use_memory_loader(cfg: Config, data: DataSplit, prep: Preprocessing) -> bool
     """``data.loader`` for training: memory, dataloader, or auto (memory when it fits and can do
     the transforms)."""
     mode = cfg.data.loader
-    unsupported = unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels)
+    unsupported = unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels,
+                                         cfg.explicit)
     if mode == "memory" and unsupported:
         raise ImgclsError(
             f"data.loader=memory cannot apply {', '.join(unsupported)} (it does random "
@@ -193,7 +195,7 @@ def _dataloaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: runtim
                  device: torch.device) -> tuple[EpochLoader, EpochLoader | None]:
     train_transform = build_transform(
         cfg.transforms, train=True, image_size=prep.image_size, native_size=data.native_size,
-        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
+        mean_std=prep.mean_std, in_channels=cfg.model.in_channels, explicit=cfg.explicit,
     )
     train_loader = EpochLoader(
         TransformedDataset(data.train, train_transform), cfg.loader, train=True,
@@ -212,7 +214,7 @@ def _memory_loaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: run
                     device: torch.device) -> tuple[MemoryLoader, MemoryLoader | None]:
     """Decode the train and val sets once (cached) and keep them on ``device``; the same
     augmentations as :func:`build_transform`, made per batch."""
-    tf = apply_preset(cfg.transforms, prep.image_size)
+    tf = apply_preset(cfg.transforms, prep.image_size, cfg.explicit)
     ld = cfg.loader
     images, labels = decode_to_tensor(data.train, prep.image_size, cache_dir=cache_dir(cfg))
     train_loader = MemoryLoader(
@@ -256,7 +258,7 @@ def eval_dataloader(cfg: Config, dataset: Dataset, prep: Preprocessing,
                     native_size: int | None, device: torch.device) -> EpochLoader:
     transform = build_transform(
         cfg.transforms, train=False, image_size=prep.image_size, native_size=native_size,
-        mean_std=prep.mean_std, in_channels=cfg.model.in_channels,
+        mean_std=prep.mean_std, in_channels=cfg.model.in_channels, explicit=cfg.explicit,
     )
     return EpochLoader(
         TransformedDataset(dataset, transform), cfg.loader, train=False, seed=cfg.train.seed,
@@ -267,7 +269,8 @@ def eval_dataloader(cfg: Config, dataset: Dataset, prep: Preprocessing,
 def _eval_fits_memory(cfg: Config, images: int, prep: Preprocessing) -> bool:
     if cfg.data.loader == "dataloader":
         return False
-    if unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels):
+    if unsupported_transforms(cfg.transforms, prep.image_size, cfg.model.in_channels,
+                              cfg.explicit):
         return False
     return (cfg.data.loader == "memory"
             or decoded_bytes(cfg, images, prep) <= cfg.data.memory_budget_mb * 2**20)

@@ -93,6 +93,18 @@ def balanced_indices(labels: Sequence[int] | np.ndarray | torch.Tensor, seed: in
     return torch.from_numpy(out[shuffle])
 
 
+def shard_size(n: int, num_replicas: int, drop_last: bool = False) -> int:
+    """Each rank's share of ``n`` items, as DistributedSampler counts it: rounded up (padded
+    with repeats), or down with ``drop_last`` (the remainder left out).
+
+    >>> shard_size(5, 2), shard_size(5, 2, drop_last=True), shard_size(4, 2, drop_last=True)
+    (3, 2, 2)
+    """
+    if drop_last and n % num_replicas:
+        return n // num_replicas
+    return math.ceil(n / num_replicas)
+
+
 def shard_order(order: torch.Tensor, num_replicas: int, rank: int,
                 drop_last: bool = False) -> torch.Tensor:
     """Rank ``rank``'s strided share of an epoch's ``order``, as DistributedSampler shards: the
@@ -102,9 +114,7 @@ def shard_order(order: torch.Tensor, num_replicas: int, rank: int,
     [1, 3, 0]
     """
     n = len(order)
-    per_rank = n // num_replicas if drop_last and n % num_replicas else math.ceil(
-        n / num_replicas)
-    total = per_rank * num_replicas
+    total = shard_size(n, num_replicas, drop_last) * num_replicas
     if total > n:
         order = torch.cat([order, order.repeat(math.ceil(total / n))[: total - n]])
     return order[:total][rank::num_replicas]
@@ -134,7 +144,4 @@ class BalancedSampler(Sampler[int]):
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        if self.drop_last and n % self.num_replicas:
-            return n // self.num_replicas
-        return math.ceil(n / self.num_replicas)
+        return shard_size(len(self.labels), self.num_replicas, self.drop_last)

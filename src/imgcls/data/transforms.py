@@ -7,7 +7,7 @@ and normalised: cheaper than PIL for small images and the same code for PIL or t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 HALF = [0.5, 0.5, 0.5]
 
-# What each preset switches on; explicit keys that differ from their defaults win.
+# What each preset switches on; the keys the user set win (Config.explicit).
 PRESETS: dict[str, dict[str, object]] = {
     "none": {},
     "cifar": {"random_crop": True, "crop_padding": [4], "hflip": 0.5},
@@ -30,10 +30,17 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-def apply_preset(cfg: TransformConfig, image_size: int) -> TransformConfig:
-    """Fill in the preset's augmentations wherever the user left a key at its default.
+def apply_preset(cfg: TransformConfig, image_size: int,
+                 explicit: Collection[str] | None = None) -> TransformConfig:
+    """Fill in the preset's augmentations wherever the user did not set the key.
 
-    ``auto`` is ``cifar`` for small inputs (up to 64 pixels) and ``imagenet`` for larger ones.
+    ``explicit``: the dotted keys the user set (:attr:`imgcls.config.Config.explicit`), so
+    ``transforms.hflip=0`` turns the preset's flip off; None (a bare TransformConfig): the keys
+    that differ from their defaults. ``auto`` is ``cifar`` for small inputs (up to 64 pixels)
+    and ``imagenet`` for larger ones.
+
+    >>> apply_preset(TransformConfig(preset="cifar"), 32, {"transforms.hflip"}).hflip
+    0.0
     """
     preset = cfg.preset
     if preset == "auto":
@@ -42,7 +49,8 @@ def apply_preset(cfg: TransformConfig, image_size: int) -> TransformConfig:
     changes = {
         key: value
         for key, value in PRESETS[preset].items()
-        if getattr(cfg, key) == getattr(defaults, key)
+        if (f"transforms.{key}" not in explicit if explicit is not None
+            else getattr(cfg, key) == getattr(defaults, key))
     }
     return dataclasses.replace(cfg, **changes)
 
@@ -121,17 +129,18 @@ def build_transform(
     native_size: int | None = None,
     mean_std: tuple[list[float], list[float]] | None = None,
     in_channels: int = 3,
+    explicit: Collection[str] | None = None,
 ) -> v2.Compose:
     """The transform for one split.
 
     ``native_size`` is the size every source image already has (CIFAR: 32); when it equals
-    ``image_size`` no resize is added.
+    ``image_size`` no resize is added. ``explicit``: as :func:`apply_preset`'s.
 
     >>> t = build_transform(TransformConfig(), train=False, image_size=32)
     >>> t(torch.zeros(3, 40, 50, dtype=torch.uint8)).shape
     torch.Size([3, 32, 32])
     """
-    cfg = apply_preset(cfg, image_size)
+    cfg = apply_preset(cfg, image_size, explicit)
     # Geometry and colour run on whatever comes in (PIL images from files: Pillow's kernels are
     # the fastest for small images); the tensor conversion comes last.
     steps: list[torch.nn.Module] = []

@@ -22,6 +22,7 @@ from imgcls.engine.metrics import Monitor
 from imgcls.engine.record import CheckpointRecord
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
+from imgcls.metric_table import METRICS
 from imgcls.tracking import RunLogger
 
 
@@ -128,12 +129,12 @@ class RunFiles(Callback):
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {m['epoch']}/{epochs}",
-             f"train_loss {m['train_loss']:.4f}", f"train_acc {m['train_acc']:.4f}"]
-    if m.get("val_acc") is not None:
-        parts += [f"val_loss {m['val_loss']:.4f}", f"val_acc {m['val_acc']:.4f}",
-                  f"val_top5 {m['val_top5']:.4f}", f"val_macro_f1 {m['val_macro_f1']:.4f}"]
-    parts += [f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
+    """The console line of an epoch: the metrics marked console=True in metric_table.METRICS
+    (the validation ones absent without a validation set), then the epoch's time."""
+    parts = [f"epoch {m['epoch']}/{epochs}"]
+    parts += [f"{name} {m[name]:{spec.fmt}}" for name, spec in METRICS.items()
+              if spec.console and m.get(name) is not None]
+    parts.append(f"{m['epoch_time_s']:{METRICS['epoch_time_s'].fmt}}s")
     return "  ".join(parts)
 
 

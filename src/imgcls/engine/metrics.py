@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from imgcls.errors import ImgclsError
+from imgcls.metric_table import METRICS, monitor_names
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -118,33 +119,29 @@ class Monitor:
         return -math.inf if self.mode == "max" else math.inf
 
 
+# The metrics a run may monitor, with their direction: the entries of metric_table.METRICS marked
+# monitor=True (that table is the one place to add one).
 MONITORS: dict[str, Monitor] = {
-    m.name: m
-    for m in (
-        Monitor("val_acc", "max"),
-        Monitor("val_loss", "min"),
-        Monitor("val_top5", "max"),
-        Monitor("val_macro_f1", "max"),
-        Monitor("val_balanced_acc", "max"),
-    )
+    name: Monitor(name, str(METRICS[name].direction)) for name in monitor_names()
 }
 
 
 def get_monitor(name: str) -> Monitor:
     """Look up a monitor by name, failing with a user-facing error for a typo in the config."""
-    try:
-        return MONITORS[name]
-    except KeyError:
-        choices = ", ".join(MONITORS)
+    spec = METRICS.get(name)
+    if spec is None or not spec.monitor:
+        choices = ", ".join(monitor_names())
         raise ImgclsError(
             f"train.monitor={name!r} is not a metric imgcls measures; choose one of {choices}"
-        ) from None
+        )
+    return Monitor(name, str(spec.direction))
 
 
 def epoch_metrics_from_eval(
     loss: float, top1: float, top5: float, confusion: torch.Tensor
 ) -> dict[str, float]:
-    """The scalar validation metrics one training epoch logs, keyed as monitors name them."""
+    """The scalar validation metrics one training epoch logs, keyed as metrics.jsonl names them
+    (every key needs its entry in metric_table.METRICS)."""
     m = classification_metrics(confusion)
     return {
         "val_loss": float(loss),

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import shlex
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -220,15 +223,38 @@ def _model_config(config: Any) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
-def provenance(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
-    """Which software and hardware made a checkpoint (results carry their provenance)."""
+def provenance(device: torch.device | str, world_size: int = 1,
+               command: str | None = None) -> dict[str, Any]:
+    """Which software and hardware made a checkpoint, and the command that ran it (results
+    carry their provenance); ``command`` None: this process's, by :func:`command_line`."""
     return {
         "imgcls": imgcls.__version__,
         "torch": str(torch.__version__),  # a TorchVersion object would not load weights_only
         "python": platform.python_version(),
         "device": str(device),
         "world_size": world_size,
+        "command": command_line() if command is None else command,
     }
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that started this process (``argv``: ``sys.argv``), shell-quoted, to run it
+    again: the ``imgcls`` command (console script, ``python -m imgcls``, torchrun's ``-m
+    imgcls``) as ``imgcls ...``; anything else trained from Python, through ``imgcls.api``.
+
+    >>> command_line(["/venv/bin/imgcls", "train", "--data", "my images"])
+    "imgcls train --data 'my images'"
+    >>> command_line(["fit.py", "--fast"])
+    'python: imgcls.api.train, in fit.py --fast'
+    """
+    argv = list(sys.argv if argv is None else argv)
+    program = PurePath(argv[0]) if argv and argv[0] else None
+    if program is not None and (program.stem == "imgcls" or (
+            program.name == "__main__.py" and program.parent.name == "imgcls")):
+        return shlex.join(["imgcls", *argv[1:]])
+    if program is None or argv[0] == "-c":  # an interactive session, python -c
+        return "python: imgcls.api.train"
+    return f"python: imgcls.api.train, in {shlex.join([program.name, *argv[1:]])}"
 
 
 __all__ = ["FORMAT", "REQUIRED", "VERSION", "CheckpointRecord", "provenance"]

@@ -191,14 +191,27 @@ def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> tuple[Path, RunLock
             run_dir = Path(f"{run_dir}-{datetime.now():%f}")
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        lock = RunLock.acquire(run_dir)
     except OSError as exc:
         raise ImgclsError(
             f"cannot write to output folder {run_dir}: {exc.strerror or exc}"
         ) from None
-    lock = RunLock.acquire(run_dir)
+    try:  # under the lock: no other process's probe or checkpoint comes in between
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if resume_dir is None and (run_dir / "checkpoints" / "last.pt").exists():
+            raise ImgclsError(  # a run that started and saved while this one was checking
+                f"run folder {run_dir} already holds a run; continue it with "
+                f"`imgcls train --resume {run_dir}` or choose another --name")
+    except OSError as exc:
+        lock.release()
+        raise ImgclsError(
+            f"cannot write to output folder {run_dir}: {exc.strerror or exc}"
+        ) from None
+    except ImgclsError:
+        lock.release()
+        raise
     if resume_dir is None:  # a folder started over (a resume's repair does this on its own)
         remove_checkpoint_temporaries(run_dir)
     return run_dir, lock

@@ -31,10 +31,10 @@ from imgcls.engine.loop import (
 )
 from imgcls.engine.metrics import Monitor, classification_metrics, epoch_metrics_from_eval
 from imgcls.engine.signals import GracefulStop, StopRequested
+from imgcls.metric_table import names
 
 # The validation keys of an epoch's metrics row (None when the run has no validation set).
-VAL_KEYS = ("val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc",
-            "val_macro_precision", "val_macro_recall")
+VAL_KEYS = names(validation=True)
 
 
 class Callback:

@@ -14,8 +14,7 @@ from imgcls.experiments.plan import KINDS, Experiment
 from imgcls.experiments.stats import spread
 from imgcls.experiments.status import FINISHED, MISSING, RunStatus, statuses
 from imgcls.files import atomic_write_text
-
-FINAL_KEYS = ("val_acc", "val_loss", "val_macro_f1", "val_balanced_acc", "train_loss")
+from imgcls.metric_table import METRICS, names
 
 
 def summarize(experiment: Experiment) -> dict[str, Any]:
@@ -58,7 +57,7 @@ def run_row(status: RunStatus, monitor: str, mode: str) -> dict[str, Any]:
         best = pick(scored, key=lambda r: r[monitor])  # the first of equal values, as best.pt
         row["best_epoch"], row[f"best_{monitor}"] = best["epoch"], float(best[monitor])
     last = status.rows[-1] if status.rows else {}
-    for key in dict.fromkeys((monitor, *FINAL_KEYS)):
+    for key in dict.fromkeys((monitor, *names(summary=True))):  # the table's summary=True
         if isinstance(last.get(key), (int, float)):
             row[f"final_{key}"] = float(last[key])
     return row
@@ -71,22 +70,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     direction = "lower" if summary["mode"] == "min" else "higher"
     head = (f"{summary['experiment']}: {summary['count']} {what}s of {summary['model']} on "
             f"{summary['data']}; train.monitor {monitor} ({direction} is better)")
+    fmt = METRICS[monitor].fmt
     columns = [("run", "run", "s"), ("status", "status", "s"), ("epochs", "epochs", "d"),
-               ("best_epoch", "best epoch", "d"), (f"best_{monitor}", f"best {monitor}", "f"),
-               (f"final_{monitor}", f"final {monitor}", "f")]
+               ("best_epoch", "best epoch", "d"), (f"best_{monitor}", f"best {monitor}", fmt),
+               (f"final_{monitor}", f"final {monitor}", fmt)]
     other = "val_acc" if monitor == "val_loss" else "val_loss"  # the rest: in summary.json
     if any(f"final_{other}" in r for r in summary["runs"]):
-        columns.append((f"final_{other}", f"final {other}", "f"))
+        columns.append((f"final_{other}", f"final {other}", METRICS[other].fmt))
     lines = [head, _table(summary["runs"], columns), ""]
     width = max(len(k) for k in summary["stats"]) + 2
     lines.append(f"{'':<{width}}{'n':>3}  {'mean':>8}  {'std':>8}  95% CI")
     for key, s in summary["stats"].items():
         if s["std"] is None:
-            lines.append(f"{key:<{width}}{s['n']:>3}  {s['mean']:>8.4f}  {'-':>8}  "
+            lines.append(f"{key:<{width}}{s['n']:>3}  {s['mean']:>8{fmt}}  {'-':>8}  "
                          "none from one run")
         else:
-            lines.append(f"{key:<{width}}{s['n']:>3}  {s['mean']:>8.4f}  {s['std']:>8.4f}  "
-                         f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]")
+            lines.append(f"{key:<{width}}{s['n']:>3}  {s['mean']:>8{fmt}}  {s['std']:>8{fmt}}  "
+                         f"[{s['ci_low']:{fmt}}, {s['ci_high']:{fmt}}]")
     if summary["not_finished"]:
         lines.append(f"not finished ({len(summary['not_finished'])} of {summary['count']}, "
                      f"left out above): {', '.join(summary['not_finished'])}")
@@ -95,10 +95,11 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Columns are (key, title, kind): kind "s" (text), "d" (a count) or a number format."""
     def cell(value: Any, kind: str) -> str:
         if value is None:
             return "-"
-        return f"{value:.4f}" if kind == "f" else str(value)
+        return str(value) if kind in ("s", "d") else f"{value:{kind}}"
 
     cells = [[cell(r.get(key), kind) for key, _, kind in columns] for r in rows]
     widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title, _) in

@@ -120,6 +120,6 @@ def write_best_recipe(path: Path, base: Config, row: TrialRow, metric: str, stud
         f"# measured: {metric} {row.value:.4f}{at} on the validation split ({row.run_dir})",
         f"# train it: imgcls train --config {path}",
     ]
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    text = yaml.safe_dump(cfg.to_saved(), sort_keys=False)
     atomic_write_text(path, "\n".join(header) + "\n" + text)
     return cfg

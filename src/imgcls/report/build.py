@@ -17,6 +17,7 @@ import yaml
 import imgcls
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write, atomic_write_text
+from imgcls.metric_table import METRICS, names
 from imgcls.models.user import CodeConsent
 from imgcls.report import figures, page, tables
 from imgcls.report.calibration import BINS, calibration
@@ -230,7 +231,8 @@ def _images_html(out: _Folder, preds: Predictions, *, wrong: bool) -> str:
             "then the predicted class and its probability.</p>" if wrong else
             f"<p>{len(rows)} of the {len(candidates)} correct predictions, drawn at random "
             "(seed 0).</p>")
-    return (lead + page.thumbnails(cells) + page.files_note([png])
+    # the PNG holds pictures, the CSV the numbers: each note says which
+    return (lead + page.thumbnails(cells) + page.files_note([png], "the grid as one picture")
             + page.table(rows, columns, headers=["index in split", "true", "predicted",
                                                  "p(predicted)", "p(true)", "loss"])
             + page.files_note([name]))
@@ -241,7 +243,7 @@ def _provenance_html(s: dict[str, Any], config: Any) -> str:
     pairs: list[tuple[str, Any]] = [(f"images: {k}", v) for k, v in s["split_sizes"].items()]
     pairs += [("data source scored", s["data"]),
               ("checkpoint", s["checkpoint"]), ("epoch", s["epoch"])]
-    pairs += [(f"trained with {k}", v) for k, v in prov.items()]
+    pairs += [(f"trained with {k}", v) for k, v in prov.items() if k != "command"]
     pairs += [("mean time per epoch (s)", s["epoch_time_s_mean"]),
               ("training wall time (s)", s["elapsed_s"]),
               ("command", prov.get("command", "not recorded")),
@@ -254,8 +256,6 @@ def _provenance_html(s: dict[str, Any], config: Any) -> str:
 
 
 # --------------------------------------------------------------------------- several runs
-
-COMPARED = ("val_acc", "val_loss", "val_macro_f1", "val_balanced_acc", "train_loss")
 
 
 def report_compare(run_dirs: Sequence[str | Path], *, output: str | Path) -> Path:
@@ -275,7 +275,8 @@ def report_compare(run_dirs: Sequence[str | Path], *, output: str | Path) -> Pat
         runs[key], labels[key] = rows, str(run)
     out = _Folder(Path(output))
     table_rows = [_compare_row(name, labels[name], rows) for name, rows in runs.items()]
-    columns = ["run", "epochs"] + [f"{p}_{k}" for k in COMPARED for p in ("final", "best")]
+    compared = names(summary=True)  # the metrics metric_table.METRICS marks summary=True
+    columns = ["run", "epochs"] + [f"{p}_{k}" for k in compared for p in ("final", "best")]
     columns += ["best_val_acc_epoch", "epoch_time_s_mean", "path"]
     csv_name = out.text("compare.csv", tables.csv_text(table_rows, columns))
     plot_curves(runs, out.path / "curves.png")
@@ -304,11 +305,11 @@ def _transposed(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _compare_row(name: str, path: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"run": name, "path": path, "epochs": rows[-1].get("epoch")}
-    for key in COMPARED:
+    for key in names(summary=True):
         values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
         row[f"final_{key}"] = values[-1] if values else None
         if values:
-            row[f"best_{key}"] = min(values) if key.endswith("loss") else max(values)
+            row[f"best_{key}"] = METRICS[key].best(values)
     accs = [(r["val_acc"], r.get("epoch")) for r in rows if isinstance(r.get("val_acc"),
                                                                          (int, float))]
     row["best_val_acc_epoch"] = max(accs, key=lambda a: a[0])[1] if accs else None

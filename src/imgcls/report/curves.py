@@ -13,12 +13,12 @@ from typing import Any
 
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write, atomic_write_text
+from imgcls.metric_table import names
 
-# The panels of curves.png: (title, keys plotted in it, y label).
-PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("loss", ("train_loss", "val_loss"), "cross-entropy"),
-    ("accuracy", ("train_acc", "val_acc", "val_macro_f1", "val_balanced_acc"), "fraction"),
-    ("learning rate", ("lr",), "lr"),
+# The panels of curves.png: (title, y label). A panel draws the metrics whose entry in
+# metric_table.METRICS names it as their panel.
+PANELS: tuple[tuple[str, str], ...] = (
+    ("loss", "cross-entropy"), ("accuracy", "fraction"), ("learning rate", "lr"),
 )
 
 
@@ -62,8 +62,20 @@ def results_csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_curves(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> None:
-    """Loss, accuracy and learning rate per epoch, one line per (run, metric); written
-    atomically. With several runs, each run keeps one colour and each metric one line style."""
+    """:func:`curves_figure` as a PNG at ``path``, written atomically."""
+    fig = curves_figure(runs)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def curves_figure(runs: dict[str, Sequence[dict[str, Any]]]) -> Any:
+    """Loss, accuracy and learning rate per epoch, one line per (run, metric). With several
+    runs, each run keeps one colour and each metric one line style. Each panel's legend sits
+    below it, where it hides no line."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never open a window
@@ -71,8 +83,9 @@ def plot_curves(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 3.8))
-    for ax, (title, keys, ylabel) in zip(axes, PANELS, strict=True):
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.4))
+    for ax, (title, ylabel) in zip(axes, PANELS, strict=True):
+        keys = names(panel=title)
         drawn = False
         for r, (name, rows) in enumerate(runs.items()):
             for s, key in enumerate(keys):
@@ -93,13 +106,11 @@ def plot_curves(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+        if drawn:  # under the x label, outside the axes: inside, lines run behind it
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                      frameon=False)
+    fig.tight_layout()  # makes room for the legends below
+    return fig
 
 
 def refresh_run_files(run_dir: Path) -> None:

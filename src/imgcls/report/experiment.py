@@ -17,10 +17,9 @@ from imgcls.experiments.plan import KINDS, load_experiment
 from imgcls.experiments.status import statuses
 from imgcls.experiments.summary import summarize
 from imgcls.files import atomic_write
+from imgcls.metric_table import METRICS, names
 from imgcls.report import page, tables
 from imgcls.report.build import _Folder
-
-CURVE_KEYS = ("train_loss", "val_loss")  # drawn beside the monitored metric, one panel each
 
 
 def report_experiment(path: str | Path, *, output: str | Path | None = None) -> Path:
@@ -72,7 +71,8 @@ def _runs_html(out: _Folder, summary: dict[str, Any]) -> str:
 def _curves_html(out: _Folder, rows: dict[str, list[dict[str, Any]]], monitor: str) -> str:
     if not rows:
         return '<p class="note">no run has finished an epoch yet: no curves.</p>'
-    keys = tuple(dict.fromkeys((monitor, *CURVE_KEYS)))
+    # the monitored metric, then the losses (metric_table's loss panel), one panel each
+    keys = tuple(dict.fromkeys((monitor, *names(panel="loss"))))
     png = _curves_png(rows, keys)
     atomic_write(out.path / "curves.png", lambda handle: handle.write(png))
     flat = [{"run": run, **r} for run, epochs in rows.items() for r in epochs]
@@ -97,7 +97,7 @@ def _curves_png(rows: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) ->
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, color=f"C{i % 10}", marker="o", markersize=3, label=run)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.set_title(key)
+        ax.set_title(METRICS[key].label)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

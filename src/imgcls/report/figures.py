@@ -6,10 +6,15 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from imgcls.report.calibration import Calibration
+from imgcls.report.page import CONTENT_PX
+
+DPI = 90  # pixels per inch of the report's PNGs
+MIN_TEXT_PX = 10.0  # the smallest a number in a figure is shown on the page (CSS px)
 
 
 def _pyplot() -> Any:
@@ -21,65 +26,127 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(fig: Any, dpi: int = 90) -> bytes:
+def _png(fig: Any, dpi: int = DPI) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     _pyplot().close(fig)
     return buffer.getvalue()
 
 
+def shown_scale(width_in: float) -> float:
+    """How much the page shrinks a figure ``width_in`` inches wide (1: shown at its own size).
+
+    >>> shown_scale(4.0), round(shown_scale(20.0), 2)  # 1800 px shown at 1200
+    (1.0, 0.67)
+    """
+    return min(1.0, CONTENT_PX / (width_in * DPI))
+
+
+def cell_fontsize(cell_in: float, width_in: float, longest: int) -> float:
+    """The size (points) of the numbers in a confusion matrix's cells ``cell_in`` inches wide,
+    in a figure ``width_in`` inches wide: a third of the cell as the page shows it, narrower if
+    ``longest`` characters would not fit, but never under MIN_TEXT_PX on the page, nor over 14.
+
+    >>> round(cell_fontsize(1.0, 4.0, 4), 1)  # 90 px cells: 14 px text (11.2 pt at 90 dpi)
+    11.2
+    """
+    scale = shown_scale(width_in)
+    cell_px = cell_in * DPI * scale
+    px = min(14.0, cell_px / 3, 0.85 * cell_px / (0.64 * max(longest, 1)))  # digits: ~0.64 em
+    return max(px, MIN_TEXT_PX) / scale / DPI * 72
+
+
 def confusion_png(confusion: torch.Tensor, classes: list[str], *, normalized: bool) -> bytes:
     """The confusion matrix, raw counts or each row divided by its class's images."""
+    return _png(confusion_figure(confusion, classes, normalized=normalized))
+
+
+def confusion_figure(confusion: torch.Tensor, classes: list[str], *, normalized: bool) -> Any:
+    """:func:`confusion_png`'s matplotlib figure; each cell's number sized by
+    :func:`cell_fontsize` for the cell the layout left."""
     plt = _pyplot()
     counts = confusion.double()
     values = counts / counts.sum(dim=1, keepdim=True).clamp(min=1) if normalized else counts
     n = len(classes)
     side = min(max(4.0, 0.5 * n + 2.5), 24.0)
     fig, ax = plt.subplots(figsize=(side, side * 0.9))
-    image = ax.imshow(values.numpy(), cmap="Blues", vmin=0.0,
-                      vmax=1.0 if normalized else max(float(values.max()), 1.0))
+    vmax = 1.0 if normalized else max(float(values.max()), 1.0)
+    image = ax.imshow(values.numpy(), cmap="Blues", vmin=0.0, vmax=vmax)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
                  label="fraction of the true class" if normalized else "images")
     if n <= 30:
         ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
         ax.set_yticks(range(n), labels=classes)
-        top = float(values.max()) or 1.0
-        for i in range(n):
-            for j in range(n):
-                v = float(values[i, j])
-                ax.text(j, i, f"{v:.2f}" if normalized else str(int(v)), ha="center",
-                        va="center", fontsize=7, color="white" if v > 0.5 * top else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix, row-normalised" if normalized else "confusion matrix, counts")
     fig.tight_layout()
-    return _png(fig)
+    if n <= 30:  # the numbers go in once the layout has settled the cells' size
+        ax.apply_aspect()
+        box = ax.get_position()
+        cell_in = min(box.width * fig.get_figwidth(), box.height * fig.get_figheight()) / n
+        texts = [[f"{float(v):.2f}" if normalized else str(int(v)) for v in row]
+                 for row in values]
+        size = cell_fontsize(cell_in, fig.get_figwidth(),
+                             max(len(t) for row in texts for t in row))
+        for i in range(n):  # white on the darker half of the colour scale
+            for j in range(n):
+                ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=size,
+                        color="white" if float(values[i, j]) > 0.5 * vmax else "black")
+    return fig
+
+
+# The reliability diagram's bars: (label, face, edge, hatch). Opaque, so a gap drawn over an
+# accuracy bar shows the very colour its legend entry does.
+ACCURACY_BAR = ("accuracy", "C0", "black", "")
+OVER_GAP = ("over-confident: mean confidence above accuracy", "#f4a9a8", "C3", "//")
+UNDER_GAP = ("under-confident: accuracy above mean confidence", "#fcd98b", "#b07800", "..")
 
 
 def reliability_png(cal: Calibration) -> bytes:
     """Accuracy against confidence per bin (bars), the diagonal of perfect calibration, and
     how many images each bin holds (below)."""
+    return _png(reliability_figure(cal))
+
+
+def reliability_figure(cal: Calibration) -> Any:
+    """:func:`reliability_png`'s matplotlib figure. Each bin's gap between accuracy and mean
+    confidence is drawn above the bar (over-confident) or over its top (under-confident), in
+    the colour of its legend entry; the legend sits below the plots, covering no bar."""
     plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.0), sharex=True,
+    from matplotlib.patches import Patch
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.6), sharex=True, layout="constrained",
                                       gridspec_kw={"height_ratios": [3, 1]})
     width = cal.upper - cal.lower
     filled = cal.count > 0
-    top.bar(cal.lower[filled], cal.accuracy[filled], width=width[filled], align="edge",
-            edgecolor="black", color="C0", label="accuracy")
-    top.bar(cal.lower[filled], cal.confidence[filled] - cal.accuracy[filled],
-            bottom=cal.accuracy[filled], width=width[filled], align="edge", color="C3",
-            alpha=0.35, edgecolor="C3", label="gap to mean confidence")
-    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    acc, conf = cal.accuracy, cal.confidence
+    _, face, edge, hatch = ACCURACY_BAR
+    top.bar(cal.lower[filled], acc[filled], width=width[filled], align="edge", color=face,
+            edgecolor=edge, hatch=hatch)
+    shown = [ACCURACY_BAR]
+    for style, gap in ((OVER_GAP, filled & (conf > acc)), (UNDER_GAP, filled & (conf < acc))):
+        if gap.any():
+            _, face, edge, hatch = style
+            low = np.minimum(acc, conf)[gap]
+            top.bar(cal.lower[gap], np.abs(conf - acc)[gap], bottom=low, width=width[gap],
+                    align="edge", color=face, edgecolor=edge, hatch=hatch, linewidth=0.8)
+            shown.append(style)
+    # the accuracy bars' outlines again, over the gaps: each bar's height stays visible
+    top.bar(cal.lower[filled], acc[filled], width=width[filled], align="edge", fill=False,
+            edgecolor="black")
+    (diagonal,) = top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.set_title(f"reliability diagram (ECE {cal.ece:.4f}, {len(cal.count)} bins)")
-    top.legend(fontsize=8, loc="upper left")
+    handles = [Patch(facecolor=f, edgecolor=e, hatch=h, label=label)
+               for label, f, e, h in shown] + [diagonal]
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncol=1, frameon=False)
     bottom.bar(cal.lower, cal.count, width=width, align="edge", color="C7", edgecolor="black")
     bottom.set_xlabel("confidence (top-1 probability)")
     bottom.set_ylabel("images")
-    fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def grid_png(images: Sequence[Image.Image], captions: Sequence[str], *,

@@ -10,13 +10,17 @@ from collections.abc import Sequence
 from string import Template
 from typing import Any
 
+# The body's widest content (CSS px; its padding lies outside): the most an image is shown
+# at, so figures are drawn to be read at this size.
+CONTENT_PX = 1200
+
 PAGE = Template("""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>$title</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: ${width}px; color: #222;
        padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
@@ -31,7 +35,8 @@ pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .8em; }
 nav a { margin-right: 1em; }
 .wide { overflow-x: auto; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-.row figure { flex: 1 1 45%; margin: 0; }
+/* each figure at its own size, side by side while they fit: never shrunk to half a row */
+.row figure { flex: 0 1 auto; margin: 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: .8em; }
 .cell { font-size: .8em; text-align: center; }
 .cell img { width: 128px; height: 128px; object-fit: contain; image-rendering: pixelated; }
@@ -89,8 +94,8 @@ def image(png: bytes, alt: str, name: str) -> str:
             "</figure>")
 
 
-def files_note(names: Sequence[str]) -> str:
-    return f'<p class="note">numbers in: <span class="files">{esc(", ".join(names))}</span></p>'
+def files_note(names: Sequence[str], what: str = "numbers in") -> str:
+    return f'<p class="note">{esc(what)}: <span class="files">{esc(", ".join(names))}</span></p>'
 
 
 def section(section_id: str, title: str, body: str) -> str:
@@ -100,7 +105,7 @@ def section(section_id: str, title: str, body: str) -> str:
 def render(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) -> str:
     """The whole page from (id, title, body HTML) sections."""
     nav = "".join(f'<a href="#{esc(i)}">{esc(t)}</a>' for i, t, _ in sections)
-    return PAGE.substitute(title=esc(title), subtitle=esc(subtitle), nav=nav,
+    return PAGE.substitute(title=esc(title), subtitle=esc(subtitle), nav=nav, width=CONTENT_PX,
                            sections="\n".join(section(*s) for s in sections))
 
 
