@@ -41,7 +41,7 @@ FAST = ["--model", "lenet", "--epochs", "2", "loader.batch_size=16", "sched.warm
 def _no_curves_png(monkeypatch):
     """Each epoch's curves.png takes seconds of matplotlib on 2 shared cores, more than the tiny
     epochs here; the run's own files are test_report's subject, not this file's."""
-    monkeypatch.setattr("imgcls.report.curves.refresh_run_files", lambda run_dir: None)
+    monkeypatch.setattr("imgcls.engine.run_files.refresh_run_files", lambda run_dir: None)
 
 
 def _labels_of(record: dict, part: str, labels: dict) -> Counter:

@@ -13,14 +13,22 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from imgcls import api
 from imgcls.config import CHOICES, build_config
 from imgcls.engine.callbacks import epoch_line
-from imgcls.engine.metrics import MONITORS, get_monitor
+from imgcls.engine.run_files import PANELS
 from imgcls.errors import ImgclsError
 from imgcls.experiments.plan import Member
 from imgcls.experiments.status import FINISHED, RunStatus
 from imgcls.experiments.summary import run_row
-from imgcls.metric_table import METRICS, ROW_FIELDS, MetricSpec, monitor_names, names, tb_tags
+from imgcls.metric_table import (
+    METRICS,
+    MONITORS,
+    ROW_FIELDS,
+    MetricSpec,
+    get_monitor,
+    monitor_names,
+    names,
+    tb_tags,
+)
 from imgcls.report.build import _compare_row
-from imgcls.report.curves import PANELS
 from imgcls.tracking import RunLogger
 
 

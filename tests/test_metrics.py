@@ -9,14 +9,9 @@ import warnings
 import pytest
 import torch
 
-from imgcls.engine.metrics import (
-    MONITORS,
-    Monitor,
-    classification_metrics,
-    epoch_metrics_from_eval,
-    get_monitor,
-)
+from imgcls.engine.metrics import classification_metrics, epoch_metrics_from_eval
 from imgcls.errors import ImgclsError
+from imgcls.metric_table import MONITORS, Monitor, get_monitor
 
 # Rows = true class, columns = predicted class.
 #   a: 5 right, 2 called b, 1 called d        support 8

@@ -301,3 +301,43 @@ def test_registry() -> None:
         reg.get("Alpah", key="w.name")
     with pytest.raises(ImgclsError, match=r"^unknown widget 'zzz'$"):
         reg.get("zzz")
+
+
+# --------------------------------------------------------------------------- every model
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_trains_one_step(name: str) -> None:
+    # Parametrised over the registry: a model added there is tested here, with nothing to list.
+    info = get_model_info(name)
+    size = info.input_size if info.fixed_size else max(info.min_size, 32)
+    model = create_model(ModelConfig(name=name), num_classes=3).train()
+    images = torch.randn(2, 3, size, size)
+    logits = model(images)
+    assert logits.shape == (2, 3)
+    nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable), name
+
+
+def _torchvision_cases() -> list:
+    """torchvision's classifiers imgcls offers. RegNets compute their widths with tensors, so
+    they cannot be built on the "meta" device: they are built on the CPU, the largest (over
+    100M parameters, seconds each) in the slow tests."""
+    big = {"regnet_y_128gf", "regnet_y_32gf", "regnet_x_32gf", "regnet_y_16gf"}
+    offered = {i.name for i in list_models()}
+    names = [m for m in torchvision.models.list_models(module=torchvision.models)
+             if m in offered]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in big else n for n in names]
+
+
+@pytest.mark.parametrize("name", _torchvision_cases())
+def test_every_torchvision_model_builds_with_its_head(name: str) -> None:
+    # Shapes only on "meta" (it allocates nothing), at each model's own input size.
+    info = get_model_info(name)
+    on_cpu = name.startswith("regnet")
+    size = 64 if on_cpu else info.input_size
+    with torch.device("cpu" if on_cpu else "meta"), torch.no_grad():
+        model = create_model(ModelConfig(name=name), num_classes=3)
+        out = model.eval()(torch.zeros(1, 3, size, size))
+    assert out.shape == (1, 3)

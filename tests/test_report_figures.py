@@ -19,9 +19,9 @@ from matplotlib.colors import to_rgba
 from imgcls.cli import main
 from imgcls.engine.checkpoint import load_checkpoint, save_checkpoint
 from imgcls.engine.record import command_line, provenance
+from imgcls.engine.run_files import curves_figure
 from imgcls.report import figures
 from imgcls.report.calibration import calibration
-from imgcls.report.curves import curves_figure
 from imgcls.report.page import CONTENT_PX
 
 

@@ -25,10 +25,10 @@ from imgcls.config import build_config, save_yaml
 from imgcls.engine.checkpoint import load_checkpoint, save_checkpoint
 from imgcls.engine.loop import EpochProgress, NonFiniteLoss
 from imgcls.engine.trainer import Callback
-from imgcls.entry import _resumed_run
 from imgcls.errors import ImgclsError
 from imgcls.experiments.plan import plan_experiment
 from imgcls.experiments.status import run_status
+from imgcls.startup import _resumed_run
 
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 FAST = ["--model", "lenet", "loader.batch_size=16", "sched.warmup_epochs=0", "log.progress=off",
@@ -167,7 +167,7 @@ def test_a_signal_during_the_start_up_of_a_resume_says_nothing_new(tmp_path):
 
 
 def test_importing_imgcls_leaves_the_signal_handlers_alone():
-    code = ("import signal, imgcls, imgcls.cli, imgcls.entry, imgcls.cli.main;"
+    code = ("import signal, imgcls, imgcls.cli, imgcls.entry, imgcls.startup, imgcls.cli.main;"
             "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler;"
             "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -180,9 +180,9 @@ def test_interrupted_trial_does_not_count_and_diverged_one_fails(tmp_path):
 
 def test_a_trial_asked_for_when_the_study_is_full_is_dropped(tmp_path):
     # two workers asking for the last place at the same moment: the later trial never trains
-    from imgcls.engine.metrics import get_monitor
     from imgcls.experiments import tune as tuning
     from imgcls.experiments.tune_results import trial_rows
+    from imgcls.metric_table import get_monitor
 
     study = optuna.create_study(direction="maximize")
     params = load_space(_write(tmp_path / "s.yaml", "optim.lr: {uniform: [0.1, 1]}\n"),

@@ -54,7 +54,7 @@ from imgcls.engine.callbacks import (
 )
 from imgcls.engine.loop import EpochProgress, TrainState, evaluate
 from imgcls.engine.lr_finder import lr_sweep, save_sweep
-from imgcls.engine.metrics import Monitor, classification_metrics, get_monitor
+from imgcls.engine.metrics import classification_metrics
 from imgcls.engine.record import CheckpointRecord, provenance
 from imgcls.engine.repair import repair_finished_run, repair_run_folder
 from imgcls.engine.report import write_eval_report
@@ -71,6 +71,7 @@ from imgcls.engine.signals import GracefulStop
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model
+from imgcls.metric_table import Monitor, get_monitor
 from imgcls.models.user import CodeConsent, approve_code, code_record
 from imgcls.optim import create_loss
 from imgcls.tracking import echo

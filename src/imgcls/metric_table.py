@@ -18,8 +18,11 @@ No torch import: ``config.py`` reads this module, and validating a config must s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from imgcls.errors import ImgclsError
 
 # The bookkeeping fields of a metrics.jsonl row that are not metrics: counters, and the nested
 # per-class scores (TensorBoard gets those as val_class_<score>/<class>).
@@ -105,3 +108,58 @@ def names(*, validation: bool | None = None, summary: bool | None = None,
 def tb_tags() -> dict[str, str]:
     """metrics.jsonl key -> TensorBoard tag, for the metrics TensorBoard gets."""
     return {name: spec.tb_tag for name, spec in METRICS.items() if spec.tb_tag is not None}
+
+
+# --------------------------------------------------------------------------- monitors
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """A metric a run can watch, and which direction counts as better.
+
+    Best-checkpoint selection, plateau scheduling and early stopping all ask the same
+    question ("did this epoch improve?"), so they share one definition of it.
+    """
+
+    name: str
+    mode: str  # "max" or "min"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"Monitor mode must be 'max' or 'min', got {self.mode!r}")
+
+    def better(self, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+        """True when ``value`` beats ``best`` by more than ``min_delta`` in this direction.
+
+        No best yet always counts as an improvement; a NaN value never does, so a diverged
+        epoch cannot become the best checkpoint.
+        """
+        if math.isnan(value):
+            return False
+        if best is None or math.isnan(best):
+            return True
+        if self.mode == "max":
+            return value > best + min_delta
+        return value < best - min_delta
+
+    def worst(self) -> float:
+        """The starting 'best' value that any real value improves on."""
+        return -math.inf if self.mode == "max" else math.inf
+
+
+# The metrics a run may monitor, with their direction: the entries of metric_table.METRICS marked
+# monitor=True (that table is the one place to add one).
+MONITORS: dict[str, Monitor] = {
+    name: Monitor(name, str(METRICS[name].direction)) for name in monitor_names()
+}
+
+
+def get_monitor(name: str) -> Monitor:
+    """Look up a monitor by name, failing with a user-facing error for a typo in the config."""
+    spec = METRICS.get(name)
+    if spec is None or not spec.monitor:
+        choices = ", ".join(monitor_names())
+        raise ImgclsError(
+            f"train.monitor={name!r} is not a metric imgcls measures; choose one of {choices}"
+        )
+    return Monitor(name, str(spec.direction))

@@ -34,8 +34,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from imgcls.config import OptimConfig, SchedConfig
-from imgcls.engine.metrics import get_monitor
 from imgcls.errors import ImgclsError
+from imgcls.metric_table import get_monitor
 from imgcls.models import find_head
 from imgcls.registry import unknown_name_error
 

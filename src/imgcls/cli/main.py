@@ -15,8 +15,8 @@ from imgcls.cli import catalog, evaluate, experiments, report, ship, train
 from imgcls.cli.messages import interrupted_message, one_line, peer_lost, raise_on_sigterm
 from imgcls.cli.options import TRAIN_LIKE
 from imgcls.engine.signals import TERMINATED, requeue_slurm_job
-from imgcls.entry import settle
 from imgcls.errors import ImgclsError
+from imgcls.startup import settle
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = None
     try:
         # Start-up ends here, inside the try: until now a signal ended the process with one line
-        # (imgcls.entry); from now on it is a KeyboardInterrupt, answered below.
+        # (imgcls.startup); from now on it is a KeyboardInterrupt, answered below.
         previous = settle(raise_on_sigterm if args.command in ("train", "cv", "repeat", "tune")
                           else None)
         return args.run(args)

@@ -36,7 +36,7 @@ def _run_report(args: argparse.Namespace) -> int:
         if args.data is not None or args.split != "val":
             raise ImgclsError("--data and --split apply to one run's page; an experiment's page "
                               "shows what `imgcls evaluate EXPERIMENT --split S` wrote")
-        from imgcls.report.experiment import report_experiment
+        from imgcls.experiments.page import report_experiment
 
         path = report_experiment(args.runs[0], output=args.output)
     elif len(args.runs) == 1:

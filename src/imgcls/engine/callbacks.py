@@ -18,11 +18,11 @@ from imgcls.config import LogConfig
 from imgcls.data.transforms import denormalize
 from imgcls.engine.checkpoint import copy_checkpoint
 from imgcls.engine.loop import EpochProgress
-from imgcls.engine.metrics import Monitor
 from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.run_files import refresh_run_files
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
-from imgcls.metric_table import METRICS
+from imgcls.metric_table import METRICS, Monitor
 from imgcls.tracking import RunLogger
 
 
@@ -119,8 +119,6 @@ class RunFiles(Callback):
         self.run_dir, self.say = run_dir, say
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:
-        from imgcls.report.curves import refresh_run_files
-
         try:
             refresh_run_files(self.run_dir)
         except (OSError, ImgclsError) as exc:

@@ -8,15 +8,10 @@ so they can go straight into JSON logs, checkpoints and reports.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from imgcls.errors import ImgclsError
-from imgcls.metric_table import METRICS, monitor_names
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -83,58 +78,6 @@ def classification_metrics(
         "balanced_acc": balanced,
         "per_class": per_class,
     }
-
-
-@dataclass(frozen=True)
-class Monitor:
-    """A metric a run can watch, and which direction counts as better.
-
-    Best-checkpoint selection, plateau scheduling and early stopping all ask the same
-    question ("did this epoch improve?"), so they share one definition of it.
-    """
-
-    name: str
-    mode: str  # "max" or "min"
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("max", "min"):
-            raise ValueError(f"Monitor mode must be 'max' or 'min', got {self.mode!r}")
-
-    def better(self, value: float, best: float | None, min_delta: float = 0.0) -> bool:
-        """True when ``value`` beats ``best`` by more than ``min_delta`` in this direction.
-
-        No best yet always counts as an improvement; a NaN value never does, so a diverged
-        epoch cannot become the best checkpoint.
-        """
-        if math.isnan(value):
-            return False
-        if best is None or math.isnan(best):
-            return True
-        if self.mode == "max":
-            return value > best + min_delta
-        return value < best - min_delta
-
-    def worst(self) -> float:
-        """The starting 'best' value that any real value improves on."""
-        return -math.inf if self.mode == "max" else math.inf
-
-
-# The metrics a run may monitor, with their direction: the entries of metric_table.METRICS marked
-# monitor=True (that table is the one place to add one).
-MONITORS: dict[str, Monitor] = {
-    name: Monitor(name, str(METRICS[name].direction)) for name in monitor_names()
-}
-
-
-def get_monitor(name: str) -> Monitor:
-    """Look up a monitor by name, failing with a user-facing error for a typo in the config."""
-    spec = METRICS.get(name)
-    if spec is None or not spec.monitor:
-        choices = ", ".join(monitor_names())
-        raise ImgclsError(
-            f"train.monitor={name!r} is not a metric imgcls measures; choose one of {choices}"
-        )
-    return Monitor(name, str(spec.direction))
 
 
 def epoch_metrics_from_eval(

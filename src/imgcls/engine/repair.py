@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgcls.engine.checkpoint import copy_checkpoint, load_checkpoint
 from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.run_files import refresh_run_files
 from imgcls.errors import ImgclsError
 from imgcls.tracking import RunLogger, logged_epochs
 
@@ -74,8 +75,6 @@ def repair_finished_run(run_dir: Path, last: Path, record: CheckpointRecord, *,
                                          resume_row=record.metrics or None)
     logger.close()
     if wrote_row:
-        from imgcls.report.curves import refresh_run_files
-
         refresh_run_files(run_dir)
         line = f"metrics.jsonl: wrote epoch {record.epoch}'s row, which a kill had kept out"
         say(f"repaired {run_dir}: {line}")

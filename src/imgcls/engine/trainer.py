@@ -29,9 +29,9 @@ from imgcls.engine.loop import (
     evaluate,
     train_one_epoch,
 )
-from imgcls.engine.metrics import Monitor, classification_metrics, epoch_metrics_from_eval
+from imgcls.engine.metrics import classification_metrics, epoch_metrics_from_eval
 from imgcls.engine.signals import GracefulStop, StopRequested
-from imgcls.metric_table import names
+from imgcls.metric_table import Monitor, names
 
 # The validation keys of an epoch's metrics row (None when the run has no validation set).
 VAL_KEYS = names(validation=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.run_files import read_metrics
 from imgcls.experiments.plan import Experiment, Member
-from imgcls.report.curves import read_metrics
 
 MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
 

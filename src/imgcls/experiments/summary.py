@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from imgcls.engine.metrics import get_monitor
 from imgcls.errors import ImgclsError
 from imgcls.experiments.plan import KINDS, Experiment
 from imgcls.experiments.stats import spread
 from imgcls.experiments.status import FINISHED, MISSING, RunStatus, statuses
 from imgcls.files import atomic_write_text
-from imgcls.metric_table import METRICS, names
+from imgcls.metric_table import METRICS, get_monitor, names
 
 
 def summarize(experiment: Experiment) -> dict[str, Any]:

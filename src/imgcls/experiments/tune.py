@@ -38,7 +38,6 @@ import torch
 from imgcls import api
 from imgcls.config import Config, build_config
 from imgcls.engine.loop import NonFiniteLoss
-from imgcls.engine.metrics import Monitor, get_monitor
 from imgcls.engine.record import CheckpointRecord
 from imgcls.engine.run_lock import LOCK_FILE, RunLock, in_use
 from imgcls.engine.trainer import Callback, Trainer
@@ -57,6 +56,7 @@ from imgcls.experiments.tune_results import (
     write_csv,
 )
 from imgcls.experiments.tune_study import create_pruner, open_study, require_optuna, shown_url
+from imgcls.metric_table import Monitor, get_monitor
 from imgcls.models.user import CodeConsent
 from imgcls.tracking import echo
 

@@ -12,9 +12,9 @@ from types import ModuleType
 from typing import Any
 
 from imgcls.config import Config, flatten
-from imgcls.engine.metrics import Monitor
 from imgcls.errors import ImgclsError, first_line
 from imgcls.experiments.search_space import Param
+from imgcls.metric_table import Monitor
 
 PRUNERS = ("median", "threshold", "none")
 SQLITE_TIMEOUT_S = 60  # how long a worker waits for another's write (sqlite3's default: 5 s)
