@@ -43,6 +43,7 @@ from imgcls.data.pipeline import (
 from imgcls.data.sampling import class_counts
 from imgcls.data.sources import dataset_labels
 from imgcls.data.splits import load_split, save_split
+from imgcls.data.transforms import apply_preset
 from imgcls.datacheck.leaks import warn_train_leaks
 from imgcls.engine import components
 from imgcls.engine.callbacks import (
@@ -355,7 +356,7 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
         if info.is_main:
             repair_run_folder(run_dir, resumed.path, resumed.record, say)
     if info.is_main:
-        save_yaml(cfg, run_dir / "config.yaml")
+        save_yaml(cfg, run_dir / "config.yaml", resolved_settings(cfg, prep, loaders, device))
         if not (run_dir / "split.json").exists():
             save_split(data.split_record, run_dir / "split.json")
     if prep.note:  # said once everything is checked: a refused run's error stays one line
@@ -389,6 +390,26 @@ def _train(cfg: Config, resumed: Resume | None, info: runtime.DistInfo, device: 
                           epochs=cfg.train.epochs) from None
     return RunResult(run_dir, state.best_metric if monitor else None, state.best_epoch,
                      state.epoch, seconds, last, trainer.stop_reason)
+
+
+def resolved_settings(cfg: Config, prep: Preprocessing, loaders: Any,
+                      device: torch.device) -> dict[str, Any]:
+    """What the run made of the keys that leave the choice to imgcls, as config.yaml records it
+    beside what was asked (``data.loader: auto`` trained with ``memory``, ...)."""
+    amp = runtime.autocast_dtype(cfg.train.amp, device)
+    mean, std = prep.mean_std if prep.mean_std else (None, None)
+    transforms = apply_preset(cfg.transforms, prep.image_size, cfg.explicit)
+    return {
+        "data.loader": "memory" if loaders.in_memory else "dataloader",
+        "train.device": str(device),
+        "train.amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
+        "transforms.image_size": prep.image_size,
+        "transforms.preset": ("cifar" if prep.image_size <= 64 else "imagenet")
+        if cfg.transforms.preset == "auto" else cfg.transforms.preset,
+        "transforms.hflip": transforms.hflip,
+        "transforms.mean": [round(float(m), 6) for m in mean] if mean is not None else None,
+        "transforms.std": [round(float(s), 6) for s in std] if std is not None else None,
+    }
 
 
 def _adapted(data: DataSplit, prep: Preprocessing, cfg: Config) -> str:

@@ -254,6 +254,10 @@ class Config:
 # The top-level key of a saved config that lists the keys the user set. A config saved before
 # it existed is read by :func:`from_saved` as "the keys that differ from the defaults".
 EXPLICIT = "explicit"
+# The top-level key of a run's config.yaml with what the run resolved where a key left the choice
+# to imgcls (the loader, the preset, the normalisation, amp, the device): a record, never read
+# back as settings.
+RESOLVED = "resolved"
 _SECTION_HINTS = typing.get_type_hints(Config)
 SECTIONS: dict[str, type] = {f.name: _SECTION_HINTS[f.name] for f in dataclasses.fields(Config)
                              if f.name != EXPLICIT}
@@ -430,7 +434,7 @@ def flatten(tree: dict[str, Any], where: str = "") -> dict[str, Any]:
     listed = _explicit_list(tree.get(EXPLICIT), where)
     flat: dict[str, Any] = {}
     for section, values in tree.items():
-        if values is None or section == EXPLICIT:  # None: a section all commented out
+        if values is None or section in (EXPLICIT, RESOLVED):  # None: a section commented out
             continue
         if not isinstance(values, dict):
             raise ImgclsError(
@@ -528,8 +532,13 @@ def _known(key: str) -> bool:
     return section in SECTIONS and name in _HINTS[section]
 
 
-def save_yaml(cfg: Config, path: str | Path) -> None:
-    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_saved(), sort_keys=False))
+def save_yaml(cfg: Config, path: str | Path, resolved: dict[str, Any] | None = None) -> None:
+    """``config.yaml``: the config with the keys the user set, and ``resolved``: what the run
+    made of the keys it decides (``data.loader: auto`` -> ``memory``, ...)."""
+    saved = cfg.to_saved()
+    if resolved:
+        saved[RESOLVED] = resolved
+    atomic_write_text(Path(path), yaml.safe_dump(saved, sort_keys=False))
 
 
 def describe_keys() -> str:

@@ -447,13 +447,6 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(find_head(model)[1].parameters())
 
 
-def freeze_backbone(model: nn.Module) -> None:
-    """``requires_grad=False`` everywhere except the head."""
-    model.requires_grad_(False)
-    for p in head_parameters(model):
-        p.requires_grad_(True)
-
-
 def set_train_mode(model: nn.Module) -> None:
     """``model.train()``, but BatchNorm layers whose parameters are all frozen stay in eval mode.
 
