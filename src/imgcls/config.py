@@ -181,7 +181,7 @@ class TrainConfig:
     # SLURM: SIGUSR1 (#SBATCH --signal=USR1@120) saves and requeues the job; a run started with
     # --name then resumes its folder instead of refusing it
     requeue: bool = False
-    # ---- speed switches (README "Speed"): on where they help and are safe
+    # ---- speed switches (docs/benchmarks.md): on where they help and are safe
     channels_last: bool = True  # NHWC activations: 1.3-2x faster convolutions on CPU and GPU
     # auto (bf16 on CUDA with bf16 support, else fp16 + grad scaler on CUDA; off on CPU and MPS,
     # where bf16 is slow) | off | bf16 | fp16
@@ -542,7 +542,7 @@ def save_yaml(cfg: Config, path: str | Path, resolved: dict[str, Any] | None = N
 
 
 def describe_keys() -> str:
-    """Every key with its default, for ``imgcls train --help`` and the README."""
+    """Every key with its default, for ``imgcls train --help`` and docs/config.md."""
     lines = []
     defaults = Config().to_dict()
     for section, values in defaults.items():

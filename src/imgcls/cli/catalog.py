@@ -96,7 +96,7 @@ def _run_datasets(args: argparse.Namespace) -> int:
             raise ImgclsError(f"what to do with {args.name}? add --export DIR")
         for name, text in BUILTIN_DATA.items():
             print(f"{name:<9} {text}")
-        print("or: a folder of class folders, or a .txt list file (see the README)")
+        print("or: a folder of class folders, or a .txt list file (see docs/own-data.md)")
         return 0
     if args.name is None:
         raise ImgclsError("--export needs the data set's name: imgcls datasets digits --export DIR")

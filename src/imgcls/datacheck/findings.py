@@ -58,7 +58,7 @@ def _groups_by_part(groups: list[list[int]], entries: list[Entry]) -> dict[str, 
 
 
 def analyse(source: Source, decoded: list[Decoded], threshold: int) -> dict[str, Any]:
-    """Every number of the check as a JSON-ready dict (see the README's "Check your data")."""
+    """Every number of the check as a JSON-ready dict (see docs/own-data.md, "Check your data")."""
     entries = source.entries
     ok = [i for i, d in enumerate(decoded) if d.error is None]
     counts = _counts(source, ok)
