@@ -71,7 +71,7 @@ from imgcls.engine.run_lock import require_free
 from imgcls.engine.signals import GracefulStop
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
-from imgcls.inference import load_model
+from imgcls.inference import evaluation_overrides, load_model
 from imgcls.metric_table import Monitor, get_monitor
 from imgcls.models.user import CodeConsent, approve_code, code_record
 from imgcls.optim import create_loss
@@ -558,13 +558,7 @@ def evaluate_checkpoint(
     if split not in ("val", "test"):
         raise ImgclsError(f"--split must be val or test, got {split!r}")
     path = Path(checkpoint)
-    overrides: dict[str, Any] = {}
-    if data is not None:
-        overrides["data.source"] = data
-    if batch_size is not None:
-        overrides["loader.eval_batch_size"] = batch_size
-    if tta is not None:  # default: the run's own train.tta
-        overrides["train.tta"] = tta
+    overrides = evaluation_overrides(data=data, batch_size=batch_size, tta=tta)
     loaded = load_model(path, device=device, trust_pickle=trust_pickle, overrides=overrides,
                         code=code)
     cfg = loaded.config

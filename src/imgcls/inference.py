@@ -47,6 +47,14 @@ class LoadedModel:
         )
 
 
+def evaluation_overrides(*, data: str | None = None, batch_size: int | None = None,
+                         tta: str | None = None) -> dict[str, Any]:
+    """The config keys an evaluation command changes on a checkpoint's run (None: the run's
+    own): the data source, the evaluation batch size, the test-time augmentation."""
+    given = {"data.source": data, "loader.eval_batch_size": batch_size, "train.tta": tta}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> CheckpointRecord:
     """An imgcls checkpoint; with ``trust_pickle``, an old ``torch.save(model)`` file is
     unpickled (running its code, with a warning) and converted in memory."""

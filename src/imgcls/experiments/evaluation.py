@@ -19,7 +19,7 @@ from imgcls.experiments.plan import KINDS, load_experiment
 from imgcls.experiments.stats import Spread, spread
 from imgcls.experiments.status import FINISHED, statuses
 from imgcls.files import atomic_write_text
-from imgcls.inference import load_model
+from imgcls.inference import evaluation_overrides, load_model
 from imgcls.models.user import CodeConsent
 from imgcls.report.predictions import collect_predictions
 from imgcls.report.tables import csv_text
@@ -39,11 +39,7 @@ def evaluate_experiment(path: str | Path, *, split: str = "test", device: str = 
     if not done:
         raise ImgclsError(f"no finished runs in {experiment.path} to evaluate: "
                           f"{', '.join(s.describe() for s in found)}")
-    overrides: dict[str, Any] = {}
-    if batch_size is not None:
-        overrides["loader.eval_batch_size"] = batch_size
-    if tta is not None:
-        overrides["train.tta"] = tta
+    overrides = evaluation_overrides(batch_size=batch_size, tta=tta)
     rows, probs, shared = [], [], None
     for status in done:
         best = status.run_dir / "checkpoints" / "best.pt"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from imgcls.data.splits import load_split
 from imgcls.engine.components import create_speed
 from imgcls.engine.loop import tta_logits
 from imgcls.errors import ImgclsError
-from imgcls.inference import LoadedModel, load_model
+from imgcls.inference import LoadedModel, evaluation_overrides, load_model
 from imgcls.models.user import CodeConsent
 
 
@@ -120,5 +119,5 @@ def collect_predictions(loaded: LoadedModel, run_dir: Path, *, split: str = "val
 
 def load_for_report(run_dir: Path, *, data: str | None, device: str,
                     code: CodeConsent | None = None) -> LoadedModel:
-    overrides: dict[str, Any] = {"data.source": data} if data is not None else {}
-    return load_model(find_checkpoint(run_dir), device=device, overrides=overrides, code=code)
+    return load_model(find_checkpoint(run_dir), device=device,
+                      overrides=evaluation_overrides(data=data), code=code)
