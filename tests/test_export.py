@@ -263,4 +263,8 @@ def test_benchmark_quick_runs(capsys):
     assert json.loads(last) == results
     row = results["simple_v3"]["b1"]
     assert row["eager_img_s"] > 0 and row["onnx_img_s"] > 0
-    assert np.isclose(row["ratio"], row["onnx_img_s"] / row["eager_img_s"], rtol=0.01)
+    # the rates are printed to 0.1 img/s: on a busy machine (a few img/s) that rounding alone
+    # moves their quotient by more than 1%, so the ratio is checked within it
+    low = (row["onnx_img_s"] - 0.05) / (row["eager_img_s"] + 0.05)
+    high = (row["onnx_img_s"] + 0.05) / (row["eager_img_s"] - 0.05)
+    assert low * 0.999 <= row["ratio"] <= high * 1.001
