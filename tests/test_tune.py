@@ -123,6 +123,7 @@ def test_best_recipe_is_the_best_trial_and_trains(study, tmp_path, capsys):
     trial_cfg = load_yaml(study["exp"] / f"trial-{best.number:04d}" / "config.yaml")
     recipe_cfg = load_yaml(recipe)
     assert recipe_cfg["log"]["name"] == "" and recipe_cfg["log"]["output"] == str(study["out"])
+    assert trial_cfg.pop("resolved")["data.loader"]  # what the trial made of auto: a record
     assert {**recipe_cfg, "log": None} == {**trial_cfg, "log": None}
     code, _, err = run_cli(capsys, "train", "--config", str(recipe), "--epochs", "1",
                            "--output", str(tmp_path), "--name", "again")
