@@ -3,7 +3,7 @@
 - Every `imgcls train` command in a ```bash block runs with `--dry-run` (the config, the data, the
   model and one batch through it; nothing written), on a tiny image folder in place of the docs'
   own (my_images, PATH, train.txt) and the bundled digits in place of CIFAR, which would need a
-  download.
+  download; the `--resume` ones on a stopped run the test makes.
 - Every other `imgcls ...` command, in a code block or an inline code span, parses with the
   command line's own parser: no unknown flag, no bad choice or value.
 - The synopsis in docs/command-line.md names exactly the flags each command has, with their
@@ -21,13 +21,16 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from imgcls import api
+from imgcls.config import build_config
+from imgcls.engine.trainer import Callback, Trainer
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SYNOPSIS_PAGE = ROOT / "docs" / "command-line.md"
 
 # What a dry run cannot check here, and why; kept short on purpose (these still parse, below).
 SKIPPED = {
-    "--resume": "continues a run folder the command before it made",
     "vgg16_finetune": "downloads VGG-16's pretrained weights (and one batch takes seconds)",
 }
 
@@ -142,7 +145,8 @@ def test_docs_show_train_commands_and_skip_few():
     commands = train_commands()
     assert len(commands) >= 15
     skipped = [c for c in commands if _skip_reason(c)]
-    assert len(skipped) <= 4, skipped
+    assert len(skipped) <= 2, skipped
+    assert any("--resume" in c for c in commands)  # dry-run on a run of their own, below
 
 
 def test_every_train_command_in_the_docs_runs(tmp_path, monkeypatch, capsys, make_image_folder,
@@ -158,7 +162,7 @@ def test_every_train_command_in_the_docs_runs(tmp_path, monkeypatch, capsys, mak
     Path("recipe.yaml").write_text("train: {epochs: 2}\n")
     failures = []
     for command in dict.fromkeys(train_commands()):  # each distinct command once
-        if _skip_reason(command):
+        if _skip_reason(command) or "--resume" in command:
             continue
         argv = _argv(command, folder, list_file)
         code, out, err = run_cli(capsys, *argv)
@@ -168,6 +172,29 @@ def test_every_train_command_in_the_docs_runs(tmp_path, monkeypatch, capsys, mak
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "listed", "my_images", "my_nets.py", "mypkg", "recipe.yaml"]  # no run folder, no cache
     assert not list(folder.rglob(".imgcls-cache"))
+
+
+class _StopAfterFirstEpoch(Callback):
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> str | None:
+        return "stopped for the test: one epoch of two saved"
+
+
+def test_every_resume_command_in_the_docs_runs(tmp_path, capsys):
+    # the run they continue: one epoch of two saved, as a stopped run leaves it
+    cfg = build_config(overrides={"data.source": "digits", "model.name": "lenet",
+                                  "train.epochs": 2, "log.progress": "off",
+                                  "log.tensorboard": False, "log.output": str(tmp_path),
+                                  "log.name": "run"})
+    run = api.train(cfg, callbacks=[_StopAfterFirstEpoch()]).run_dir
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    commands = [c for c in dict.fromkeys(train_commands()) if "--resume" in c]
+    for command in commands:
+        words = shlex.split(command)[1:]
+        where = words.index("--resume") + 1
+        argv = [*words[:where], str(run), *words[where + 1:], "--dry-run"]
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0 and f"dry run: would resume {run} at epoch 2" in out, (command, err)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written
 
 
 class _ParseError(Exception):

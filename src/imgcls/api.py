@@ -43,7 +43,7 @@ from imgcls.data.pipeline import (
 from imgcls.data.sampling import class_counts
 from imgcls.data.sources import dataset_labels
 from imgcls.data.splits import load_split, save_split
-from imgcls.data.transforms import apply_preset
+from imgcls.data.transforms import apply_preset, resolved_preset
 from imgcls.datacheck.leaks import warn_train_leaks
 from imgcls.engine import components
 from imgcls.engine.callbacks import (
@@ -61,6 +61,7 @@ from imgcls.engine.repair import repair_finished_run, repair_run_folder
 from imgcls.engine.report import write_eval_report
 from imgcls.engine.run_folder import (
     Resume,
+    holds_a_run,
     next_steps,
     resolve_resume,
     run_dir_of,
@@ -183,10 +184,7 @@ def train(
                 return RunResult(resumed.run_dir, resumed.record.best_metric,
                                  resumed.record.best_epoch, done, time.perf_counter() - start_time,
                                  resumed.record.metrics, "finished already; records repaired")
-            raise ImgclsError(
-                f"{resumed.path} already finished epoch {done} of train.epochs="
-                f"{cfg.train.epochs}; pass train.epochs=N (N > {done}) to train longer"
-            )
+            raise _finished(resumed, cfg)
     runtime.configure_determinism(cfg.train.deterministic)
     runtime.seed_everything(cfg.train.seed)
     user = UserData(train_dataset, val_dataset, classes, list(callbacks))
@@ -252,8 +250,7 @@ def dry_run(
     """
     cfg, resumed = train_config(cfg, resume=resume, overrides=overrides, code=code)
     if resumed is not None and (resumed.record.epoch or 0) >= cfg.train.epochs:
-        raise ImgclsError(f"{resumed.path} already finished epoch {resumed.record.epoch} of "
-                          f"train.epochs={cfg.train.epochs}; pass train.epochs=N to train longer")
+        raise _finished(resumed, cfg)
     # CIFAR that is not there yet is an error here, not a download
     checked = replace(cfg, data=replace(cfg.data, download=False))
     device = runtime.resolve_device(cfg.train.device)
@@ -282,8 +279,7 @@ def dry_run(
         name = cfg.log.name or f"{cfg.model.name}-<timestamp>"
         run_dir, what = Path(cfg.log.output) / name, "train"
         if cfg.log.name and (run_dir / "checkpoints" / "last.pt").exists():
-            raise ImgclsError(f"run folder {run_dir} already holds a run; continue it with "
-                              f"`imgcls train --resume {run_dir}` or choose another --name")
+            raise holds_a_run(run_dir)
     n_val = len(data.val) if data.val is not None else 0  # type: ignore[arg-type]
     classes = ", ".join(data.classes[:10]) + (", ..." if len(data.classes) > 10 else "")
     return [
@@ -303,6 +299,12 @@ def dry_run(
         "nothing written",
         *notes,
     ]
+
+
+def _finished(resumed: Resume, cfg: Config) -> ImgclsError:
+    done = resumed.record.epoch or 0
+    return ImgclsError(f"{resumed.path} already finished epoch {done} of train.epochs="
+                       f"{cfg.train.epochs}; pass train.epochs=N (N > {done}) to train longer")
 
 
 def _approved(cfg: Config, recorded: dict[str, Any], code: CodeConsent | None,
@@ -404,8 +406,7 @@ def resolved_settings(cfg: Config, prep: Preprocessing, loaders: Any,
         "train.device": str(device),
         "train.amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
         "transforms.image_size": prep.image_size,
-        "transforms.preset": ("cifar" if prep.image_size <= 64 else "imagenet")
-        if cfg.transforms.preset == "auto" else cfg.transforms.preset,
+        "transforms.preset": resolved_preset(cfg.transforms.preset, prep.image_size),
         "transforms.hflip": transforms.hflip,
         "transforms.mean": [round(float(m), 6) for m in mean] if mean is not None else None,
         "transforms.std": [round(float(s), 6) for s in std] if std is not None else None,

@@ -30,6 +30,14 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+def resolved_preset(preset: str, image_size: int) -> str:
+    """``transforms.preset`` as a run uses it: ``auto`` is ``cifar`` for small inputs (up to 64
+    pixels) and ``imagenet`` for larger ones."""
+    if preset == "auto":
+        return "cifar" if image_size <= 64 else "imagenet"
+    return preset
+
+
 def apply_preset(cfg: TransformConfig, image_size: int,
                  explicit: Collection[str] | None = None) -> TransformConfig:
     """Fill in the preset's augmentations wherever the user did not set the key.
@@ -42,9 +50,7 @@ def apply_preset(cfg: TransformConfig, image_size: int,
     >>> apply_preset(TransformConfig(preset="cifar"), 32, {"transforms.hflip"}).hflip
     0.0
     """
-    preset = cfg.preset
-    if preset == "auto":
-        preset = "cifar" if image_size <= 64 else "imagenet"
+    preset = resolved_preset(cfg.preset, image_size)
     defaults = TransformConfig()
     changes = {
         key: value

@@ -17,15 +17,24 @@ from imgcls.engine.run_files import refresh_run_files
 from imgcls.errors import ImgclsError
 from imgcls.tracking import RunLogger, logged_epochs
 
+# The temporary files of a training's own atomic writes: its records in the run folder, and
+# last.pt / best.pt (an export writes its own beside them, which is not the training's to remove).
+TRAINING_TEMPORARIES = ((".", ".*.tmp"), ("checkpoints", ".last.pt.*.tmp"),
+                        ("checkpoints", ".best.pt.*.tmp"))
+
 
 def remove_temporary_files(run_dir: Path) -> int:
-    """Delete the ``.NAME.XXXX.tmp`` files an atomic write killed half-way leaves (in the run
-    folder and its ``checkpoints/``); returns how many."""
+    """Delete the ``.NAME.XXXX.tmp`` files a training's atomic write killed half-way leaves (a
+    SIGKILL gives it no chance to clean up); returns how many. Call it while holding the run
+    folder's lock: then no live write's file is taken away."""
     removed = 0
-    for folder in (run_dir, run_dir / "checkpoints"):
-        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
-            tmp.unlink(missing_ok=True)
-            removed += 1
+    for folder, pattern in TRAINING_TEMPORARIES:
+        for tmp in (run_dir / folder).glob(pattern):
+            try:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+            except OSError:  # not removable after all: the run goes on without it
+                pass
     return removed
 
 

@@ -20,6 +20,7 @@ from imgcls.config import Config, ModelConfig, load_yaml
 from imgcls.data.splits import load_split
 from imgcls.engine.checkpoint import FORMAT
 from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.repair import remove_temporary_files
 from imgcls.engine.run_lock import RunLock, in_use, require_free
 from imgcls.errors import ImgclsError, short_repr
 from imgcls.models.user import is_user_model
@@ -169,6 +170,12 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if in_checkpoints else checkpoint.parent
 
 
+def holds_a_run(run_dir: Path) -> ImgclsError:
+    """The error for a new run (``--name``) pointed at a folder that holds a saved run."""
+    return ImgclsError(f"run folder {run_dir} already holds a run; continue it with "
+                       f"`imgcls train --resume {run_dir}` or choose another --name")
+
+
 def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> tuple[Path, RunLock]:
     """Create (or, on resume, reuse) the run folder, check that it can be written, and lock it
     for this process."""
@@ -184,10 +191,7 @@ def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> tuple[Path, RunLock
             require_free(run_dir)
         if (run_dir / "checkpoints" / "last.pt").exists() or in_use(run_dir):
             if cfg.log.name:
-                raise ImgclsError(
-                    f"run folder {run_dir} already holds a run; continue it with "
-                    f"`imgcls train --resume {run_dir}` or choose another --name"
-                )
+                raise holds_a_run(run_dir)
             run_dir = Path(f"{run_dir}-{datetime.now():%f}")
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -201,9 +205,7 @@ def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> tuple[Path, RunLock
         probe.write_bytes(b"")
         probe.unlink()
         if resume_dir is None and (run_dir / "checkpoints" / "last.pt").exists():
-            raise ImgclsError(  # a run that started and saved while this one was checking
-                f"run folder {run_dir} already holds a run; continue it with "
-                f"`imgcls train --resume {run_dir}` or choose another --name")
+            raise holds_a_run(run_dir)  # one started and saved while this one was checking
     except OSError as exc:
         lock.release()
         raise ImgclsError(
@@ -213,24 +215,8 @@ def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> tuple[Path, RunLock
         lock.release()
         raise
     if resume_dir is None:  # a folder started over (a resume's repair does this on its own)
-        remove_checkpoint_temporaries(run_dir)
+        remove_temporary_files(run_dir)
     return run_dir, lock
-
-
-def remove_checkpoint_temporaries(run_dir: Path) -> int:
-    """Delete the ``.last.pt.XXXX.tmp`` / ``.best.pt.XXXX.tmp`` files a kill during a checkpoint
-    write left in ``run_dir/checkpoints`` (a SIGKILL gives the atomic write no chance to clean
-    up); returns how many. Only a training writes them, and only while it holds the run folder's
-    lock: call this while holding it, so that no live write's file is ever taken away."""
-    removed = 0
-    for pattern in (".last.pt.*.tmp", ".best.pt.*.tmp"):
-        for tmp in (run_dir / "checkpoints").glob(pattern):
-            try:
-                tmp.unlink(missing_ok=True)
-                removed += 1
-            except OSError:  # not ours to remove after all: the run goes on without it
-                pass
-    return removed
 
 
 def shared_run_dir(cfg: Config, resume_dir: Path | None, info: runtime.DistInfo,
