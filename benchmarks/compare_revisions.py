@@ -59,7 +59,9 @@ def write_list_file(folder: Path, limit: int | None, path: Path) -> int:
 def holdout_keys(tree: Path) -> list[str]:
     """Both trees validate on the same 10% holdout; a tree whose recipes can say
     ``data.val_split=test`` (the seed recipes) is told to hold out instead."""
-    config = (tree / "src" / "imgcls" / "config.py").read_text(encoding="utf-8")
+    package = tree / "src" / "imgcls"
+    files = [package / "config.py", *sorted((package / "config").glob("*.py"))]
+    config = "".join(f.read_text(encoding="utf-8") for f in files if f.exists())
     return ["data.val_split=holdout"] if "val_split" in config else []
 
 

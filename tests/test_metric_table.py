@@ -5,13 +5,14 @@ report and the curves) follows it, a new entry included."""
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcls import api
-from imgcls.config import CHOICES, build_config
+from imgcls.config import KEYS, build_config
 from imgcls.engine.callbacks import epoch_line
 from imgcls.engine.run_files import PANELS
 from imgcls.errors import ImgclsError
@@ -52,8 +53,8 @@ def test_a_tiny_run_logs_exactly_the_table(tmp_path, make_image_folder):
 
 
 def test_train_monitor_choices_are_the_monitorable_entries():
-    assert CHOICES["train.monitor"] == monitor_names()
-    assert CHOICES["sched.plateau_metric"] == ("monitor", *monitor_names())
+    assert typing.get_args(KEYS["train.monitor"].annotation) == monitor_names()
+    assert typing.get_args(KEYS["sched.plateau_metric"].annotation) == ("monitor", *monitor_names())
     for name in monitor_names():
         assert build_config(overrides={"train.monitor": name}).train.monitor == name
     for name in set(METRICS) - set(monitor_names()):  # logged, but not something to watch

@@ -2,13 +2,13 @@
 tag and format, declared once.
 
 Everything that lists metrics reads it: ``train.monitor``'s and ``sched.plateau_metric``'s
-choices (``config.py``), :func:`imgcls.engine.metrics.get_monitor` (best.pt, the plateau
+choices (``config/train_keys.py``), :func:`imgcls.engine.metrics.get_monitor` (best.pt, the plateau
 scheduler, early stopping, tuning), the validation keys of a metrics row (``engine/trainer.py``),
 the console line and TensorBoard tags (``engine/callbacks.py``, ``tracking.py``), experiment
 summaries, the report pages and the curves. Adding a validation metric is its computation
 (``epoch_metrics_from_eval`` in ``engine/metrics.py``) and one entry here.
 
-No torch import: ``config.py`` reads this module, and validating a config must stay cheap.
+No torch import: the config schema reads this module, and validating a config must stay cheap.
 
     >>> METRICS["val_loss"].direction, METRICS["val_loss"].tb_tag
     ('min', 'val/loss')

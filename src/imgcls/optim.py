@@ -33,16 +33,14 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-from imgcls.config import OptimConfig, SchedConfig
+from imgcls.config import OptimConfig, SchedConfig, choices
 from imgcls.errors import ImgclsError
 from imgcls.metric_table import get_monitor
 from imgcls.models import find_head
 from imgcls.registry import unknown_name_error
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = (
-    "none", "step", "multistep", "exponential", "cosine", "linear", "plateau", "onecycle"
-)
+OPTIMIZERS = choices("optim.name")
+SCHEDULERS = choices("sched.name")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _EPOCH_SCHEDULES = ("step", "multistep", "exponential")
 # torch.optim.lr_scheduler.OneCycleLR's defaults (SchedConfig does not expose them).

@@ -7,21 +7,18 @@ import argparse
 from typing import Any
 
 from imgcls import recipes
-from imgcls.config import flatten, load_yaml, parse_override
+from imgcls.config import KEYS, flatten, load_yaml, parse_override, type_name
 
-# Frequent settings get flags; each maps onto one config key.
-TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "data": ("data.source", str,
-             "digits (bundled), cifar10, cifar100, a folder of class folders, or a list file"),
-    "model": ("model.name", str, "model name (see `imgcls models`)"),
-    "epochs": ("train.epochs", int, "number of epochs"),
-    "batch_size": ("loader.batch_size", int, "training batch size"),
-    "lr": ("optim.lr", float, "learning rate"),
-    "device": ("train.device", str, "auto, cpu, cuda, cuda:N or mps"),
-    "output": ("log.output", str, "folder that holds run folders (default runs)"),
-    "name": ("log.name", str, "run folder name (default <model>-<timestamp>)"),
-    "seed": ("train.seed", int, "seed for every random number generator"),
+# Frequent settings get flags; each sets one config key, with the key's type and help.
+TRAIN_FLAGS: dict[str, str] = {
+    "data": "data.source", "model": "model.name", "epochs": "train.epochs",
+    "batch_size": "loader.batch_size", "lr": "optim.lr", "device": "train.device",
+    "output": "log.output", "name": "log.name", "seed": "train.seed",
 }
+
+
+def _flag_type(key: str) -> type:
+    return {"int": int, "float": float}.get(type_name(KEYS[key].annotation), str)
 
 
 # The commands that take train's options, KEY=VALUE pairs among them.
@@ -53,11 +50,11 @@ def add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
     """The options of `train`, shared by `lr-find` (the same run, swept instead of trained)."""
     parser.add_argument("--config", help="YAML recipe: a file, or a bundled recipe's name "
                         "(see `imgcls recipes`); a file wins")
-    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+    for flag, key in TRAIN_FLAGS.items():
         if flag in skip:
             continue
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
-                            help=f"{text} [{key}]")
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=_flag_type(key),
+                            help=f"{KEYS[key].help.replace('`', '')} [{key}]")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
 
 
@@ -66,7 +63,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         path = recipes.find(args.config)  # a file, else a bundled recipe's name
         overrides.update(flatten(load_yaml(path), where=f" file {path}"))
-    for flag, (key, _, _) in TRAIN_FLAGS.items():
+    for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value

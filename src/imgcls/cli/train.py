@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgcls.cli.options import add_code_options, add_train_options, code_consent, train_overrides
-from imgcls.config import build_config, describe_keys
+from imgcls.config import build_config, describe_keys, help_keys
 from imgcls.errors import ImgclsError
 
 TRAIN_EPILOG = """\
@@ -26,8 +26,20 @@ examples:
   torchrun --nproc_per_node 4 -m imgcls train --config C.yaml   # the same, launched by hand
 
 Every config key can be set as KEY=VALUE (values are read as YAML: 0.1, true, [0, 2, 3, 4]).
-Precedence: defaults < --config file < flags < KEY=VALUE. The keys and their defaults:
+Precedence: defaults < --config file < flags < KEY=VALUE. The keys and their defaults
+(`imgcls train --help-keys`: each with its type, range and what it does):
 """
+
+
+class _HelpKeys(argparse.Action):
+    """``--help-keys``: like ``--help``, print and exit before the other arguments are checked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(help_keys())
+        parser.exit()
 
 
 def add_train(commands: Any) -> None:
@@ -37,6 +49,8 @@ def add_train(commands: Any) -> None:
         epilog=TRAIN_EPILOG + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    train.add_argument("--help-keys", action=_HelpKeys,
+                       help="list every config key with its type, default and help, and exit")
     train.add_argument("--resume", metavar="RUN", help="run folder (or checkpoint) to continue")
     train.add_argument("--nproc", type=int, metavar="N",
                        help="train with N processes on this machine: re-launches itself "

@@ -14,20 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import imgcls
-from imgcls.config import Config, build_config, flatten
+from imgcls.config import INFRA_KEYS, Config, build_config, flatten
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write_text
 
 VERSION = 1
 FILE = "experiment.json"
 KINDS = {"cv": "fold", "repeat": "seed"}  # kind -> what one of its runs is called
-# Where and how fast a run goes, not what it learns: these may differ between the command that
-# started an experiment and one that continues it (another node, another device).
-INFRA_KEYS = frozenset({
-    "train.device", "train.max_minutes", "train.dist_timeout_min", "loader.num_workers",
-    "loader.pin_memory", "loader.persistent_workers", "data.download", "log.output", "log.name",
-    "log.progress", "log.tensorboard", "log.graph", "log.image_grid",
-})
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgcls.config import SECTIONS, Config, build_config, load_yaml
+from imgcls.config import INFRA_KEYS, KEYS, SECTIONS, Config, build_config, load_yaml
 from imgcls.errors import ImgclsError
 from imgcls.registry import close_matches
 
 FLOAT_KINDS = ("uniform", "log_uniform")
 INT_KINDS = ("int", "log_int")
 KINDS = (*FLOAT_KINDS, *INT_KINDS, "choice", "categorical")
-# Where a trial runs and what it is judged on, not what it learns: a study varies neither.
-FIXED_SECTIONS = ("log",)
-FIXED_KEYS = {"train.monitor": "it is the objective every trial is compared on",
-              "train.device": "it says where trials run, not what they learn"}
+# What every trial is judged on; and the infrastructure keys (config.INFRA_KEYS: where and how
+# fast a trial runs, not what it learns): a study varies neither.
+FIXED_KEYS = {"train.monitor": "it is the objective every trial is compared on"}
 _USAGE = ("{uniform: [low, high]}, {log_uniform: [low, high]}, {int: [low, high]} (optional "
           "step: N), {log_int: [low, high]} or {choice: [a, b, ...]}")
 
@@ -122,10 +121,10 @@ def _entries(data: dict[str, Any], where: str) -> list[tuple[str, Any]]:
 
 
 def _hint(key: str) -> Any | None:
-    section, _, name = key.partition(".")
-    if section not in SECTIONS or not name:
+    if key not in KEYS:
         return None
-    return typing.get_type_hints(SECTIONS[section]).get(name)
+    section, _, name = key.partition(".")
+    return typing.get_type_hints(SECTIONS[section])[name]
 
 
 def _takes(hint: Any, kind: type) -> bool:
@@ -139,8 +138,8 @@ def _parse_entry(key: str, spec: Any, base: Config, where: str) -> Param:
         matches = close_matches(key, known)
         did = f"; did you mean {', '.join(matches)}?" if matches else ""
         raise ImgclsError(f"{where}: {key!r} is not a config key{did}")
-    if key.partition(".")[0] in FIXED_SECTIONS or key in FIXED_KEYS:
-        why = FIXED_KEYS.get(key, "it says where runs are written, not what they learn")
+    if key in INFRA_KEYS or key in FIXED_KEYS:
+        why = FIXED_KEYS.get(key, "it says where or how fast runs go, not what they learn")
         raise ImgclsError(f"{where}: {key} cannot be searched: {why}")
     kinds = [k for k in KINDS if isinstance(spec, dict) and k in spec]
     extra = set(spec) - {*kinds, "step"} if isinstance(spec, dict) else set()
