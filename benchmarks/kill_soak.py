@@ -64,9 +64,9 @@ def child(run: Path, overrides: dict, target: str, nth: int) -> None:
     """One segment: start or resume the run; die by SIGKILL at ``target``'s ``nth`` time."""
     from imgcls import api, files
     from imgcls.engine import trainer as trainer_module
-    from imgcls.engine.checkpoint import load_checkpoint
     from imgcls.engine.loop import TrainState
     from imgcls.errors import ImgclsError
+    from imgcls.runs.checkpoint import load_checkpoint
     from imgcls.tracking import RunLogger
 
     count = {"n": 0}
@@ -279,7 +279,7 @@ def run_segment(run: Path, overrides: dict, target: str, nth: int, delay: float 
 
 
 def saved_step(run: Path) -> int:
-    from imgcls.engine.checkpoint import load_checkpoint
+    from imgcls.runs.checkpoint import load_checkpoint
 
     last = run / "checkpoints" / "last.pt"
     return int(load_checkpoint(last).get("step", 0)) if last.exists() else 0
@@ -288,7 +288,7 @@ def saved_step(run: Path) -> int:
 def same_weights(a: Path, b: Path) -> bool:
     import torch
 
-    from imgcls.engine.checkpoint import load_checkpoint
+    from imgcls.runs.checkpoint import load_checkpoint
 
     wa = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
     wb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
@@ -372,7 +372,7 @@ def main() -> None:
     checks += final["consistent"]
     if final["error"] or final["code"] != 0:
         failed.append(f"segment {segments}: {final['error'] or final['err']}")
-    from imgcls.engine.checkpoint import load_checkpoint
+    from imgcls.runs.checkpoint import load_checkpoint
 
     checks.append(consistency(run, load_checkpoint))  # the finished run's records
     finished.append(not failed and same_weights(work / "whole", run))

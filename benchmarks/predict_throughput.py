@@ -38,10 +38,10 @@ import torch
 
 from imgcls.config import build_config
 from imgcls.data.transforms import resolve_normalization
-from imgcls.engine.record import CheckpointRecord
-from imgcls.export import export_checkpoint, onnx_session
-from imgcls.inference import load_model
+from imgcls.deploy.export import export_checkpoint, onnx_session
+from imgcls.deploy.load import load_model
 from imgcls.models import create_model, get_model_info
+from imgcls.runs.record import CheckpointRecord
 
 MODELS = {"simple_v3": 32, "resnet18": 224}  # model -> input size
 NUM_CLASSES = 10

@@ -75,10 +75,10 @@ from train_throughput import cpu_usage, usage_delta
 from tutorial_data import ROOT, add_data_argument, resolve_folder
 
 from imgcls import api
-from imgcls.config import Config, build_config, load_yaml, parse_override
+from imgcls.config import Config, build_config, choices, load_yaml, parse_override
 from imgcls.data import DataSplit, create_datasets
+from imgcls.data.decode_cache import decode_to_tensor
 from imgcls.data.folder import scan_folder
-from imgcls.data.memory import decode_to_tensor
 from imgcls.data.pipeline import cache_dir as decode_cache
 from imgcls.data.pipeline import keep_a_lone_partial_batch
 from imgcls.errors import ImgclsError
@@ -93,7 +93,7 @@ RATIO_THRESHOLDS = (85, 88, 90)
 QUICK_IMAGES = 2000
 QUICK_EPOCHS = 1
 PEERS = ("airbench94",)
-TTA_MODES = ("none", "flip", "flip_translate")
+TTA_MODES = choices("train.tta")
 PEER_SIZE = 32  # airbench94's network takes 32 x 32 images
 
 

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from imgcls.data.cifar import MEAN_STD
+from imgcls.data.decode_cache import decode_to_tensor
 from imgcls.data.folder import ImageFileDataset, scan_folder
-from imgcls.data.memory import decode_to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR_MEAN, CIFAR_STD = MEAN_STD["cifar10"]

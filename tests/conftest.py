@@ -293,7 +293,7 @@ def interrupt_and_resume(cfg, at_epoch: int):
     """Train ``cfg``, stopped in the middle of the epoch after ``at_epoch`` (as Ctrl-C would),
     then resumed to ``train.epochs``; returns the resumed run's RunResult."""
     from imgcls import api
-    from imgcls.engine.checkpoint import load_checkpoint
+    from imgcls.runs.checkpoint import load_checkpoint
 
     with pytest.raises(KeyboardInterrupt):
         api.train(cfg, callbacks=[InterruptDuringEpoch(at_epoch)])
@@ -306,7 +306,7 @@ def interrupt_and_resume(cfg, at_epoch: int):
 
 def assert_same_weights(a: Path, b: Path) -> None:
     """The two runs' last.pt hold bit-identical weights."""
-    from imgcls.engine.checkpoint import load_checkpoint
+    from imgcls.runs.checkpoint import load_checkpoint
 
     wa = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
     wb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]

@@ -17,10 +17,10 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"data", "optim"},
     {"datacheck"},
+    {"runs"},  # what a run writes and reads: folder, checkpoint, record, lock, repair
     {"engine"},
-    {"legacy"},  # converting old files builds models and records
-    {"inference"},  # a checkpoint -> a model ready to use (legacy: --trust-pickle)
-    {"predict", "export", "report", "api"},  # what reads or drives runs
+    {"deploy"},  # a checkpoint -> a model in use: load, score, predict, export, convert
+    {"report", "api"},  # what reads or drives runs
     {"experiments"},  # studies of many runs: train through api, pages through report
     {"cli"},
     {"entry", "__main__"},

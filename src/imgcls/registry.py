@@ -92,5 +92,9 @@ class Registry(Generic[T]):
 # Project-wide registries live here (not in the modules that fill them) so that any module can
 # register into them without importing the package that uses them (no import cycles).
 MODELS: Registry[Callable[..., Any]] = Registry("model")
-"""imgcls's own models: ``factory(num_classes, in_channels=3) -> nn.Module`` with metadata
-``input_size`` (int), ``default_normalize`` ("dataset" | "imagenet") and ``fixed_size`` (bool)."""
+"""Every model by name (``imgcls.models.factory`` looks them up). imgcls's own register first:
+``factory(num_classes, in_channels=3) -> nn.Module`` with metadata ``input_size`` (int),
+``default_normalize`` ("dataset" | "imagenet"), ``fixed_size`` (bool) and optionally
+``min_size``; then torchvision's classifiers, with metadata ``source="torchvision"`` and
+``factory(num_classes, in_channels=3, weights=None, head="replace")`` (their sizes come from
+their weights). A user's own class (``FILE.py:CLASS``) is not registered."""

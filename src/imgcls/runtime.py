@@ -77,6 +77,12 @@ def stream_seed(seed: int, stream: int) -> int:
     return seed * SEED_STRIDE + stream
 
 
+def augmentation_seed(seed: int, rank: int, epoch: int) -> int:
+    """The memory loader's augmentation draws of an epoch on rank ``rank``: per rank (seed +
+    rank), as the DataLoader's worker seeds are, and kept apart from the shuffle's stream."""
+    return stream_seed(seed + rank, epoch) * 7 + 3
+
+
 def rank_epoch_seed(seed: int, rank: int, world_size: int, epoch: int) -> int:
     """A distinct seed per (seed, epoch, rank): seeds 0 and 1 never share an epoch's streams."""
     return stream_seed(seed, epoch) * world_size + rank

@@ -95,7 +95,7 @@ def add_predict(commands: Any) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from imgcls import predict
+    from imgcls.deploy import predict
 
     report = predict.predict(
         args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,

@@ -26,7 +26,7 @@ def add_export(commands: Any) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from imgcls.export import export_checkpoint
+    from imgcls.deploy.export import export_checkpoint
 
     report = export_checkpoint(
         args.checkpoint, fmt=args.format, output=args.output,
@@ -58,7 +58,7 @@ def add_convert(commands: Any) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from imgcls.legacy import convert
+    from imgcls.deploy.legacy import convert
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     out = convert(

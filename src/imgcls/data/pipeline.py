@@ -18,9 +18,10 @@ from torch.utils.data import Dataset, Subset
 
 from imgcls import runtime
 from imgcls.config import Config
+from imgcls.data.decode_cache import decode_to_tensor
 from imgcls.data.digits import NAME as DIGITS
 from imgcls.data.loaders import BatchLoader, EpochLoader, TransformedDataset, shard
-from imgcls.data.memory import MemoryLoader, decode_to_tensor, unsupported_transforms
+from imgcls.data.memory import Augmentation, MemoryLoader, unsupported_transforms
 from imgcls.data.sources import DataSplit, dataset_labels
 from imgcls.data.transforms import apply_preset, build_transform, resolve_normalization
 from imgcls.errors import ImgclsError
@@ -220,9 +221,7 @@ def _memory_loaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: run
     train_loader = MemoryLoader(
         images, labels, batch_size=ld.batch_size, train=True, shuffle=ld.shuffle,
         drop_last=ld.drop_last, seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
-        crop_padding=list(tf.crop_padding) if tf.random_crop else None,
-        crop_padding_mode=tf.crop_padding_mode, hflip=tf.hflip,
-        flip_mode=tf.flip_mode, cutout=tf.cutout, num_replicas=info.world_size, rank=info.rank,
+        augment=Augmentation.from_transforms(tf), num_replicas=info.world_size, rank=info.rank,
         sampler=ld.sampler,
     )
     val_loader = None

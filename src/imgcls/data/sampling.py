@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-SAMPLERS = ("random", "balanced")
+from imgcls.config import choices
+
+SAMPLERS = choices("loader.sampler")
 _TAG = 0xBA1A  # keeps these streams apart from the other seeded draws of a run
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

@@ -4,6 +4,7 @@ Sources: ``digits`` (scikit-learn's bundled 8x8 digits: no download), ``cifar10`
 (torchvision, or a path to an extracted copy), a folder of class folders (optionally with
 ``train/`` and ``val/`` or ``test/``), or a ``.txt`` list file.
 Datasets yield ``(PIL.Image in RGB mode, int label)`` with no transforms, and expose ``targets``.
+Which files of a folder or list file go to which part: :mod:`imgcls.data.file_pools`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,8 @@ from imgcls.config import DataConfig
 from imgcls.data import digits
 from imgcls.data.cifar import CLASSES as CIFAR_CLASSES
 from imgcls.data.cifar import MEAN_STD, NATIVE_SIZE, detect_cifar_folder, load_cifar
-from imgcls.data.folder import (
-    ImageFileDataset,
-    Sample,
-    find_class_folders,
-    relative_key,
-    scan_folder,
-    verify_samples,
-)
-from imgcls.data.listfile import read_list_file
+from imgcls.data.file_pools import Pairs, apply_record, folder_pool, list_pool, verify_pairs
+from imgcls.data.folder import ImageFileDataset, find_class_folders, scan_folder, verify_samples
 from imgcls.data.splits import (
     LabeledSubset,
     check_classes,
@@ -63,9 +57,6 @@ class _Source(NamedTuple):
     path: Path  # CIFAR root, data folder or list file
     cifar: str = ""  # cifar10 | cifar100
     base_folder: str | None = None  # the CIFAR batches folder's name under `path`
-
-
-Pairs = list[tuple[str, Sample]]  # (split.json key, (path, label))
 
 
 # --------------------------------------------------------------------------- public API
@@ -222,12 +213,6 @@ def _find_source(cfg: DataConfig) -> _Source:
     raise ImgclsError(f"data source not found: {name}; {EXPECTED}")
 
 
-class _Parts(NamedTuple):
-    train: Pairs
-    val: Pairs | None
-    test: Pairs | None  # carved by data.test_fraction
-
-
 def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) -> DataSplit:
     if record is not None:
         check_record(record)
@@ -242,21 +227,21 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
         return _indexed_split(cfg, src, seed, record)
     links: list[str] = []
     if src.kind == "folder":
-        classes, pool, default = _folder_pool(src.path, cfg, seed, links)
+        classes, pool, default = folder_pool(src.path, cfg, seed, links)
         missing: list[str] = []
     else:
-        classes, pool, default, missing = _list_pool(src.path, cfg, seed)
+        classes, pool, default, missing = list_pool(src.path, cfg, seed)
     if record is not None:
         check_classes(record, classes, cfg.source)
-        parts = _apply_record(record, pool, set(missing), src.path)
+        parts = apply_record(record, pool, set(missing), src.path)
     else:
         parts = default
     skipped = [str(src.path.parent / key) for key in missing]
     train, val, test = parts
     if cfg.skip_bad_images:
         limit = cfg.max_image_pixels
-        train, bad_train = _verify(train, limit) if verify_train else (train, [])
-        val, bad_val = _verify(val, limit) if val is not None else (None, [])
+        train, bad_train = verify_pairs(train, limit) if verify_train else (train, [])
+        val, bad_val = verify_pairs(val, limit) if val is not None else (None, [])
         skipped += bad_train + bad_val
     if record is not None:
         seed, fraction = record.get("seed", seed), record.get("val_fraction", cfg.val_fraction)
@@ -339,102 +324,6 @@ def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None
         native_size=native,
         mean_std=mean_std,
     )
-
-
-def _folder_pool(
-    path: Path, cfg: DataConfig, seed: int, links: list[str]
-) -> tuple[list[str], dict[str, Sample], _Parts]:
-    """Scan a folder; returns (classes, every file by key, default membership), and adds the
-    symlinks it did not follow to ``links``. A ``train/`` folder comes with its own ``val/``
-    (else ``test/``) folder for holdout validation; a single folder of class folders is split
-    by data.test_fraction and data.val_fraction."""
-    train_dir = path / "train"
-    if not train_dir.is_dir():
-        samples, classes = scan_folder(path, dropped=links)
-        pairs = [(relative_key(p, path), (p, y)) for p, y in samples]
-        return classes, dict(pairs), _carve(pairs, cfg, seed, classes, str(path))
-    if cfg.test_fraction > 0:
-        raise ImgclsError(f"data.test_fraction={cfg.test_fraction:g}: {path} is already split "
-                          "into train/ (val/, test/) folders; use it with a single folder of "
-                          "class folders")
-    train_samples, classes = scan_folder(train_dir, dropped=links)
-    val_dir = None
-    if cfg.val_split == "holdout" and not cfg.folds:  # folds validate on a part of train/
-        val_dir = next((d for d in (path / "val", path / "test") if d.is_dir()), None)
-    val_samples = scan_folder(val_dir, classes, links)[0] if val_dir else []
-    train = [(relative_key(p, path), (p, y)) for p, y in train_samples]
-    val = [(relative_key(p, path), (p, y)) for p, y in val_samples]
-    pool = dict(train + val)
-    if val_dir is None:
-        return classes, pool, _carve(train, cfg, seed, classes, str(path))
-    return classes, pool, _Parts(train, val or None, None)
-
-
-def _list_pool(
-    path: Path, cfg: DataConfig, seed: int
-) -> tuple[list[str], dict[str, Sample], _Parts, list[str]]:
-    root = Path(cfg.root).expanduser().absolute()
-    keys, samples, classes, missing = read_list_file(path, root, cfg.skip_bad_images)
-    pairs = list(zip(keys, samples, strict=True))
-    return classes, dict(pairs), _carve(pairs, cfg, seed, classes, str(path)), missing
-
-
-def _carve(pairs: Pairs, cfg: DataConfig, seed: int, classes: list[str], where: str) -> _Parts:
-    """Seeded stratified test (data.test_fraction) and validation (data.val_fraction, both of
-    the whole pool, or fold data.fold of data.folds of what the test part leaves) parts; with
-    a test part, every class must keep images in each part."""
-    test = None
-    labels = {y for _, (_, y) in pairs}  # list files may number classes they do not use
-    if cfg.test_fraction > 0:
-        pairs, test = _holdout(pairs, cfg.test_fraction, seed)
-        _every_class(test, labels, classes, f"data.test_fraction={cfg.test_fraction:g}", where)
-    val = None
-    if cfg.folds:
-        train_idx, val_idx = kfold_split([y for _, (_, y) in pairs], cfg.folds, cfg.fold, seed,
-                                         classes)
-        pairs, val = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
-    elif cfg.val_split == "holdout" and cfg.val_fraction > 0:
-        pairs, val = _holdout(pairs, cfg.val_fraction / (1.0 - cfg.test_fraction), seed)
-        if test is not None:
-            _every_class(val, labels, classes, f"data.val_fraction={cfg.val_fraction:g}", where)
-    if test is not None:
-        _every_class(pairs, labels, classes, "the training part", where)
-    return _Parts(pairs, val or None, test)
-
-
-def _every_class(pairs: Pairs, labels: set[int], classes: list[str], what: str,
-                 where: str) -> None:
-    present = {y for _, (_, y) in pairs}
-    empty = [classes[k] for k in sorted(labels - present)]
-    if empty:
-        raise ImgclsError(f"{what} leaves class {empty[0]!r} of {where} without images "
-                          f"({len(empty)} class(es) empty); it needs more images per class")
-
-
-def _holdout(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
-    train_idx, val_idx = stratified_split([y for _, (_, y) in pairs], fraction, seed)
-    return [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
-
-
-def _apply_record(record: dict, pool: dict[str, Sample], skipped: set[str], where: Path) -> _Parts:
-    """Exactly the record's membership; files the source no longer has are an error."""
-    parts: list[Pairs] = []
-    for part in ("train", "val", "test"):
-        keys = [k for k in record.get(part, []) if k not in skipped]
-        gone = [k for k in keys if k not in pool]
-        if gone:
-            more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
-            raise ImgclsError(
-                f"file {gone[0]} of the saved split ({part}) is no longer in {where}{more}"
-            )
-        parts.append([(k, pool[k]) for k in keys])
-    return _Parts(parts[0], parts[1] or None, parts[2] or None)
-
-
-def _verify(pairs: Pairs, max_pixels: int) -> tuple[Pairs, list[str]]:
-    _, bad = verify_samples([s for _, s in pairs], max_pixels)
-    bad_set = set(bad)
-    return [(k, s) for k, s in pairs if s[0] not in bad_set], bad
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:

@@ -111,7 +111,7 @@ class ResizeIfNeeded(torch.nn.Module):
 
 class Cutout(torch.nn.Module):
     """Zero one ``size`` x ``size`` square, placed uniformly inside the image (DeVries and Taylor
-    2017); the per-image twin of :func:`imgcls.data.memory.batch_cutout`."""
+    2017); the per-image twin of :func:`imgcls.data.batch_ops.batch_cutout`."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -125,6 +125,55 @@ class Cutout(torch.nn.Module):
         image = image.clone()
         image[..., top : top + size, left : left + size] = 0
         return image
+
+
+def _geometry(cfg: TransformConfig, train: bool, size: int,
+              native_size: int | None) -> list[torch.nn.Module]:
+    """Resizing and cropping to ``size`` x ``size``: a random resized crop, a resize with a
+    central crop, or a resize when needed followed by the random crop."""
+    if train and cfg.random_resized_crop:
+        return [v2.RandomResizedCrop(size, antialias=True)]
+    steps: list[torch.nn.Module] = []
+    if cfg.resize is not None:
+        steps += [v2.Resize(cfg.resize, antialias=True), v2.CenterCrop(size)]
+    elif train and cfg.random_crop:
+        if native_size != size:
+            steps.append(ResizeIfNeeded(size))
+    elif cfg.center_crop and not train:
+        # ImageNet-style evaluation: shorter side to size * 256/224, then the central crop.
+        steps += [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
+    elif native_size != size:
+        steps.append(ResizeIfNeeded(size))
+    if train and cfg.random_crop:
+        padding = list(cfg.crop_padding)
+        steps.append(v2.RandomCrop(size, padding=padding if len(padding) > 1 else padding[0],
+                                   padding_mode=cfg.crop_padding_mode))
+    return steps
+
+
+def _train_augmentation(cfg: TransformConfig) -> list[torch.nn.Module]:
+    """The training-only flips, rotations, affine warps and colour changes, in that order."""
+    steps: list[torch.nn.Module] = []
+    if cfg.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))
+    if cfg.rotation > 0:
+        steps.append(v2.RandomRotation(cfg.rotation))
+    if cfg.affine_degrees > 0 or cfg.affine_translate > 0 or cfg.affine_scale:
+        steps.append(
+            v2.RandomAffine(
+                degrees=cfg.affine_degrees,
+                translate=(cfg.affine_translate, cfg.affine_translate)
+                if cfg.affine_translate > 0
+                else None,
+                scale=tuple(cfg.affine_scale) if cfg.affine_scale else None,
+            )
+        )
+    if cfg.color_jitter:
+        b, c, s, h = cfg.color_jitter
+        steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
+    if cfg.grayscale > 0:
+        steps.append(v2.RandomGrayscale(p=cfg.grayscale))
+    return steps
 
 
 def build_transform(
@@ -149,45 +198,9 @@ def build_transform(
     cfg = apply_preset(cfg, image_size, explicit)
     # Geometry and colour run on whatever comes in (PIL images from files: Pillow's kernels are
     # the fastest for small images); the tensor conversion comes last.
-    steps: list[torch.nn.Module] = []
-    size = image_size
-    if train and cfg.random_resized_crop:
-        steps.append(v2.RandomResizedCrop(size, antialias=True))
-    else:
-        if cfg.resize is not None:
-            steps += [v2.Resize(cfg.resize, antialias=True), v2.CenterCrop(size)]
-        elif train and cfg.random_crop:
-            if native_size != size:
-                steps.append(ResizeIfNeeded(size))
-        elif cfg.center_crop and not train:
-            # ImageNet-style evaluation: shorter side to size * 256/224, then the central crop.
-            steps += [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
-        elif native_size != size:
-            steps.append(ResizeIfNeeded(size))
-        if train and cfg.random_crop:
-            padding = list(cfg.crop_padding)
-            steps.append(v2.RandomCrop(size, padding=padding if len(padding) > 1 else padding[0],
-                                       padding_mode=cfg.crop_padding_mode))
+    steps = _geometry(cfg, train, image_size, native_size)
     if train:
-        if cfg.hflip > 0:
-            steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))
-        if cfg.rotation > 0:
-            steps.append(v2.RandomRotation(cfg.rotation))
-        if cfg.affine_degrees > 0 or cfg.affine_translate > 0 or cfg.affine_scale:
-            steps.append(
-                v2.RandomAffine(
-                    degrees=cfg.affine_degrees,
-                    translate=(cfg.affine_translate, cfg.affine_translate)
-                    if cfg.affine_translate > 0
-                    else None,
-                    scale=tuple(cfg.affine_scale) if cfg.affine_scale else None,
-                )
-            )
-        if cfg.color_jitter:
-            b, c, s, h = cfg.color_jitter
-            steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
-        if cfg.grayscale > 0:
-            steps.append(v2.RandomGrayscale(p=cfg.grayscale))
+        steps += _train_augmentation(cfg)
     if in_channels == 1:
         steps.append(v2.Grayscale(num_output_channels=1))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]

@@ -16,13 +16,13 @@ import torch
 from imgcls import runtime
 from imgcls.config import LogConfig
 from imgcls.data.transforms import denormalize
-from imgcls.engine.checkpoint import copy_checkpoint
 from imgcls.engine.loop import EpochProgress
-from imgcls.engine.record import CheckpointRecord
-from imgcls.engine.run_files import refresh_run_files
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError
 from imgcls.metric_table import METRICS, Monitor
+from imgcls.runs.checkpoint import copy_checkpoint
+from imgcls.runs.files import refresh_run_files
+from imgcls.runs.record import CheckpointRecord
 from imgcls.tracking import RunLogger
 
 

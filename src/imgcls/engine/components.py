@@ -1,15 +1,15 @@
 """The parts a training run is made of, built from the config in one place: the model (with
 its data-dependent initialisation, memory format and SyncBatchNorm), the optimiser, schedule,
-loss, EMA and grad scaler (a :class:`TrainState`), the weights and counters of a resumed run,
-and the DDP and ``torch.compile`` wrappers. ``train``, the LR finder and the benchmarks all use
-these, so none of them assembles a run by hand."""
+loss, EMA and grad scaler (a :class:`TrainState`), and the DDP and ``torch.compile`` wrappers.
+``imgcls.engine.setup.prepare_run`` (train, dry runs, the LR finder) and the benchmarks use
+these, so none of them assembles a run by hand; a resumed run's state is put back by
+``Trainer.load_state_dict``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,9 +17,8 @@ from torch import nn
 from imgcls import runtime
 from imgcls.config import Config
 from imgcls.data.memory import MemoryLoader
-from imgcls.engine.checkpoint import load_model_state
-from imgcls.engine.loop import Speed, TrainState
-from imgcls.engine.record import CheckpointRecord
+from imgcls.engine.batches import Speed
+from imgcls.engine.loop import TrainState
 from imgcls.engine.weight_hooks import FreezeAfter, Lookahead, WeightHook
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
@@ -154,34 +153,6 @@ def describe_class_weights(spec: str | list[float], weights: Sequence[float],
 def steps_per_epoch(cfg: Config, batches: int) -> int:
     """Optimizer steps in an epoch of ``batches`` micro-batches (``train.accumulate``)."""
     return math.ceil(batches / cfg.train.accumulate)
-
-
-def restore_train_state(state: TrainState, record: CheckpointRecord, path: Path) -> None:
-    """Continue exactly where ``record`` stopped: weights, optimiser, schedule, EMA, scaler,
-    counters, best metric and every RNG."""
-    record.require_resumable(path)
-    load_model_state(state.model, record.model, path)
-    # one image of the recorded size, before the RNG state is put back below (nothing drawn
-    # here changes the resumed run's batches)
-    record.check_model(state.model, path, state.device)
-    try:
-        state.optimizer.load_state_dict(record.optimizer)  # type: ignore[arg-type]
-    except ValueError as exc:  # parameter groups differ: head_lr_mult or freeze changed
-        raise ImgclsError(
-            f"cannot resume {path} with a different optim.head_lr_mult or model.freeze "
-            f"than it was trained with ({exc})"
-        ) from None
-    state.scheduler.load_state_dict(record.scheduler)
-    if state.ema is not None and record.ema:
-        state.ema.load_state_dict(record.ema)
-    if state.scaler is not None and record.scaler:
-        state.scaler.load_state_dict(record.scaler)
-    for hook in state.weight_hooks:
-        if hook.key in record.weight_hooks:
-            hook.load_state_dict(record.weight_hooks[hook.key])
-    state.epoch, state.step = int(record.epoch or 0), record.step
-    state.best_metric, state.best_epoch = record.best_metric, record.best_epoch
-    runtime.set_rng_state(record.rng)  # type: ignore[arg-type]
 
 
 def wrap_for_training(state: TrainState, cfg: Config, dist: runtime.DistInfo,

@@ -1,9 +1,10 @@
-"""One epoch of training and one pass of evaluation, each returning plain metric dicts.
+"""One epoch of training, returning a plain metric dict; evaluation is
+:mod:`imgcls.engine.evaluation` (re-exported here).
 
 Counts are accumulated as sums on the device (no ``.item()`` per batch, which would stall a GPU)
 and divided once at the end, so the numbers are exact sums over samples, never averages of
-averages. The speed switches (:class:`Speed`) apply to both: channels-last inputs, autocast
-(with a grad scaler for fp16) and, in evaluation, flip test-time augmentation.
+averages. The speed switches (:class:`Speed`) apply to training and evaluation alike:
+channels-last inputs and autocast (with a grad scaler for fp16).
 """
 
 from __future__ import annotations
@@ -19,29 +20,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from imgcls.engine.batches import Speed as Speed
+from imgcls.engine.batches import progress_bar
+from imgcls.engine.evaluation import TTA_MODES as TTA_MODES
+from imgcls.engine.evaluation import EvalResult as EvalResult
+from imgcls.engine.evaluation import evaluate as evaluate
+from imgcls.engine.evaluation import tta_logits as tta_logits
 from imgcls.errors import ImgclsError
 from imgcls.models import set_train_mode
 from imgcls.runtime import unwrap_model
-
-
-@dataclass(frozen=True)
-class Speed:
-    """How batches run: memory format and autocast dtype (``None``: fp32)."""
-
-    channels_last: bool = False
-    amp_dtype: torch.dtype | None = None
-
-    def inputs(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if self.channels_last and images.dim() == 4:
-            return images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return images.to(device, non_blocking=True)
-
-    def autocast(self, device: torch.device) -> Any:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=self.amp_dtype)
 
 
 @dataclass
@@ -91,12 +79,6 @@ class TrainState:
             hook.after_step(unwrap_model(self.model), self.step)
         if self.ema is not None and self.step % self.ema_every == 0:
             self.ema.update_parameters(unwrap_model(self.model))
-
-
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Any:
-    return tqdm(
-        iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
-    )
 
 
 @dataclass
@@ -160,33 +142,27 @@ def train_one_epoch(
     Returns ``{"train_loss", "train_acc", "train_time_s", "train_samples", "lr"}`` (``lr``: the
     learning rate the epoch started with).
     """
-    model, device = state.model, state.device
-    set_train_mode(getattr(model, "module", model))
+    set_train_mode(getattr(state.model, "module", state.model))
     start = start or EpochProgress(lr=state.optimizer.param_groups[0]["lr"])
-    counts = _EpochCounts(start, device)
-    watch = _NonFiniteWatch(state, device)
-    clock = time.perf_counter()
-    total = len(loader)
-    accumulate = max(1, state.accumulate)
+    counts, watch = _EpochCounts(start, state.device), _NonFiniteWatch(state, state.device)
+    clock, total, accumulate = time.perf_counter(), len(loader), max(1, state.accumulate)
 
     def snapshot() -> EpochProgress:
         watch.check(total)  # non-finite weights are never saved
         return counts.progress(i + 1, time.perf_counter() - clock)
 
-    bar = _progress(_skip_batches(loader, start.batches), total,
-                    f"epoch {state.epoch + 1} train", progress)
+    bar = progress_bar(_skip_batches(loader, start.batches), total,
+                       f"epoch {state.epoch + 1} train", progress)
     bar.update(start.batches)
     i = start.batches - 1
     for i, (images, labels) in enumerate(bar, start=start.batches):
         if on_first_batch is not None:
             on_first_batch(images, labels)
             on_first_batch = None
-        window_start = i - i % accumulate
-        window = min(accumulate, total - window_start)  # the last window may be shorter
-        last_in_window = i + 1 == window_start + window
-        if i == window_start:
+        window, first_in_window, last_in_window = _window(i, accumulate, total)
+        if first_in_window:
             state.optimizer.zero_grad(set_to_none=True)
-        labels = labels.to(device, non_blocking=True)
+        labels = labels.to(state.device, non_blocking=True)
         loss, logits = _forward_backward(state, images, labels, window, last_in_window,
                                          functools.partial(watch.keep, i=i, total=total))
         if last_in_window:
@@ -197,18 +173,15 @@ def train_one_epoch(
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         if last_in_window and after_step is not None and i + 1 < total:
             after_step(snapshot)
-    if counts.seen == 0:
-        raise RuntimeError("the training loader yielded no batches")
-    if reduce is not None:
-        watch.bad = counts.all_reduce(reduce, watch.bad)
-    watch.check(total)
-    return {
-        "train_loss": counts.loss_sum.item() / counts.seen,
-        "train_acc": counts.correct.item() / counts.seen,
-        "train_time_s": start.train_time_s + time.perf_counter() - clock,
-        "train_samples": counts.seen,
-        "lr": start.lr,
-    }
+    return counts.finish(watch, reduce, total, clock)
+
+
+def _window(i: int, accumulate: int, total: int) -> tuple[int, bool, bool]:
+    """Batch ``i``'s accumulation window: its length (the last window may be shorter), and
+    whether ``i`` is the window's first and its last batch."""
+    window_start = i - i % accumulate
+    window = min(accumulate, total - window_start)
+    return window, i == window_start, i + 1 == window_start + window
 
 
 def _forward_backward(state: TrainState, images: torch.Tensor, labels: torch.Tensor,
@@ -249,6 +222,24 @@ class _EpochCounts:
     def progress(self, batches: int, seconds: float) -> EpochProgress:
         return EpochProgress(batches, self.loss_sum.item(), int(self.correct.item()), self.seen,
                              self.start.train_time_s + seconds, self.start.lr)
+
+    def finish(self, watch: _NonFiniteWatch,
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None, total: int,
+               clock: float) -> dict[str, float]:
+        """The epoch's metrics (summed over ranks with ``reduce``), once ``watch`` found every
+        loss finite; ``clock``: when this process's part of the epoch started."""
+        if self.seen == 0:
+            raise RuntimeError("the training loader yielded no batches")
+        if reduce is not None:
+            watch.bad = self.all_reduce(reduce, watch.bad)
+        watch.check(total)
+        return {
+            "train_loss": self.loss_sum.item() / self.seen,
+            "train_acc": self.correct.item() / self.seen,
+            "train_time_s": self.start.train_time_s + time.perf_counter() - clock,
+            "train_samples": self.seen,
+            "lr": self.start.lr,
+        }
 
     def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor],
                    bad: torch.Tensor) -> torch.Tensor:
@@ -325,102 +316,3 @@ class _NonFiniteWatch:
             "lower optim.lr, set train.grad_clip, or skip up to N bad batches with "
             "train.skip_nonfinite=N")
 
-
-TTA_MODES = ("none", "flip", "flip_translate")
-
-
-def tta_logits(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """The model's logits for ``images`` under test-time augmentation: ``none``; ``flip``: the
-    mean of the logits of each image and of its mirror image; ``flip_translate`` (airbench94's
-    ``tta_level=2``): half the flip score plus half the mean flip score of the image shifted by
-    one pixel down-right and up-left (reflect-padded), six forward passes. evaluate and predict
-    both call this, so they score every image the same way; predict's probabilities are the
-    softmax of these logits."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-
-    def flip_mean(x: torch.Tensor) -> torch.Tensor:
-        return (model(x) + model(x.flip(-1))) / 2
-
-    if tta == "none":
-        return model(images)
-    logits = flip_mean(images)
-    if tta == "flip_translate":
-        h, w = images.shape[-2:]
-        padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
-        shifted = (flip_mean(padded[..., :h, :w]) + flip_mean(padded[..., 2:, 2:])) / 2
-        logits = (logits + shifted) / 2
-    return logits
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    top1: float
-    top5: float
-    n: int
-    confusion: torch.Tensor  # [true class, predicted class] counts
-
-    def per_class_accuracy(self) -> list[float]:
-        totals = self.confusion.sum(dim=1).clamp(min=1)
-        return (self.confusion.diag().double() / totals).tolist()
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    loss_fn: nn.Module,
-    device: torch.device,
-    num_classes: int,
-    *,
-    progress: bool = False,
-    desc: str = "eval",
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    speed: Speed | None = None,
-    tta: str = "none",
-) -> EvalResult:
-    """Loss, top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix.
-
-    ``reduce`` sums the per-rank sums over ranks (``runtime.all_reduce_sum``): each rank
-    evaluates its own disjoint shard of the data, so the result is exact over the whole set.
-    ``tta="flip"`` scores each image by :func:`tta_logits`.
-    """
-    speed = speed or Speed()
-    model.eval()
-    k = min(5, num_classes)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    top1 = torch.zeros((), device=device, dtype=torch.int64)
-    topk = torch.zeros((), device=device, dtype=torch.int64)
-    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
-    seen = 0
-    total = len(loader) if hasattr(loader, "__len__") else None
-    for images, labels in _progress(loader, total, desc, progress):
-        images = speed.inputs(images, device)
-        labels = labels.to(device, non_blocking=True)
-        with speed.autocast(device):
-            logits = tta_logits(model, images, tta)
-        logits = logits.float()
-        loss_sum += loss_fn(logits, labels).double() * labels.shape[0]
-        best = logits.topk(k, dim=1).indices
-        top1 += (best[:, 0] == labels).sum()
-        topk += (best == labels[:, None]).any(dim=1).sum()
-        confusion += torch.bincount(
-            labels * num_classes + best[:, 0], minlength=num_classes * num_classes
-        )
-        seen += labels.shape[0]
-    if reduce is not None:
-        sums = reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=device,
-                                                          dtype=torch.float64)]))
-        loss_sum, seen = sums[0], int(sums[1].item())
-        # top-1 and top-k counts travel with the confusion matrix: one int64 all-reduce
-        packed = reduce(torch.cat([confusion, torch.stack([top1, topk])]))
-        confusion, top1, topk = packed[:-2], packed[-2], packed[-1]
-    n = max(seen, 1)
-    return EvalResult(
-        loss=loss_sum.item() / n,
-        top1=top1.item() / n,
-        top5=topk.item() / n,
-        n=seen,
-        confusion=confusion.view(num_classes, num_classes).cpu(),
-    )

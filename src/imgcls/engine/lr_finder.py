@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from imgcls.engine.loop import Speed
+from imgcls.engine.batches import Speed
 from imgcls.models import set_train_mode
 
 # Steps before the divergence check may stop the sweep: the first smoothed values average only a

@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from imgcls import runtime
-from imgcls.engine.loop import (
-    EpochProgress,
-    EvalResult,
-    NonFiniteLoss,
-    TrainState,
-    evaluate,
-    train_one_epoch,
-)
+from imgcls.engine.evaluation import EvalResult, evaluate
+from imgcls.engine.loop import EpochProgress, NonFiniteLoss, TrainState, train_one_epoch
 from imgcls.engine.metrics import classification_metrics, epoch_metrics_from_eval
 from imgcls.engine.signals import GracefulStop, StopRequested
+from imgcls.errors import ImgclsError
 from imgcls.metric_table import Monitor, names
+from imgcls.runs.checkpoint import load_model_state
+from imgcls.runs.record import CheckpointRecord
 
 # The validation keys of an epoch's metrics row (None when the run has no validation set).
 VAL_KEYS = names(validation=True)
@@ -131,6 +129,28 @@ class Trainer:
         for cb in self.callbacks:
             if cb.key and cb.key in states:
                 cb.load_state_dict(states[cb.key])
+
+    def load_state_dict(self, record: CheckpointRecord, path: str | Path, *,
+                        monitor: str | None = None) -> None:
+        """Continue exactly where ``record`` stopped (what the Checkpointer's ``record`` saved
+        of this trainer): weights, optimiser, schedule, EMA, grad scaler, weight hooks,
+        counters, best metric, the callbacks' states, the position inside an epoch saved
+        part-way and, last (nothing drawn here changes the resumed run's batches), every RNG.
+        ``monitor``: the run's train.monitor; when the record watched another metric, the best
+        so far is forgotten. ``path`` names the checkpoint in errors."""
+        record.require_resumable(path)
+        _restore_state(self.state, record, path)
+        if monitor is not None and record.monitor != monitor:
+            self.say(f"train.monitor changed from {record.monitor} to {monitor}: best.pt "
+                     "follows the new metric from the next epoch on")
+            self.state.best_metric, self.state.best_epoch = None, None
+        self.load_callback_states(record.callbacks)
+        self.saved_epoch = record.epoch
+        self.last_metrics = dict(record.metrics)
+        if record.progress:
+            self.resume_progress = self.saved_progress = EpochProgress.from_state(
+                record.progress)
+        runtime.set_rng_state(record.rng)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ the loop
 
@@ -274,3 +294,31 @@ class Trainer:
         self.improved = self.monitor.better(value, state.best_metric)
         if self.improved:
             state.best_metric, state.best_epoch = value, state.epoch
+
+
+def _restore_state(state: TrainState, record: CheckpointRecord, path: str | Path) -> None:
+    """The :class:`TrainState` part of :meth:`Trainer.load_state_dict`; the weights go into the
+    plain model inside the DDP and ``torch.compile`` wrappers (a checkpoint holds its
+    state_dict)."""
+    model = runtime.unwrap_model(state.model)
+    load_model_state(model, record.model, path)
+    # one image of the recorded size, before the RNG state is put back (nothing drawn here
+    # changes the resumed run's batches)
+    record.check_model(model, path, state.device)
+    try:
+        state.optimizer.load_state_dict(record.optimizer)  # type: ignore[arg-type]
+    except ValueError as exc:  # parameter groups differ: head_lr_mult or freeze changed
+        raise ImgclsError(
+            f"cannot resume {path} with a different optim.head_lr_mult or model.freeze "
+            f"than it was trained with ({exc})"
+        ) from None
+    state.scheduler.load_state_dict(record.scheduler)
+    if state.ema is not None and record.ema:
+        state.ema.load_state_dict(record.ema)
+    if state.scaler is not None and record.scaler:
+        state.scaler.load_state_dict(record.scaler)
+    for hook in state.weight_hooks:
+        if hook.key in record.weight_hooks:
+            hook.load_state_dict(record.weight_hooks[hook.key])
+    state.epoch, state.step = int(record.epoch or 0), record.step
+    state.best_metric, state.best_epoch = record.best_metric, record.best_epoch

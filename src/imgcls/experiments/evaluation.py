@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from imgcls.data.splits import load_split
+from imgcls.deploy.load import evaluation_overrides, load_model
 from imgcls.engine.metrics import classification_metrics
 from imgcls.errors import ImgclsError
 from imgcls.experiments.plan import KINDS, load_experiment
 from imgcls.experiments.stats import Spread, spread
 from imgcls.experiments.status import FINISHED, statuses
 from imgcls.files import atomic_write_text
-from imgcls.inference import evaluation_overrides, load_model
 from imgcls.models.user import CodeConsent
 from imgcls.report.predictions import collect_predictions
 from imgcls.report.tables import csv_text

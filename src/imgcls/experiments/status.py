@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.engine.record import CheckpointRecord
-from imgcls.engine.run_files import read_metrics
 from imgcls.experiments.plan import Experiment, Member
+from imgcls.runs.files import read_metrics
+from imgcls.runs.record import CheckpointRecord
 
 MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
 

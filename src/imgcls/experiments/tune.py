@@ -11,7 +11,7 @@ the study holds fewer than N that count (done, pruned, failed or running; not th
 Ctrl-C or a setup error), so rerunning a finished command does nothing and a larger N adds the
 difference.
 
-A worker holds its trial's run-folder lock (:class:`imgcls.engine.run_folder.RunLock`) for the
+A worker holds its trial's run-folder lock (:class:`imgcls.runs.folder.RunLock`) for the
 whole trial, so a trial still ``running`` in the study whose lock is free lost its process (a
 SIGKILL, a machine gone): the next command resumes it from its ``last.pt`` and tells the study
 its outcome, or, when there is nothing to resume, marks it ``lost`` (not counted) so that a
@@ -38,8 +38,6 @@ import torch
 from imgcls import api
 from imgcls.config import Config, build_config
 from imgcls.engine.loop import NonFiniteLoss
-from imgcls.engine.record import CheckpointRecord
-from imgcls.engine.run_lock import LOCK_FILE, RunLock, in_use
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError, first_line
 from imgcls.experiments.search_space import Param, load_space
@@ -58,6 +56,8 @@ from imgcls.experiments.tune_results import (
 from imgcls.experiments.tune_study import create_pruner, open_study, require_optuna, shown_url
 from imgcls.metric_table import Monitor, get_monitor
 from imgcls.models.user import CodeConsent
+from imgcls.runs.lock import LOCK_FILE, RunLock, in_use
+from imgcls.runs.record import CheckpointRecord
 from imgcls.tracking import echo
 
 

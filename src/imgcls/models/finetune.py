@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from imgcls.errors import ImgclsError, short_repr
 from imgcls.models.torchvision_models import find_head
@@ -170,6 +171,27 @@ def _set_requires_grad(model: nn.Module, names: Iterable[str], value: bool) -> N
     params = dict(model.named_parameters(remove_duplicate=False))
     for name in names:
         params[name].requires_grad_(value)
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The classifier head's parameters (what ``freeze`` leaves trainable)."""
+    return list(find_head(model)[1].parameters())
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, but BatchNorm layers whose parameters are all frozen stay in eval mode.
+
+    A frozen BatchNorm in train mode would still update its running mean/var from the new data
+    (and normalise with batch statistics), silently changing the "frozen" backbone. Call this
+    instead of ``model.train()`` in the training loop.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            params = list(module.parameters(recurse=False))
+            # affine=False BatchNorm has no parameters to tell frozen from trained: leave it.
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 # --------------------------------------------------------------------------- freeze by name

@@ -97,6 +97,28 @@ def _module_flops(counter: FlopCounterMode, root: str) -> dict[str, int]:
     return out
 
 
+def _zeros_input(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """Zeros on the model's device, in its floating dtype (float32 for a model without one)."""
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return torch.zeros(shape, device=device, dtype=dtype)
+
+
+def _layer_row(name: str, module: nn.Module, calls: list[tuple[int, ...] | None],
+               flops: dict[str, int]) -> LayerRow:
+    params = list(module.parameters())
+    return LayerRow(
+        name=name,
+        type=type(module).__name__,
+        depth=name.count(".") + 1 if name else 0,
+        output_shapes=tuple(calls),
+        params=sum(p.numel() for p in params),
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        flops=flops.get(name, 0),
+    )
+
+
 def summarize(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
     """Run one forward of zeros shaped ``input_shape`` (N, C, H, W) in eval mode, no grad, and
     record every module's output shape, parameter count and FLOPs.
@@ -106,11 +128,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
     not take) is an ImgclsError.
     """
     shape = tuple(int(s) for s in input_shape)
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = torch.zeros(shape, device=device, dtype=dtype)
-
+    x = _zeros_input(model, shape)
     modules = list(model.named_modules())
     calls: dict[int, list[tuple[int, ...] | None]] = {id(m): [] for _, m in modules}
 
@@ -135,18 +153,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
         model.train(was_training)
 
     flops = _module_flops(counter, root)
-    rows = []
-    for name, module in modules:
-        params = list(module.parameters())
-        rows.append(LayerRow(
-            name=name,
-            type=type(module).__name__,
-            depth=name.count(".") + 1 if name else 0,
-            output_shapes=tuple(calls[id(module)]),
-            params=sum(p.numel() for p in params),
-            trainable=sum(p.numel() for p in params if p.requires_grad),
-            flops=flops.get(name, 0),
-        ))
+    rows = [_layer_row(name, module, calls[id(module)], flops) for name, module in modules]
     out = _first_tensor(output)
     return ModelSummary(
         model=root,

@@ -1,7 +1,8 @@
 """Every torchvision classification model by name, adapted to ``num_classes`` and ``in_channels``.
 
-Names are resolved on lookup from ``torchvision.models.list_models(module=torchvision.models)``
-(classification models only), so a newer torchvision brings its new models with it.
+The names come from ``torchvision.models.list_models(module=torchvision.models)``
+(classification models only), so a newer torchvision brings its new models with it; each is
+registered in imgcls's one model registry (:func:`register`, called by ``models/factory.py``).
 
 Also holds the layer surgery the model zoo needs (finding and replacing the classifier head and
 the first convolution); the seed CNNs use the same helpers for ``freeze`` and pretrained files.
@@ -19,6 +20,7 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from imgcls.errors import ImgclsError
+from imgcls.registry import Registry
 
 # googlenet / inception_v3 return (logits, aux1[, aux2]) in training mode while their auxiliary
 # heads are on; a plain classifier returns logits only, so the aux heads are always disabled.
@@ -41,6 +43,16 @@ def available() -> tuple[str, ...]:
 
 def is_available(name: str) -> bool:
     return name in available()
+
+
+def register(registry: Registry[Any]) -> None:
+    """Add every torchvision classifier to ``registry`` (alphabetical, after what is there):
+    the factory ``(num_classes, in_channels=3, weights=None, head="replace")`` is :func:`build`,
+    the metadata ``source="torchvision"``; sizes come from the weights (:func:`meta`). A name
+    registered before (imgcls's own) keeps its own model."""
+    for name in available():
+        if name not in registry:
+            registry.add(name, functools.partial(build, name), source="torchvision")
 
 
 def _size_kwarg(name: str) -> str | None:

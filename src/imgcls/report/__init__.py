@@ -1,3 +1,3 @@
 """What a trained model does, on pages that open from the file system: ``imgcls report``.
-It reads what runs wrote (:mod:`imgcls.engine.run_files` writes ``results.csv`` and
+It reads what runs wrote (:mod:`imgcls.runs.files` writes ``results.csv`` and
 ``curves.png``); nothing below it imports it."""

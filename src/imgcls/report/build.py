@@ -15,7 +15,6 @@ import torch
 import yaml
 
 import imgcls
-from imgcls.engine.run_files import plot_curves, read_metrics, results_csv_text
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write, atomic_write_text
 from imgcls.metric_table import METRICS, names
@@ -23,6 +22,7 @@ from imgcls.models.user import CodeConsent
 from imgcls.report import figures, page, tables
 from imgcls.report.calibration import BINS, calibration
 from imgcls.report.predictions import Predictions, collect_predictions, load_for_report
+from imgcls.runs.files import plot_curves, read_metrics, results_csv_text
 
 SHOWN = 12  # images in each grid: top losses, and correct predictions
 

@@ -12,13 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from imgcls.data import create_eval_dataset
-from imgcls.data.pipeline import Preprocessing, build_eval_loader
-from imgcls.data.splits import load_split
-from imgcls.engine.components import create_speed
-from imgcls.engine.loop import tta_logits
+from imgcls.deploy.load import LoadedModel, evaluation_overrides, load_model
+from imgcls.deploy.scoring import score
 from imgcls.errors import ImgclsError
-from imgcls.inference import LoadedModel, evaluation_overrides, load_model
 from imgcls.models.user import CodeConsent
 
 
@@ -84,37 +80,14 @@ def find_checkpoint(run_dir: Path) -> Path:
 
 def collect_predictions(loaded: LoadedModel, run_dir: Path, *, split: str = "val",
                         data: str | None = None) -> Predictions:
-    """Score every image of ``split`` with the run's evaluation preprocessing and test-time
-    augmentation (as ``imgcls evaluate`` does), in batches, without gradients."""
-    if split not in ("val", "test"):
-        raise ImgclsError(f"--split must be val or test, got {split!r}")
-    cfg = loaded.config
-    split_record = None
-    if (run_dir / "split.json").exists():
-        record = load_split(run_dir / "split.json")
-        if data is None or record.get("source") == cfg.data.source:
-            split_record = record
-    dataset, classes = create_eval_dataset(cfg.data, split, cfg.train.seed, split_record)
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise ImgclsError(f"the {split} split of {cfg.data.source} has no images")
-    if list(classes) != loaded.classes:
-        raise ImgclsError(f"the classes of {cfg.data.source} ({split}) {list(classes)[:6]} "
-                          f"differ from checkpoint {loaded.path}'s {loaded.classes[:6]}")
-    # The loader `imgcls evaluate` uses: images decoded once into memory (and cached) when they
-    # fit, else a DataLoader; both keep the split's order, so row i is dataset[i].
-    loader = build_eval_loader(cfg, dataset, Preprocessing(loaded.input_size, loaded.mean_std),
-                               loaded.native_size, loaded.device)
-    speed = create_speed(cfg, loaded.device)  # evaluate's switches: channels-last, autocast
-    if speed.channels_last:
-        loaded.model.to(memory_format=torch.channels_last)
-    probs, labels = [], []
-    with torch.inference_mode(), speed.autocast(loaded.device):
-        for images, targets in loader:
-            logits = tta_logits(loaded.model, speed.inputs(images, loaded.device), cfg.train.tta)
-            probs.append(torch.softmax(logits.double(), dim=1).cpu())
-            labels.append(targets)
-    return Predictions(torch.cat(probs).numpy(), torch.cat(labels).numpy().astype(np.int64),
-                       list(classes), dataset, split, cfg.data.source)
+    """Score every image of ``split`` as ``imgcls evaluate`` does
+    (:func:`imgcls.deploy.scoring.score`: the run's evaluation preprocessing and test-time
+    augmentation, in batches, without gradients); row i is the split's image i."""
+    scores = score(loaded, split=split, run_dir=run_dir, data=data, require_images=True)
+    labels = scores.labels()
+    assert labels is not None and scores.dataset is not None
+    return Predictions(scores.probabilities().numpy(), labels.numpy().astype(np.int64),
+                       scores.classes, scores.dataset, split, scores.source)
 
 
 def load_for_report(run_dir: Path, *, data: str | None, device: str,

@@ -1,0 +1,210 @@
+"""``imgcls predict``: top-k classes and probabilities for image files, folders and list files.
+
+The model, its classes and its preprocessing all come from the checkpoint
+(:func:`imgcls.deploy.load.load_model`), images are decoded by the same :func:`imgcls.data.load_rgb`
+as in training and scored by :func:`imgcls.deploy.scoring.score` as evaluate scores them, so
+a prediction sees exactly what the validation pass saw. A file that cannot be read becomes a
+result with ``error`` set; the rest are still classified.
+
+>>> report = predict("runs/NAME/checkpoints/best.pt", ["photos/"], top_k=3)  # doctest: +SKIP
+>>> print(to_table(report))                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from imgcls.data import IMAGE_EXTENSIONS
+from imgcls.data.folder import walk_images
+from imgcls.data.listfile import list_lines, split_entry
+from imgcls.deploy.load import load_model
+from imgcls.deploy.scoring import prepare_image, score
+from imgcls.engine.batches import Speed
+from imgcls.errors import ImgclsError
+from imgcls.files import atomic_write, printable
+from imgcls.models.user import CodeConsent
+
+LIST_SUFFIX = ".txt"
+CSV_HEADER = ["path", "rank", "class", "prob", "error"]
+
+
+@dataclass
+class PredictResult:
+    """One input image: its top-k ``(class, probability)`` pairs, highest first, or an error."""
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None  # one-line reason the file could not be read; ``top`` is then empty
+
+
+@dataclass
+class PredictReport:
+    checkpoint: str
+    classes: list[str]
+    results: list[PredictResult]  # in input order
+
+    @property
+    def failed(self) -> int:
+        """How many inputs could not be read."""
+        return sum(r.error is not None for r in self.results)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _scan_folder(folder: Path) -> list[str]:
+    """Every visible image under ``folder``, recursively, in sorted path order; as in training,
+    hidden files and folders are skipped and symlinks give each real file once, never looping."""
+    return sorted(path for path, _ in walk_images(folder, [""])[0])
+
+
+def _read_list_file(list_file: Path) -> list[str]:
+    """Image paths of a list file (``path [label]`` per line, ``#`` comments), resolved against
+    the list file's folder: training's list files work as they are, labels ignored. A path that
+    does not exist is kept and reported as that image's error, not as a failure of the run."""
+    base = list_file.parent
+    return [os.path.join(base, split_entry(line, base)[0]) for _, line in list_lines(list_file)]
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Expand image files, folders and ``.txt`` list files into image paths, in the order given
+    (each path once). A missing input, or no image at all, is an ImgclsError."""
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += _scan_folder(path)
+        elif path.is_file():
+            paths += _read_list_file(path) if path.suffix.lower() == LIST_SUFFIX else [str(item)]
+        else:
+            raise ImgclsError(f"input not found: {item}")
+    if not paths:
+        names = ", ".join(str(i) for i in inputs)
+        raise ImgclsError(f"no images found in {names} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return list(dict.fromkeys(paths))  # a file named twice (folder + file) is predicted once
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+# predict's one place that loads an image: the scoring's (tests call it by this name)
+_prepare = prepare_image
+
+
+def _tta_mode(tta: bool) -> str:
+    """``--tta``: evaluate's ``train.tta=flip``."""
+    return "flip" if tta else "none"
+
+
+def _classify(logits: torch.Tensor, classes: Sequence[str],
+              k: int) -> list[list[tuple[str, float]]]:
+    """Top-k ``(class, probability)`` pairs, highest first, for one batch of logits."""
+    probs = logits.float().softmax(dim=1)
+    top_probs, top_index = (t.cpu().tolist() for t in probs.topk(k, dim=1))
+    return [
+        [(classes[i], p) for i, p in zip(index, prob, strict=True)]
+        for index, prob in zip(top_index, top_probs, strict=True)
+    ]
+
+
+def predict(
+    checkpoint: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    top_k: int = 5,
+    batch_size: int = 64,
+    device: str = "auto",
+    tta: bool = False,
+    trust_pickle: bool = False,
+    code: CodeConsent | None = None,
+) -> PredictReport:
+    """Classify every image in ``inputs``; returns a report with one result per image.
+
+    ``top_k`` is capped at the number of classes. ``tta`` adds the horizontal flip, scored as
+    ``evaluate`` with ``train.tta=flip`` scores it: both score through
+    :func:`imgcls.deploy.scoring.score`.
+    """
+    if top_k < 1:
+        raise ImgclsError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise ImgclsError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = collect_inputs(inputs)  # check the inputs before the (slower) model load
+    loaded = load_model(checkpoint, device=device, trust_pickle=trust_pickle, code=code)
+    # in fp32 with plain inputs (predict's own speed, whatever the run trained with)
+    scores = score(loaded, files=paths, batch_size=batch_size, tta=_tta_mode(tta), speed=Speed())
+    k = min(top_k, len(loaded.classes))
+    tops = iter([top for logits, _ in scores.batches
+                 for top in _classify(logits, loaded.classes, k)])
+    results = [PredictResult(path=path, error=scores.errors[i]) if i in scores.errors
+               else PredictResult(path=path, top=next(tops)) for i, path in enumerate(paths)]
+    return PredictReport(checkpoint=str(checkpoint), classes=list(loaded.classes), results=results)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_table(report: PredictReport) -> str:
+    """An aligned text table: path, top-1 class and probability, then the rest of the top-k.
+
+    A file that could not be read gets ``error: <reason>`` after its path.
+    """
+    k = max((len(r.top) for r in report.results), default=1) or 1
+    # File names that are not UTF-8 are shown with U+FFFD: printing their surrogates would raise.
+    paths = [printable(r.path) for r in report.results]
+    path_w = max([len("path"), *(len(p) for p in paths)])
+    class_w = max([len(f"top-{k}"), *(len(c) for c in report.classes)])
+    header = [f"{'path':<{path_w}}"]
+    for rank in range(1, k + 1):
+        header += [f"{f'top-{rank}':<{class_w}}", f"{'prob':>6}"]
+    lines = ["  ".join(header)]
+    for path, result in zip(paths, report.results, strict=True):
+        cells = [f"{path:<{path_w}}"]
+        if result.error is not None:
+            cells.append(f"error: {printable(result.error)}")
+        for name, prob in result.top:
+            cells += [f"{printable(name):<{class_w}}", f"{prob:6.4f}"]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def to_json(report: PredictReport) -> str:
+    """One JSON object: checkpoint, classes, predictions (path, top) and errors (path, error)."""
+    return json.dumps({
+        "checkpoint": printable(report.checkpoint),
+        "classes": [printable(c) for c in report.classes],
+        "predictions": [
+            {"path": printable(r.path),
+             "top": [{"class": printable(c), "prob": p} for c, p in r.top]}
+            for r in report.results if r.error is None
+        ],
+        "errors": [{"path": printable(r.path), "error": printable(r.error)}
+                   for r in report.results if r.error is not None],
+    })
+
+
+def write_csv(report: PredictReport, path: str | os.PathLike[str]) -> None:
+    """Write ``path,rank,class,prob,error``: one row per top-k entry, one row (with only
+    ``error`` filled) per unreadable file. Written to a temporary file then renamed, so a reader
+    never sees half a file."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for result in report.results:
+        shown = printable(result.path)  # a non-UTF-8 name would make encode("utf-8") raise
+        if result.error is not None:
+            writer.writerow([shown, "", "", "", printable(result.error)])
+        for rank, (name, prob) in enumerate(result.top, start=1):
+            writer.writerow([shown, rank, printable(name), repr(prob), ""])
+    data = text.getvalue().encode("utf-8")
+    try:
+        atomic_write(Path(path), lambda handle: handle.write(data))
+    except OSError as exc:
+        raise ImgclsError(f"cannot write {path}: {exc.strerror or exc}") from None
