@@ -25,6 +25,13 @@ from PIL import Image
 
 from imgcls.engine.trainer import Callback
 
+# A test run started in the background by a non-interactive shell (`pytest &`) inherits SIGINT
+# ignored, as POSIX has it, and so would every imgcls process the tests start, which then could
+# not show what Ctrl-C does: give SIGINT back the handler a terminal's Python has (a handled
+# signal is reset to its default in the children).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # (extension, Pillow mode written): every format and awkward mode the loaders must turn into RGB.
 FORMATS = [
     ("jpg", "RGB"),
