@@ -130,6 +130,21 @@ class TransformConfig:
     affine_translate: Float = key(0.0, "train: `RandomAffine` max translation (fraction)",
                                   ge=0, le=1)
     affine_scale: FloatList = key([], "train: `RandomAffine` scale `[min, max]`")
+    auto_augment: Literal["none", "randaugment", "trivialaugment", "autoaugment"] = key(
+        "none", "train: a learned or random augmentation policy on each image after the flips "
+        "(torchvision's `RandAugment`, `TrivialAugmentWide`, `AutoAugment` with the CIFAR-10 "
+        "policy up to 64 px, else ImageNet's); the DataLoader applies it")
+    random_erasing: Float = key(0.0, "train: probability of erasing a random rectangle of each "
+                                "image after normalisation (torchvision's `RandomErasing`: "
+                                "2-33% of the area, to the mean colour); the DataLoader applies "
+                                "it", ge=0, le=1)
+    mixup: Float = key(0.0, "train: MixUp's alpha (0: off; 0.2-0.8 usual): each batch is mixed "
+                       "with itself reversed, `lam ~ Beta(alpha, alpha)`, and the loss takes the "
+                       "mixed labels; both loaders", ge=0, memory=True)
+    cutmix: Float = key(0.0, "train: CutMix's alpha (0: off; 1.0 usual): a box of each image is "
+                        "pasted from another in the batch, the labels mixed by area; with "
+                        "`mixup` too, each batch gets one of the two at random; both loaders",
+                        ge=0, memory=True)
     normalize: Literal["auto", "dataset", "imagenet", "half", "none", "custom"] = key(
         "auto", "`auto` (ImageNet stats for torchvision/pretrained models, the dataset's for "
         "CIFAR, else ImageNet), `dataset`, `imagenet`, `half` (0.5/0.5), `none`, `custom` "

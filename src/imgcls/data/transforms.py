@@ -19,6 +19,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 HALF = [0.5, 0.5, 0.5]
 
+CIFAR_PRESET_MAX_SIZE = 64  # `auto` picks the cifar preset (and policies) up to this size
 # What each preset switches on; the keys the user set win (Config.explicit).
 PRESETS: dict[str, dict[str, object]] = {
     "none": {},
@@ -34,7 +35,7 @@ def resolved_preset(preset: str, image_size: int) -> str:
     """``transforms.preset`` as a run uses it: ``auto`` is ``cifar`` for small inputs (up to 64
     pixels) and ``imagenet`` for larger ones."""
     if preset == "auto":
-        return "cifar" if image_size <= 64 else "imagenet"
+        return "cifar" if image_size <= CIFAR_PRESET_MAX_SIZE else "imagenet"
     return preset
 
 
@@ -151,8 +152,9 @@ def _geometry(cfg: TransformConfig, train: bool, size: int,
     return steps
 
 
-def _train_augmentation(cfg: TransformConfig) -> list[torch.nn.Module]:
-    """The training-only flips, rotations, affine warps and colour changes, in that order."""
+def _train_augmentation(cfg: TransformConfig, size: int) -> list[torch.nn.Module]:
+    """The training-only flips, rotations, affine warps, colour changes and the augmentation
+    policy, in that order."""
     steps: list[torch.nn.Module] = []
     if cfg.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))
@@ -173,7 +175,20 @@ def _train_augmentation(cfg: TransformConfig) -> list[torch.nn.Module]:
         steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
     if cfg.grayscale > 0:
         steps.append(v2.RandomGrayscale(p=cfg.grayscale))
-    return steps
+    return steps + _policy(cfg.auto_augment, size)
+
+
+def _policy(name: str, size: int) -> list[torch.nn.Module]:
+    """``transforms.auto_augment``: torchvision's policy (on the uint8 image, as they expect)."""
+    if name == "randaugment":
+        return [v2.RandAugment()]
+    if name == "trivialaugment":
+        return [v2.TrivialAugmentWide()]
+    if name == "autoaugment":  # the policy searched on data of this size
+        small = size <= CIFAR_PRESET_MAX_SIZE
+        policy = v2.AutoAugmentPolicy.CIFAR10 if small else v2.AutoAugmentPolicy.IMAGENET
+        return [v2.AutoAugment(policy)]
+    return []
 
 
 def build_transform(
@@ -200,7 +215,7 @@ def build_transform(
     # the fastest for small images); the tensor conversion comes last.
     steps = _geometry(cfg, train, image_size, native_size)
     if train:
-        steps += _train_augmentation(cfg)
+        steps += _train_augmentation(cfg, image_size)
     if in_channels == 1:
         steps.append(v2.Grayscale(num_output_channels=1))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
@@ -209,6 +224,8 @@ def build_transform(
         steps.append(v2.Normalize(_channels(mean, in_channels), _channels(std, in_channels)))
     if train and cfg.cutout > 0:  # after normalising: the square is the mean colour, as in memory
         steps.append(Cutout(cfg.cutout))
+    if train and cfg.random_erasing > 0:  # likewise erased to 0, the mean colour
+        steps.append(v2.RandomErasing(p=cfg.random_erasing))
     return v2.Compose(steps)
 
 

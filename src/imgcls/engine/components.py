@@ -16,6 +16,7 @@ from torch import nn
 
 from imgcls import runtime
 from imgcls.config import Config
+from imgcls.data.label_mixing import LabelMixing, label_mixing
 from imgcls.data.memory import MemoryLoader
 from imgcls.engine.batches import Speed
 from imgcls.engine.loop import TrainState
@@ -113,7 +114,18 @@ def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
         # unweighted too.
         eval_loss_fn=create_loss(cfg.optim).to(device) if weights is not None else None,
         weight_hooks=create_weight_hooks(cfg, model, steps_per_epoch),
+        label_mixing=_label_mixing(cfg, class_counts),
     )
+
+
+def _label_mixing(cfg: Config, class_counts: Sequence[int] | None) -> LabelMixing | None:
+    """``transforms.mixup`` / ``cutmix``; they one-hot the labels, so they need the classes."""
+    if cfg.transforms.mixup == 0 and cfg.transforms.cutmix == 0:
+        return None
+    if class_counts is None:
+        raise ImgclsError("transforms.mixup and transforms.cutmix need the training data's "
+                          "class counts, and none were given")
+    return label_mixing(cfg.transforms, len(class_counts))
 
 
 def create_weight_hooks(cfg: Config, model: nn.Module, steps_per_epoch: int) -> list[WeightHook]:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgcls.data.label_mixing import LabelMixing
 from imgcls.engine.batches import Speed as Speed
 from imgcls.engine.batches import progress_bar
 from imgcls.engine.evaluation import TTA_MODES as TTA_MODES
@@ -58,6 +59,9 @@ class TrainState:
     # still reports the plain cross-entropy as val_loss
     eval_loss_fn: nn.Module | None = None
     skip_nonfinite: int = 0  # train.skip_nonfinite: bad batches the run may skip
+    # transforms.mixup / cutmix (data/label_mixing.py): the batch and its labels mixed before
+    # the forward pass; the loss then takes label probabilities
+    label_mixing: LabelMixing | None = None
     nonfinite_skipped: int = 0  # skipped so far (in this process)
 
     def optimizer_step(self) -> None:
@@ -193,10 +197,13 @@ def _forward_backward(state: TrainState, images: torch.Tensor, labels: torch.Ten
     no_sync = getattr(model, "no_sync", None)
     sync = nullcontext() if last_in_window or no_sync is None else no_sync()
     images = state.speed.inputs(images, state.device)
+    targets = labels
+    if state.label_mixing is not None:  # train_acc stays against each image's own label
+        images, targets = state.label_mixing(images, labels)
     with sync:
         with state.speed.autocast(state.device):
             logits = model(images)
-            loss = state.loss_fn(logits, labels)
+            loss = state.loss_fn(logits, targets)
         if keep(loss):
             scaled = loss / window if window > 1 else loss
             (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()

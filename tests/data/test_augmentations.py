@@ -1,0 +1,161 @@
+"""The modern augmentations: an augmentation policy and random erasing per image (the
+DataLoader), MixUp and CutMix per batch (both loaders), with the loss on mixed labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_same_weights, interrupt_and_resume
+from torchvision.transforms import v2
+
+from imgcls import api
+from imgcls.config import TransformConfig, build_config
+from imgcls.data.label_mixing import label_mixing
+from imgcls.data.transforms import build_transform
+from imgcls.engine.loop import TrainState, train_one_epoch
+from imgcls.errors import ImgclsError
+from imgcls.optim import create_loss
+
+
+@pytest.mark.parametrize(("name", "kind", "size"), [
+    ("randaugment", v2.RandAugment, 32), ("trivialaugment", v2.TrivialAugmentWide, 32),
+    ("autoaugment", v2.AutoAugment, 32), ("autoaugment", v2.AutoAugment, 128),
+])
+def test_the_policy_runs_on_the_uint8_image_in_training_only(name, kind, size):
+    cfg = TransformConfig(preset="none", auto_augment=name)
+    train = build_transform(cfg, train=True, image_size=size)
+    steps = list(train.transforms)
+    (policy,) = [t for t in steps if isinstance(t, kind)]
+    assert steps.index(policy) < next(i for i, t in enumerate(steps) if isinstance(t, v2.ToImage))
+    if kind is v2.AutoAugment:  # the policy searched on data of this size
+        small = v2.AutoAugmentPolicy.CIFAR10 if size <= 64 else v2.AutoAugmentPolicy.IMAGENET
+        assert policy.policy == small
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+    outputs = [train(image) for _ in range(8)]
+    assert all(o.dtype == torch.float32 and o.shape == (3, size, size) for o in outputs)
+    assert any(not torch.equal(o, outputs[0]) for o in outputs)  # it changes the image
+    evaluation = build_transform(cfg, train=False, image_size=size)
+    assert not any(isinstance(t, kind) for t in evaluation.transforms)
+
+
+def test_random_erasing_erases_a_rectangle_after_normalisation():
+    cfg = TransformConfig(preset="none", random_erasing=1.0)
+    train = build_transform(cfg, train=True, image_size=32, mean_std=([0.5] * 3, [0.5] * 3))
+    assert isinstance(train.transforms[-1], v2.RandomErasing)
+    torch.manual_seed(0)
+    out = train(torch.full((3, 32, 32), 255, dtype=torch.uint8))  # normalised to 1.0
+    erased = (out == 0).all(dim=0)
+    assert 0.02 * 32 * 32 <= erased.sum() <= 0.34 * 32 * 32  # torchvision's 2-33% of the area
+    rows, cols = erased.any(dim=1).nonzero(), erased.any(dim=0).nonzero()
+    assert erased.sum() == len(rows) * len(cols)  # one rectangle
+    assert not any(isinstance(t, v2.RandomErasing)
+                   for t in build_transform(cfg, train=False, image_size=32).transforms)
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixed_batches_carry_mixed_labels(mixup, cutmix):
+    mix = label_mixing(TransformConfig(mixup=mixup, cutmix=cutmix), num_classes=4)
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    labels = torch.tensor([0, 1, 2, 3])
+    seen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        mixed, targets = mix(images, labels)
+        assert targets.shape == (4, 4)
+        assert torch.allclose(targets.sum(dim=1), torch.ones(4))
+        # each image is itself and its neighbour in the batch, in the proportion of its label
+        lam = targets[1, 1]
+        assert torch.allclose(targets[1, 0], 1 - lam)
+        assert torch.allclose(mixed[1].mean(), lam * 1 + (1 - lam) * 0, atol=1e-5)
+        blended = not torch.all((mixed[1] == 0) | (mixed[1] == 1))
+        seen.add("mixup" if blended else "cutmix")
+    assert seen == {"mixup"} if cutmix == 0 else ("cutmix" in seen)
+    if mixup and cutmix:
+        assert seen == {"mixup", "cutmix"}  # one of the two per batch
+    assert label_mixing(TransformConfig(), num_classes=4) is None
+
+
+def test_the_loss_takes_the_mixed_labels_with_class_weights_and_smoothing():
+    cfg = build_config(overrides={"transforms.mixup": 0.4, "optim.class_weights": [1.0, 3.0],
+                                  "optim.label_smoothing": 0.1})
+    loss_fn = create_loss(cfg.optim, [1.0, 3.0])
+    torch.manual_seed(0)
+    logits, soft = torch.randn(6, 2), torch.tensor([[0.7, 0.3]] * 6)
+    smoothed = soft * 0.9 + 0.1 / 2
+    weights = torch.tensor([1.0, 3.0])
+    expected = -(weights * smoothed * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    assert torch.allclose(loss_fn(logits, soft), expected)
+
+
+def _state_with_mixing(mix) -> tuple[TrainState, list]:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    seen_targets = []
+
+    def loss_fn(logits, targets):
+        seen_targets.append(targets)
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    state = TrainState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                       scheduler=type("S", (), {"step_batch": lambda self: None})(),
+                       loss_fn=loss_fn, device=torch.device("cpu"), label_mixing=mix)
+    return state, seen_targets
+
+
+def test_the_loop_trains_on_mixed_batches_and_counts_accuracy_on_the_own_labels():
+    mix = label_mixing(TransformConfig(mixup=0.4), num_classes=3)
+    state, seen = _state_with_mixing(mix)
+    batches = [(torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])) for _ in range(3)]
+    metrics = train_one_epoch(state, batches)
+    assert len(seen) == 3 and all(t.shape == (4, 3) for t in seen)
+    assert 0.0 <= metrics["train_acc"] <= 1.0 and metrics["train_samples"] == 12
+    plain, seen_plain = _state_with_mixing(None)
+    train_one_epoch(plain, batches)
+    assert all(t.ndim == 1 for t in seen_plain)
+
+
+def _tiny(tmp_path: Path, data: Path, **overrides: object):
+    values = {"data.source": str(data), "model.name": "lenet", "loader.batch_size": 8,
+              "train.epochs": 2, "sched.warmup_epochs": 0.0, "log.progress": "off",
+              "log.tensorboard": False, "log.output": str(tmp_path / "runs"),
+              "data.root": str(tmp_path / "cache")}
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return build_config(overrides=values)
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_mixup_and_cutmix_train_in_both_loaders_with_class_weights(tmp_path, make_image_folder,
+                                                                   loader):
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=8, size=32)
+    result = api.train(_tiny(tmp_path, data, transforms__mixup=0.4, transforms__cutmix=1.0,
+                             optim__class_weights="auto", data__loader=loader,
+                             log__name="mixed"))
+    saved = (result.run_dir / "config.yaml").read_text()
+    assert f"data.loader: {loader}" in saved
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert len(rows) == 2 and all(r["train_loss"] > 0 for r in rows)
+
+
+def test_a_policy_sends_auto_to_the_dataloader_and_memory_refuses_it(tmp_path,
+                                                                     make_image_folder):
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, size=32)
+    result = api.train(_tiny(tmp_path, data, transforms__auto_augment="trivialaugment",
+                             transforms__random_erasing=0.25, train__epochs=1, log__name="p"))
+    assert "data.loader: dataloader" in (result.run_dir / "config.yaml").read_text()
+    with pytest.raises(ImgclsError, match="transforms.auto_augment"):
+        api.train(_tiny(tmp_path, data, transforms__auto_augment="randaugment",
+                        data__loader="memory", train__epochs=1, log__name="m"))
+
+
+@pytest.mark.slow
+def test_a_run_with_cutmix_resumes_exactly(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=12, size=32)
+    common = dict(train__epochs=3, train__deterministic=True, transforms__cutmix=1.0,
+                  transforms__mixup=0.4)
+    whole = api.train(_tiny(tmp_path, data, log__name="whole", **common))
+    resumed = interrupt_and_resume(_tiny(tmp_path, data, log__name="split", **common), 1)
+    assert_same_weights(whole.run_dir, resumed.run_dir)
