@@ -38,6 +38,11 @@ class ModelConfig:
         "default", "`avg` or `max` global pooling before the classifier; models with a global "
         "`avgpool` only (resnet, resnext, regnet, efficientnet, mobilenet_v3, convnext, swin, "
         "googlenet, inception_v3)")
+    drop_path: Float | None = key(
+        None, "stochastic depth: the chance that a residual block is skipped in a training "
+        "step, rising linearly to this value in the last block (torchvision's "
+        "`stochastic_depth_prob`: convnext, efficientnet, swin and maxvit models); null: the "
+        "model's default (0.1 to 0.5)", ge=0, lt=1)
     strict_load: Bool = key(True, "`model.pretrained` file: any key that does not fit (other "
                             "than the new head's) is an error; `false` loads what fits and logs "
                             "the missing, unexpected and other-shape keys")

@@ -101,9 +101,12 @@ def list_models(include_torchvision: bool = True) -> list[ModelInfo]:
 
 def _build(
     name: str, num_classes: int, in_channels: int, weights: Any = None, head: str = "replace",
-    kwargs: dict[str, Any] | None = None, quiet: bool = False,
+    kwargs: dict[str, Any] | None = None, quiet: bool = False, drop_path: float | None = None,
 ) -> nn.Module:
     source = _source(name)
+    if drop_path is not None and source != "torchvision":
+        raise ImgclsError(f"model.drop_path is for torchvision's models with stochastic depth; "
+                          f"{name} has none (your own class: pass it in model.kwargs)")
     if source == "user":
         return user.build(name, num_classes, in_channels, kwargs or {}, quiet=quiet)
     if kwargs:
@@ -111,7 +114,7 @@ def _build(
                           f"{name} takes none")
     factory = MODELS.get(name)
     if source == "torchvision":
-        return factory(num_classes, in_channels, weights, head)
+        return factory(num_classes, in_channels, weights, head, drop_path)
     if head == "replace":
         return factory(num_classes, in_channels)
     model = factory(seed_cnns.ORIGINAL_CLASSES, in_channels)
@@ -154,7 +157,7 @@ def create_model(
     path = pretrained_path(cfg, source) if cfg.pretrained and weights is None else None
 
     model = _build(cfg.name, num_classes, cfg.in_channels, weights, cfg.head, cfg.kwargs,
-                   quiet=from_checkpoint)
+                   quiet=from_checkpoint, drop_path=cfg.drop_path)
     tvm.set_global_pool(model, cfg.head_pool, cfg.name)
     if weights is not None:
         log.info("model %s: pretrained weights %s, %s %d-class head", cfg.name, weights,

@@ -28,6 +28,8 @@ _EXTRA_KWARGS: dict[str, dict[str, Any]] = {
     "googlenet": {"aux_logits": False},
     "inception_v3": {"aux_logits": False},
 }
+# The torchvision families built with stochastic depth (`stochastic_depth_prob`): model.drop_path.
+DROP_PATH_PREFIXES = ("convnext_", "efficientnet_", "swin_", "maxvit_")
 # Names of the auxiliary heads' keys in torchvision's weight files (absent once disabled).
 AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 # Models whose positional embeddings / window partitions are built for one input size, and the
@@ -261,7 +263,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> No
 
 def build(
     name: str, num_classes: int, in_channels: int = 3, weights: WeightsEnum | None = None,
-    head: str = "replace",
+    head: str = "replace", drop_path: float | None = None,
 ) -> nn.Module:
     """A torchvision model with a ``num_classes`` head and ``in_channels`` inputs.
 
@@ -270,9 +272,15 @@ def build(
     ImageNet head's class order means nothing for another dataset. Without, torchvision builds
     the ``num_classes`` head itself, with the architecture's own head initialisation.
     ``head="append"`` keeps the 1000-class layer (pretrained or not) and adds
-    ``Linear(1000, num_classes)`` after it (:func:`append_head`).
+    ``Linear(1000, num_classes)`` after it (:func:`append_head`). ``drop_path``: the
+    architecture's ``stochastic_depth_prob`` (None: its default).
     """
     kwargs = dict(_EXTRA_KWARGS.get(name, {}))
+    if drop_path is not None:
+        if not name.startswith(DROP_PATH_PREFIXES):
+            raise ImgclsError(f"model.drop_path: {name} has no stochastic depth (torchvision "
+                              f"builds it for {', '.join(p + '*' for p in DROP_PATH_PREFIXES)})")
+        kwargs["stochastic_depth_prob"] = drop_path
     if weights is None:
         if "aux_logits" in kwargs:
             kwargs["init_weights"] = True  # today's default, passed to silence a FutureWarning
