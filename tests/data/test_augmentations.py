@@ -159,3 +159,57 @@ def test_a_run_with_cutmix_resumes_exactly(tmp_path, make_image_folder):
     whole = api.train(_tiny(tmp_path, data, log__name="whole", **common))
     resumed = interrupt_and_resume(_tiny(tmp_path, data, log__name="split", **common), 1)
     assert_same_weights(whole.run_dir, resumed.run_dir)
+
+
+# ------------------------------------------------------------------ random erasing, batched
+
+
+def _rectangles(erased: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(erased?, area fraction, log aspect h/w) of each ``[N, H, W]`` bool mask's rectangle."""
+    rows, cols = erased.any(dim=2).sum(dim=1), erased.any(dim=1).sum(dim=1)
+    hit = rows > 0
+    h, w = erased.shape[1:]
+    area = (rows * cols).float() / (h * w)
+    aspect = (rows[hit].float() / cols[hit].float()).log()
+    return hit, area[hit], aspect
+
+
+def test_batch_erasing_draws_as_torchvision_does():
+    from imgcls.data.batch_ops import apply_erasing, draw_erasing
+
+    n, size, p = 6000, 32, 0.5
+    g = torch.Generator().manual_seed(0)
+    ours = apply_erasing(torch.ones(n, 1, size, size),
+                         *draw_erasing(n, p, size, size, g, torch.device("cpu")))[:, 0] == 0
+    torch.manual_seed(0)
+    erase = v2.RandomErasing(p=p)
+    theirs = torch.stack([erase(torch.ones(1, size, size))[0] == 0 for _ in range(n)])
+    (hit_a, area_a, aspect_a), (hit_b, area_b, aspect_b) = _rectangles(ours), _rectangles(theirs)
+    assert hit_a.float().mean().item() == pytest.approx(hit_b.float().mean().item(), abs=0.03)
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert area_a.quantile(q).item() == pytest.approx(area_b.quantile(q).item(), abs=0.02), q
+        assert (aspect_a.quantile(q).item()
+                == pytest.approx(aspect_b.quantile(q).item(), abs=0.12)), q
+    for erased in (ours, theirs):  # one rectangle, inside the image
+        hit, area, _ = _rectangles(erased)
+        assert torch.equal(erased.sum(dim=(1, 2))[hit].float() / size**2, area)
+
+
+def test_the_memory_loader_erases_and_trains(tmp_path, make_image_folder):
+    from imgcls.data.memory import Augmentation, MemoryLoader, unsupported_transforms
+
+    cfg = TransformConfig(preset="none", random_erasing=1.0)
+    assert unsupported_transforms(cfg, 32) == []
+    images = torch.full((16, 3, 32, 32), 255, dtype=torch.uint8)
+    loader = MemoryLoader(images, torch.zeros(16, dtype=torch.long), batch_size=8, train=True,
+                          augment=Augmentation.from_transforms(cfg), mean_std=([0.5] * 3,
+                                                                               [0.5] * 3))
+    batches = [x for x, _ in loader]
+    erased = torch.cat(batches)[:, 0] == 0
+    hit, area, _ = _rectangles(erased)
+    assert hit.float().mean() > 0.9 and (area >= 0.015).all() and (area <= 0.34).all()
+    assert (torch.cat(batches) != 0).any()  # the rest of each image stays
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, size=32)
+    result = api.train(_tiny(tmp_path, data, transforms__random_erasing=0.5, train__epochs=1,
+                             log__name="erase"))
+    assert "data.loader: memory" in (result.run_dir / "config.yaml").read_text()

@@ -136,8 +136,8 @@ class TransformConfig:
         "policy up to 64 px, else ImageNet's); the DataLoader applies it")
     random_erasing: Float = key(0.0, "train: probability of erasing a random rectangle of each "
                                 "image after normalisation (torchvision's `RandomErasing`: "
-                                "2-33% of the area, to the mean colour); the DataLoader applies "
-                                "it", ge=0, le=1)
+                                "2-33% of the area, to the mean colour); both loaders", ge=0,
+                                le=1, memory=True)
     mixup: Float = key(0.0, "train: MixUp's alpha (0: off; 0.2-0.8 usual): each batch is mixed "
                        "with itself reversed, `lam ~ Beta(alpha, alpha)`, and the loss takes the "
                        "mixed labels; both loaders", ge=0, memory=True)

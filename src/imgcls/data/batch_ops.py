@@ -10,6 +10,7 @@ functions are the same ops, drawn and applied in one call. The semantics are tor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -78,6 +79,48 @@ def draw_cutout(n: int, size: int, h: int, w: int, generator: torch.Generator,
     top = torch.randint(0, h - size + 1, (n,), generator=generator, device=device)
     left = torch.randint(0, w - size + 1, (n,), generator=generator, device=device)
     return top, left
+
+
+# torchvision's RandomErasing defaults: the area fraction, the aspect ratio (log-uniform), and
+# the tries at a rectangle that fits before giving up on the image.
+ERASE_SCALE = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
+ERASE_TRIES = 10
+
+
+def draw_erasing(n: int, p: float, h: int, w: int, generator: torch.Generator,
+                 device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(top, left, height, width)`` of the rectangle erased in each of ``n`` ``h`` x ``w``
+    images, drawn as torchvision's ``RandomErasing(p)`` draws one: with probability ``p``, up to
+    10 tries of an area fraction in ``ERASE_SCALE`` and a log-uniform aspect ratio in
+    ``ERASE_RATIO``, the first rectangle that fits, placed uniformly; height 0: none."""
+    erase = torch.rand(n, generator=generator, device=device) < p
+    area = torch.empty(n, ERASE_TRIES, device=device).uniform_(*ERASE_SCALE, generator=generator)
+    log_ratio = torch.empty(n, ERASE_TRIES, device=device).uniform_(
+        math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]), generator=generator)
+    area, ratio = area * (h * w), log_ratio.exp()
+    heights, widths = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
+    fits = (heights < h) & (widths < w)
+    first = fits.long().argmax(dim=1, keepdim=True)  # the first try that fits
+    keep = erase & fits.any(dim=1)
+    height = torch.where(keep, heights.gather(1, first)[:, 0], 0)
+    width = torch.where(keep, widths.gather(1, first)[:, 0], 0)
+    spots = torch.rand(2, n, generator=generator, device=device)
+    top = (spots[0] * (h - height + 1)).long()
+    left = (spots[1] * (w - width + 1)).long()
+    return top, left, height, width
+
+
+def apply_erasing(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                  height: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Set each image's rectangle (as :func:`draw_erasing` gives it) to 0, in place: after
+    normalisation, the mean colour, as ``RandomErasing(value=0)`` does."""
+    _, _, h, w = images.shape
+    ys = torch.arange(h, device=images.device)[None, :]
+    xs = torch.arange(w, device=images.device)[None, :]
+    rows = (ys >= top[:, None]) & (ys < (top + height)[:, None])
+    cols = (xs >= left[:, None]) & (xs < (left + width)[:, None])
+    return images.masked_fill_((rows[:, :, None] & cols[:, None, :])[:, None], 0)
 
 
 # --------------------------------------------------------------------------- applying them

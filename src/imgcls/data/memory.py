@@ -31,8 +31,10 @@ from imgcls.data.batch_ops import (
     Cropper,
     Padding,
     apply_cutout,
+    apply_erasing,
     draw_crop_offsets,
     draw_cutout,
+    draw_erasing,
     draw_flips,
     gather_crop_flip,
     padding_ltrb,
@@ -75,8 +77,9 @@ def unsupported_transforms(
 class Augmentation:
     """What :class:`MemoryLoader` does to training images: a random crop after padding by
     ``crop_padding`` (as ``transforms.crop_padding``; None: no crop) in ``crop_padding_mode``,
-    a horizontal flip with probability ``hflip`` (``flip_mode``: random or alternate), and a
-    ``cutout`` x ``cutout`` square zeroed (0: none).
+    a horizontal flip with probability ``hflip`` (``flip_mode``: random or alternate), a
+    ``cutout`` x ``cutout`` square zeroed (0: none), and a rectangle erased with probability
+    ``random_erasing`` (torchvision's ``RandomErasing``).
 
     >>> augment = Augmentation.from_transforms(apply_preset(TransformConfig(preset="cifar"), 32))
     >>> augment.crop_padding, augment.hflip, augment.cutout
@@ -88,13 +91,15 @@ class Augmentation:
     hflip: float = 0.0
     flip_mode: str = "random"
     cutout: int = 0
+    random_erasing: float = 0.0
 
     @classmethod
     def from_transforms(cls, cfg: TransformConfig) -> Augmentation:
         """The augmentation of a TransformConfig (with its preset applied: :func:`apply_preset`)."""
         return cls(crop_padding=tuple(cfg.crop_padding) if cfg.random_crop else None,
                    crop_padding_mode=cfg.crop_padding_mode, hflip=cfg.hflip,
-                   flip_mode=cfg.flip_mode, cutout=cfg.cutout)
+                   flip_mode=cfg.flip_mode, cutout=cfg.cutout,
+                   random_erasing=cfg.random_erasing)
 
 
 def _check_arguments(images: torch.Tensor, labels: torch.Tensor, augment: Augmentation, *,
@@ -238,6 +243,7 @@ class MemoryLoader:
         self.hflip = augment.hflip if self.train else 0.0
         self.flip_mode = augment.flip_mode
         self.cutout = augment.cutout if self.train else 0
+        self.erasing = augment.random_erasing if self.train else 0.0
         # airbench's alternating flip: a fixed coin per image, inverted on odd epochs.
         coin = torch.Generator().manual_seed(stream_seed(self.seed, FLIP_COIN_STREAM))
         self.flip_base = (torch.rand(len(self.images), generator=coin) < 0.5).to(self.device)
@@ -305,6 +311,9 @@ class MemoryLoader:
         if self.cutout > 0:
             _, _, h, w = self.images.shape
             draws["cut_top"], draws["cut_left"] = draw_cutout(n, self.cutout, h, w, g, dev)
+        if self.erasing > 0:  # drawn last: the other draws stay those of a run without it
+            _, _, h, w = self.images.shape
+            draws["erase"] = torch.stack(draw_erasing(n, self.erasing, h, w, g, dev))
         return draws
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -326,6 +335,8 @@ class MemoryLoader:
                 if self.cutout > 0:
                     apply_cutout(x, self.cutout, draws["cut_top"][b:e], draws["cut_left"][b:e],
                                  inplace=True)
+                if self.erasing > 0:
+                    apply_erasing(x, *draws["erase"][:, b:e])
                 yield x, labels[b:e]
 
     def _cropper(self, draws: dict[str, torch.Tensor], n: int, chunk: int) -> Cropper:
