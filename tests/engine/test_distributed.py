@@ -210,6 +210,23 @@ def test_two_process_resume_continues_exactly(tmp_path, make_image_folder):
 
 
 @pytest.mark.slow
+def test_two_processes_mix_batches_and_resume_exactly(tmp_path, make_image_folder):
+    # MixUp/CutMix draw from each rank's global RNG (re-seeded per epoch and rank), random
+    # erasing from the memory loader's per-rank stream: a resumed epoch draws what it did.
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=8,
+                             layout="train_val", size=32)
+    runs = tmp_path / "runs"
+    common = ["--data", str(data), "--output", str(runs), *FAST, "sched.name=none",
+              "data.loader=memory", "train.deterministic=true", "transforms.mixup=0.4",
+              "transforms.cutmix=1.0", "transforms.random_erasing=0.5",
+              "optim.class_weights=auto"]
+    _ok(_torchrun([*common, "--name", "unbroken", "--epochs", "2"]))
+    _ok(_torchrun([*common, "--name", "resumed", "--epochs", "1"]))
+    _ok(_torchrun(["--resume", str(runs / "resumed"), "train.epochs=2"]))
+    _assert_same_weights(runs / "unbroken", runs / "resumed", tol=0)
+
+
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, make_image_folder):
     # 24 training images, batch 4 per process: DistributedSampler (no shuffle) gives rank r the
     # indices r, r+2, ..., so step k's two micro-batches together are the 1-process batch k of 8;
