@@ -35,6 +35,16 @@ def run_benchmark(script: str, *args: str | Path, timeout: float = 300) -> dict[
     return result
 
 
+def test_cpu_precision_quick() -> None:
+    result = run_benchmark("cpu_precision.py", "--models", "lenet", "--size", "32",
+                           "--batch-size", "8", "--steps", "2", "--warmup", "1", "--repeats", "2")
+    rows = result["results"]["lenet"]
+    assert set(rows) == {"fp32", "bf16"} and rows["fp32"]["vs_fp32"] == 1.0
+    assert all(row["steps_s"] > 0 and row["img_s"] == pytest.approx(row["steps_s"] * 8, rel=0.01)
+               for row in rows.values())
+    assert set(result["native_bf16"]) <= {"avx512_bf16", "amx_bf16"}
+
+
 def test_pipeline_quick(tmp_path: Path, make_image_folder) -> None:
     # 2 classes x 8 images of 32 x 32 in a train/ folder: fewer images than one batch of 64.
     data = make_image_folder(tmp_path / "data", per_class=8, layout="train_val", size=32)

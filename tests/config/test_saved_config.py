@@ -6,6 +6,7 @@ from __future__ import annotations
 import yaml
 from conftest import run_cli
 
+from imgcls import runtime
 from imgcls.config import build_config, load_yaml
 
 
@@ -18,7 +19,9 @@ def test_config_yaml_records_what_auto_became(tmp_path, capsys):
     assert saved["data"]["loader"] == "auto" and saved["train"]["amp"] == "auto"
     resolved = saved["resolved"]
     assert resolved["data.loader"] == "memory"  # the digits fit in memory
-    assert resolved["train.amp"] == "off" and resolved["train.device"] == "cpu"
+    # auto: bf16 on a CPU with native bfloat16 (runtime.native_bf16), else fp32
+    assert resolved["train.amp"] == ("bf16" if runtime.native_bf16() else "off")
+    assert resolved["train.device"] == "cpu"
     assert resolved["transforms.preset"] == "digits" and resolved["transforms.hflip"] == 0.0
     assert len(resolved["transforms.mean"]) == 3 and min(resolved["transforms.std"]) > 0
     # read back (as --config, or a run started over) the record is not a setting

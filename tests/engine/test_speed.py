@@ -69,9 +69,10 @@ def test_keep_freed_memory_applies_on_glibc() -> None:
     assert float(big.sum()) == 64 * 1024 * 1024
 
 
-def test_amp_auto_is_off_on_cpu_and_explicit_values_win() -> None:
+def test_amp_auto_follows_the_cpu_and_explicit_values_win() -> None:
     cpu = torch.device("cpu")
-    assert runtime.autocast_dtype("auto", cpu) is None
+    native = torch.bfloat16 if runtime.native_bf16() else None  # tests/engine/test_cpu_bf16.py
+    assert runtime.autocast_dtype("auto", cpu) is native
     assert runtime.autocast_dtype("off", cpu) is None
     assert runtime.autocast_dtype("bf16", cpu) is torch.bfloat16
     assert runtime.autocast_dtype("fp16", cpu) is torch.float16

@@ -74,7 +74,7 @@ def dry_run(
         f"{describe_adaptation(data, prep, cfg)}",
         f"  loader:    {'memory (decoded into device memory)' if in_memory else 'dataloader'}"
         f", batch {cfg.loader.batch_size}, {len(run.loaders.train)} batches per epoch",
-        f"  device:    {device}",
+        f"  device:    {device}{runtime.describe_amp(cfg.train.amp, device)}",
         f"  epochs:    {cfg.train.epochs}, monitor {cfg.train.monitor}",
         f"  run folder: {run_dir}",
         f"  checked:   one batch {tuple(images.shape)} -> logits {tuple(logits.shape)}; "
