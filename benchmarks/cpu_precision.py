@@ -13,6 +13,7 @@ without it, bf16 autocast is emulated and several times slower than fp32.
                                                          # resnet18 at 128 px (batch 64)
     python benchmarks/cpu_precision.py --compile         # adds torch.compile rows (fp32, bf16)
     python benchmarks/cpu_precision.py --models resnet18 --steps 5 --repeats 1   # quick
+    python benchmarks/cpu_precision.py --models timm/convnext_atto   # a timm model (needs timm)
 
 The last line is one JSON object: per model and variant the median steps/s and images/s, and
 the ratios to fp32.
@@ -65,9 +66,18 @@ def make_step(model: nn.Module, bf16: bool):
     return step
 
 
+def build(name: str) -> nn.Module:
+    """imgcls's model ``name``, or timm's for ``timm/NAME`` (timm imported only then)."""
+    if name.startswith("timm/"):
+        import timm
+
+        return timm.create_model(name.removeprefix("timm/"), num_classes=10)
+    return create_model(ModelConfig(name=name), 10)
+
+
 def variants(name: str, size: int, use_compile: bool) -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    base = create_model(ModelConfig(name=name), 10).to(memory_format=torch.channels_last).train()
+    base = build(name).to(memory_format=torch.channels_last).train()
     found = {"fp32": base, "bf16": copy.deepcopy(base)}
     if use_compile:
         found["fp32_compiled"] = torch.compile(copy.deepcopy(base))
