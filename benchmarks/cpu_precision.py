@@ -6,7 +6,7 @@ Each model trains on random images of its size (the step's cost does not depend 
 imgcls's model, channels-last, Nesterov SGD with foreach kernels, cross-entropy, as
 ``imgcls train`` builds them. Every variant starts from the same weights; repeats alternate the
 variants' order (a machine that slows down slows all of them), and medians are reported. The CPU's
-native bfloat16 support (AVX512-BF16, AMX-BF16: ``/proc/cpuinfo``'s flags) is printed first;
+native bfloat16 support (``imgcls.runtime.native_bf16``: AVX512-BF16, AMX-BF16) is printed first;
 without it, bf16 autocast is emulated and several times slower than fp32.
 
     python benchmarks/cpu_precision.py                   # fastnet_s at 32 px (batch 256),
@@ -28,26 +28,15 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from imgcls.config import ModelConfig
 from imgcls.models import create_model
+from imgcls.runtime import native_bf16
 
 SIZES = {"fastnet_s": (32, 256), "resnet18": (128, 64)}  # model -> (image size, batch)
-
-
-def native_bf16() -> list[str]:
-    """The CPU flags that give bfloat16 matmuls and convolutions in hardware."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set()
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags |= set(line.split(":", 1)[1].split())
-    return sorted(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def make_step(model: nn.Module, bf16: bool):
@@ -123,11 +112,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="batch of other models")
     parser.add_argument("--compile", action="store_true", help="add torch.compile variants")
     args = parser.parse_args()
-    flags = native_bf16()
+    native = native_bf16()
     print(f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, native bf16: {', '.join(flags) or 'none'}; torch {torch.__version__}")
+          f"threads, native bf16: {native or 'none'}; torch {torch.__version__}")
     results = measure(args)
-    print(json.dumps({"native_bf16": flags, "threads": torch.get_num_threads(),
+    print(json.dumps({"native_bf16": native, "threads": torch.get_num_threads(),
                       "results": results}))
 
 
