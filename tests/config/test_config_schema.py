@@ -154,7 +154,7 @@ IN_USE = {
     "transforms.random_resized_crop": True, "transforms.rotation": 10.0,
     "transforms.color_jitter": [0.1, 0.1, 0.1, 0.1], "transforms.grayscale": 0.5,
     "transforms.affine_degrees": 5.0, "transforms.affine_translate": 0.1,
-    "transforms.affine_scale": [0.9, 1.1], "transforms.auto_augment": "randaugment",
+    "transforms.affine_scale": [0.9, 1.1],
 }
 
 

@@ -16,7 +16,6 @@ from imgcls.config import TransformConfig, build_config
 from imgcls.data.label_mixing import label_mixing
 from imgcls.data.transforms import build_transform
 from imgcls.engine.loop import TrainState, train_one_epoch
-from imgcls.errors import ImgclsError
 from imgcls.optim import create_loss
 
 
@@ -143,15 +142,32 @@ def test_mixup_and_cutmix_train_in_both_loaders_with_class_weights(tmp_path, mak
     assert len(rows) == 2 and all(r["train_loss"] > 0 for r in rows)
 
 
-def test_a_policy_sends_auto_to_the_dataloader_and_memory_refuses_it(tmp_path,
-                                                                     make_image_folder):
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment", "autoaugment"])
+def test_a_policy_trains_in_the_memory_loader_and_resumes_exactly(tmp_path, make_image_folder,
+                                                                  policy):
     data = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, size=32)
-    result = api.train(_tiny(tmp_path, data, transforms__auto_augment="trivialaugment",
-                             transforms__random_erasing=0.25, train__epochs=1, log__name="p"))
-    assert "data.loader: dataloader" in (result.run_dir / "config.yaml").read_text()
-    with pytest.raises(ImgclsError, match="transforms.auto_augment"):
-        api.train(_tiny(tmp_path, data, transforms__auto_augment="randaugment",
-                        data__loader="memory", train__epochs=1, log__name="m"))
+    common = dict(transforms__auto_augment=policy, transforms__random_erasing=0.25,
+                  train__epochs=2, train__deterministic=True, data__loader="auto")
+    whole = api.train(_tiny(tmp_path, data, log__name="whole", **common))
+    assert "data.loader: memory" in (whole.run_dir / "config.yaml").read_text()
+    resumed = interrupt_and_resume(_tiny(tmp_path, data, log__name="split", **common), 1)
+    assert_same_weights(whole.run_dir, resumed.run_dir)
+
+
+def test_the_memory_loader_applies_the_drawn_policy_to_its_batches():
+    from imgcls.data.batch_policies import apply_policy, draw_policy
+    from imgcls.data.memory import MemoryLoader
+    from imgcls.runtime import augmentation_seed
+
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    loader = MemoryLoader(images, torch.arange(10), batch_size=10, train=True, shuffle=False,
+                          auto_augment="trivialaugment")
+    (batch, _), = list(loader)
+    g = torch.Generator().manual_seed(augmentation_seed(0, 0, 0))
+    expected = apply_policy(images, draw_policy("trivialaugment", 10, (16, 16), g))
+    torch.testing.assert_close(batch, expected.float() / 255)
+    plain = MemoryLoader(images, torch.arange(10), batch_size=10, train=True, shuffle=False)
+    assert not torch.equal(next(iter(plain))[0], batch)
 
 
 @pytest.mark.slow

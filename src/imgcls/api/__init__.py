@@ -228,7 +228,7 @@ def _say_start(run: PreparedRun, run_dir: Path, trainer: Trainer, resuming: bool
     say(f"{'resuming' if resuming else 'training'} {cfg.model.name} on {cfg.data.source} "
         f"({len(data.train)} train / {n_val} val images, {len(data.classes)} classes) on "  # type: ignore[arg-type]
         f"{run.device}{processes}{runtime.describe_amp(cfg.train.amp, run.device)}, images "
-        f"{'decoded into device memory' if run.loaders.in_memory else 'read by a DataLoader'}"
+        f"{run.loaders.describe()}"
         f"{describe_adaptation(data, run.prep, cfg)}; run folder {run_dir}")
     if trainer.resume_progress is not None:
         say(f"continuing epoch {trainer.state.epoch + 1} at batch "

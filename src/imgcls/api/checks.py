@@ -11,7 +11,7 @@ import torch
 
 from imgcls import runtime
 from imgcls.config import Config
-from imgcls.data.pipeline import resolve_preprocessing, use_memory_loader
+from imgcls.data.pipeline import PIPELINES, choose_loader, resolve_preprocessing
 from imgcls.engine.setup import (
     PreparedRun,
     UserData,
@@ -25,7 +25,7 @@ from imgcls.engine.setup import (
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import ImgclsError
 from imgcls.models.user import CodeConsent
-from imgcls.runs.folder import Resume, holds_a_run
+from imgcls.runs.folder import Resume, holds_a_run, name_stem
 
 
 def dry_run(
@@ -50,7 +50,7 @@ def dry_run(
     device = runtime.resolve_device(cfg.train.device)
     data = load_data(checked, resumed, UserData())
     prep = resolve_preprocessing(checked, data, cache=False)
-    in_memory = use_memory_loader(checked, data, prep)
+    kind = choose_loader(checked, data, prep)
     notes: list[str] = []
     monitor = run_monitor(checked, data, say=notes.append)
     # the batch comes from a DataLoader: the memory loader would write its decode cache
@@ -72,7 +72,7 @@ def dry_run(
         f"  classes:   {len(data.classes)} ({classes})",
         f"  input:     {prep.image_size}x{prep.image_size}, {cfg.model.in_channels} channel(s)"
         f"{describe_adaptation(data, prep, cfg)}",
-        f"  loader:    {'memory (decoded into device memory)' if in_memory else 'dataloader'}"
+        f"  loader:    {'dataloader' if kind == 'dataloader' else 'memory'} ({PIPELINES[kind]})"
         f", batch {cfg.loader.batch_size}, {len(run.loaders.train)} batches per epoch",
         f"  device:    {device}{runtime.describe_amp(cfg.train.amp, device)}",
         f"  epochs:    {cfg.train.epochs}, monitor {cfg.train.monitor}",
@@ -101,7 +101,7 @@ def _destination(cfg: Config, resumed: Resume | None) -> tuple[Path, str]:
     if resumed is not None:
         return resumed.run_dir, (f"resume {resumed.run_dir} at epoch "
                                  f"{(resumed.record.epoch or 0) + 1}")
-    run_dir = Path(cfg.log.output) / (cfg.log.name or f"{cfg.model.name}-<timestamp>")
+    run_dir = Path(cfg.log.output) / (cfg.log.name or f"{name_stem(cfg.model.name)}-<timestamp>")
     if cfg.log.name and (run_dir / "checkpoints" / "last.pt").exists():
         raise holds_a_run(run_dir)
     return run_dir, "train"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 from typing import Any
 
 from imgcls import recipes
@@ -12,13 +13,22 @@ from imgcls.errors import ImgclsError
 def add_models(commands: Any) -> None:
     models = commands.add_parser(
         "models", help="list the models, or summarise one: layers, shapes, parameters, FLOPs",
-        description="Without NAME: every model with its input size and parameter count. With "
-        "NAME: its layer tree (module paths, as model.freeze patterns use them) with each "
-        "layer's output shape, parameters and FLOPs, then the totals.",
+        description="Without NAME: every model with its input size and parameter count "
+        "(imgcls's and torchvision's; timm's with --source timm). With NAME: its layer tree "
+        "(module paths, as model.freeze patterns use them) with each layer's output shape, "
+        "parameters and FLOPs, then the totals.",
     )
-    models.add_argument("name", nargs="?", help="a model to summarise (e.g. resnet18)")
+    models.add_argument("name", nargs="?",
+                        help="a model to summarise (e.g. resnet18, timm/convnext_tiny)")
     models.add_argument("--imgcls-only", action="store_true",
                         help="only imgcls's own models, not torchvision's")
+    models.add_argument("--source", choices=SOURCES,
+                        help="only the models of one source; timm: timm's architectures, as "
+                        "model.name=timm/NAME takes them (needs the [timm] extra)")
+    models.add_argument("--filter", metavar="PATTERN",
+                        help="only names matching this glob (e.g. 'convnext*'); timm's "
+                        f"parameters are counted when at most {TIMM_COUNTED} of its models are "
+                        "listed")
     models.add_argument("--num-classes", type=int, default=10,
                         help="class count for the parameter counts (default 10)")
     models.add_argument("--input-size", type=int, metavar="S",
@@ -30,17 +40,45 @@ def add_models(commands: Any) -> None:
     models.set_defaults(run=_run_models)
 
 
+SOURCES = ("imgcls", "torchvision", "timm")
+TIMM_COUNTED = 50  # building a timm model (shapes only) takes ~0.1 s: 1,300 would take minutes
+
+
+def _listed_names(args: argparse.Namespace) -> list[str]:
+    from imgcls.models import model_names
+
+    if args.imgcls_only and args.source not in (None, "imgcls"):
+        raise ImgclsError(f"--imgcls-only and --source {args.source}: choose one")
+    source = "imgcls" if args.imgcls_only else args.source
+    if source == "timm":  # timm filters its own registry (fnmatch, as below)
+        from imgcls.models.timm_models import names
+
+        found = names(args.filter or "")
+    else:
+        found = [n for n in model_names(source)
+                 if args.filter is None or fnmatch.fnmatch(n, args.filter)]
+    if not found:
+        which = f"{source} model" if source else "model"
+        raise ImgclsError(f"no {which} matches --filter {args.filter!r}")
+    return found
+
+
 def _run_models(args: argparse.Namespace) -> int:
-    from imgcls.models import count_parameters, list_models
+    from imgcls.models import count_parameters, get_model_info
 
     if args.name is not None:
         return _run_model_summary(args)
-    infos = list_models(include_torchvision=not args.imgcls_only)
+    infos = [get_model_info(n) for n in _listed_names(args)]
+    counted = sum(info.source == "timm" for info in infos) <= TIMM_COUNTED
     width = max(len(info.name) for info in infos)
     print(f"{'name':<{width}}  {'source':<11}  {'input':>5}  {'parameters':>12}")
     for info in infos:
-        params = count_parameters(info.name, args.num_classes)
-        print(f"{info.name:<{width}}  {info.source:<11}  {info.input_size:>5}  {params:>12,}")
+        shown = info.source != "timm" or counted
+        params = f"{count_parameters(info.name, args.num_classes):,}" if shown else "-"
+        print(f"{info.name:<{width}}  {info.source:<11}  {info.input_size:>5}  {params:>12}")
+    if not counted:
+        print(f"(parameters of timm's models: narrow the list to at most {TIMM_COUNTED} with "
+              "--filter, or `imgcls models timm/NAME`)")
     return 0
 
 

@@ -24,6 +24,7 @@ from imgcls.config.schema import (
     INFRA_KEYS,
     KEYS,
     MEMORY_TRANSFORM_KEYS,
+    PHOTO_TRANSFORM_KEYS,
     RESOLVED,
     SECTIONS,
     Config,
@@ -32,9 +33,9 @@ from imgcls.config.train_keys import ModelConfig, OptimConfig, SchedConfig
 from imgcls.config.yaml_io import MAX_YAML_VALUES, load_yaml, parse_override
 
 __all__ = [
-    "EXPLICIT", "INFRA_KEYS", "KEYS", "MAX_YAML_VALUES", "MEMORY_TRANSFORM_KEYS", "RESOLVED",
-    "SECTIONS", "Config", "DataConfig", "LoaderConfig", "LogConfig", "ModelConfig",
-    "OptimConfig", "SchedConfig", "TrainConfig", "TransformConfig", "build_config",
-    "choices", "default_monitor", "describe_keys", "flatten", "from_saved", "help_keys",
-    "imbalance_handled", "load_yaml", "parse_override", "save_yaml", "type_name",
+    "EXPLICIT", "INFRA_KEYS", "KEYS", "MAX_YAML_VALUES", "MEMORY_TRANSFORM_KEYS",
+    "PHOTO_TRANSFORM_KEYS", "RESOLVED", "SECTIONS", "Config", "DataConfig", "LoaderConfig",
+    "LogConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainConfig", "TransformConfig",
+    "build_config", "choices", "default_monitor", "describe_keys", "flatten", "from_saved",
+    "help_keys", "imbalance_handled", "load_yaml", "parse_override", "save_yaml", "type_name",
 ]

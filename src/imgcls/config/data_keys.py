@@ -42,7 +42,16 @@ class DataConfig:
         "only), `auto` (`memory` when the images fit `data.memory_budget_mb` and the transforms "
         "allow it)")
     memory_budget_mb: Int = key(2048, "`data.loader=auto`: the most device memory the decoded "
-                                "uint8 images (train + val) may take", ge=0)
+                                "uint8 images (train + val) may take; the photo cache is read "
+                                "into memory within it, else memory-mapped", ge=0)
+    cache_side: Int | None = key(
+        None, "the photo cache (random resized crops, e.g. the imagenet preset): each photo is "
+        "decoded once with its shorter side resized to this many pixels (null: the evaluation "
+        "resize, `image_size` x 256/224; smaller photos are kept as they are)", ge=1)
+    disk_budget_mb: Int = key(
+        20480, "`data.loader=auto`: the most disk the photo cache (under "
+        "`<data.root>/.imgcls-cache/`) may take; a larger one, or one the free space cannot "
+        "hold, leaves the photos to the DataLoader", ge=0)
     split_seed: Int | None = key(
         None, "seeds the validation holdout, the folds and the `test_fraction` part (null: "
         "`train.seed`); `imgcls repeat` pins it to its first seed", ge=0, note="or null: "
@@ -102,30 +111,33 @@ class TransformConfig:
         "auto", "`auto` (cifar for inputs up to 64 px, else imagenet; digits for `--data "
         "digits`), `none`, `cifar` (random crop pad 4, flip), `imagenet` (random resized crop, "
         "flip; eval resize + center crop), `digits` (random crop pad 2, no flip); the keys you "
-        "set win over the preset's", memory=True)
-    image_size: Int | None = key(None, "input size (null: the model's)", ge=1, memory=True)
+        "set win over the preset's", memory=True, photo=True)
+    image_size: Int | None = key(None, "input size (null: the model's)", ge=1, memory=True,
+                                 photo=True)
     resize: Int | None = key(None, "resize the shorter side to this, then center-crop to "
-                             "`image_size`", ge=1)
-    center_crop: Bool = key(False, "eval: resize to image_size*256/224 and center-crop")
+                             "`image_size`", ge=1, photo=True)
+    center_crop: Bool = key(False, "eval: resize to image_size*256/224 and center-crop", photo=True)
     random_crop: Bool = key(False, "train: `RandomCrop(image_size, padding=crop_padding)`",
-                            memory=True)
+                            memory=True, photo=True)
     crop_padding: IntList = key([4], "1, 2 or 4 ints (left, top, right, bottom), e.g. the "
-                                "seed's `[0, 2, 3, 4]`", memory=True)
+                                "seed's `[0, 2, 3, 4]`", memory=True, photo=True)
     crop_padding_mode: Literal["constant", "reflect", "edge"] = key(
         "constant", "what the crop's padding shows: `constant` (zeros), `reflect` (mirrored "
         "without the edge pixel, as airbench pads), `edge` (the edge pixel repeated)",
-        memory=True)
-    random_resized_crop: Bool = key(False, "train: `RandomResizedCrop(image_size)`")
-    hflip: Float = key(0.0, "train: horizontal flip probability", ge=0, le=1, memory=True)
+        memory=True, photo=True)
+    random_resized_crop: Bool = key(False, "train: `RandomResizedCrop(image_size)`", photo=True)
+    hflip: Float = key(0.0, "train: horizontal flip probability", ge=0, le=1, memory=True,
+                       photo=True)
     flip_mode: Literal["random", "alternate"] = key(
         "random", "`random` (a coin per image per epoch) or `alternate` (airbench: each image "
         "flipped on every other epoch, from a seeded per-image start; needs the device-resident "
-        "loader)", memory=True)
+        "loader)", memory=True, photo=True)
     cutout: Int = key(0, "train: side in pixels of a square zeroed at a random place inside "
-                      "each image, after normalisation (0: off)", ge=0, memory=True)
+                      "each image, after normalisation (0: off)", ge=0, memory=True, photo=True)
     rotation: Float = key(0.0, "train: random rotation, max degrees")
-    color_jitter: FloatList = key([], "train: `[brightness, contrast, saturation, hue]`")
-    grayscale: Float = key(0.0, "train: `RandomGrayscale` probability", ge=0, le=1)
+    color_jitter: FloatList = key([], "train: `[brightness, contrast, saturation, hue]`",
+                                  photo=True)
+    grayscale: Float = key(0.0, "train: `RandomGrayscale` probability", ge=0, le=1, photo=True)
     affine_degrees: Float = key(0.0, "train: `RandomAffine` degrees")
     affine_translate: Float = key(0.0, "train: `RandomAffine` max translation (fraction)",
                                   ge=0, le=1)
@@ -133,25 +145,26 @@ class TransformConfig:
     auto_augment: Literal["none", "randaugment", "trivialaugment", "autoaugment"] = key(
         "none", "train: a learned or random augmentation policy on each image after the flips "
         "(torchvision's `RandAugment`, `TrivialAugmentWide`, `AutoAugment` with the CIFAR-10 "
-        "policy up to 64 px, else ImageNet's); the DataLoader applies it")
+        "policy up to 64 px, else ImageNet's); both loaders (the memory loaders draw the "
+        "same policies per image and apply them to whole batches)", memory=True, photo=True)
     random_erasing: Float = key(0.0, "train: probability of erasing a random rectangle of each "
                                 "image after normalisation (torchvision's `RandomErasing`: "
                                 "2-33% of the area, to the mean colour); both loaders", ge=0,
-                                le=1, memory=True)
+                                le=1, memory=True, photo=True)
     mixup: Float = key(0.0, "train: MixUp's alpha (0: off; 0.2-0.8 usual): each batch is mixed "
                        "with itself reversed, `lam ~ Beta(alpha, alpha)`, and the loss takes the "
-                       "mixed labels; both loaders", ge=0, memory=True)
+                       "mixed labels; both loaders", ge=0, memory=True, photo=True)
     cutmix: Float = key(0.0, "train: CutMix's alpha (0: off; 1.0 usual): a box of each image is "
                         "pasted from another in the batch, the labels mixed by area; with "
                         "`mixup` too, each batch gets one of the two at random; both loaders",
-                        ge=0, memory=True)
+                        ge=0, memory=True, photo=True)
     normalize: Literal["auto", "dataset", "imagenet", "half", "none", "custom"] = key(
         "auto", "`auto` (ImageNet stats for torchvision/pretrained models, the dataset's for "
         "CIFAR, else ImageNet), `dataset`, `imagenet`, `half` (0.5/0.5), `none`, `custom` "
-        "(`mean` and `std`)", memory=True)
-    mean: FloatList = key([], "per-channel means for `normalize: custom`", memory=True)
+        "(`mean` and `std`)", memory=True, photo=True)
+    mean: FloatList = key([], "per-channel means for `normalize: custom`", memory=True, photo=True)
     std: FloatList = key([], "per-channel standard deviations for `normalize: custom`",
-                         memory=True)
+                         memory=True, photo=True)
 
     def check_rules(self) -> None:
         """The rules between keys, checked by build_config after each key's own."""

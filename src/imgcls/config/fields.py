@@ -40,16 +40,17 @@ FloatList = Annotated[list[Float], BeforeValidator(_as_list)]
 
 
 def key(default: Any, help: str, *, infra: bool = False, memory: bool = False,  # noqa: A002
-        note: str = "", **constraints: Any) -> Any:
+        photo: bool = False, note: str = "", **constraints: Any) -> Any:
     """Declare a config key.
 
     ``help``: what it does (the reference's text); ``infra``: it says where or how fast a run
     goes, not what it learns (experiments may change it between runs, searches never vary it);
     ``memory``: a transforms key the memory loader reproduces (any other transforms key that is
-    in use makes ``data.loader=auto`` choose the DataLoader); ``note``: added to the message of
+    in use makes ``data.loader=auto`` choose the DataLoader); ``photo``: likewise for the photo
+    loader (random resized crops from the decoded photo cache); ``note``: added to the message of
     a value out of range; ``constraints``: pydantic's ``ge``, ``gt``, ``le``, ``lt``.
     """
-    extra = {"infra": infra, "memory": memory, "note": note}
+    extra = {"infra": infra, "memory": memory, "photo": photo, "note": note}
     if isinstance(default, (list, dict)):
         value = default
         return Field(default_factory=lambda: type(value)(value), description=help,
@@ -69,6 +70,7 @@ class KeyInfo:
     memory: bool
     note: str
     bounds: dict[str, Any]  # ge / gt / le / lt
+    photo: bool = False
 
     def rule(self) -> str:
         """The range as a message: ``must be >= 0``, ``must be in [0, 1)``."""
@@ -97,7 +99,8 @@ def section_keys(section: str, cls: type) -> list[KeyInfo]:
         default = spec.get_default(call_default_factory=True)
         infos.append(KeyInfo(f"{section}.{f.name}", spec.annotation, default,
                              spec.description or "", bool(extra.get("infra")),
-                             bool(extra.get("memory")), str(extra.get("note", "")), bounds))
+                             bool(extra.get("memory")), str(extra.get("note", "")), bounds,
+                             bool(extra.get("photo"))))
     return infos
 
 

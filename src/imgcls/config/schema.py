@@ -62,6 +62,8 @@ KEYS: dict[str, KeyInfo] = {info.name: info for section, cls in SECTIONS.items()
 INFRA_KEYS = frozenset(name for name, info in KEYS.items() if info.infra)
 # The transforms keys the memory loader reproduces; any other one in use needs the DataLoader.
 MEMORY_TRANSFORM_KEYS = frozenset(name for name, info in KEYS.items() if info.memory)
+# The transforms keys the photo loader reproduces (it also needs the random resized crop).
+PHOTO_TRANSFORM_KEYS = frozenset(name for name, info in KEYS.items() if info.photo)
 
 
 def defaults_flat() -> dict[str, Any]:

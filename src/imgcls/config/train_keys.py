@@ -17,10 +17,10 @@ PlateauMetric = Literal[("monitor", *monitor_names())]  # type: ignore[valid-typ
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
 class ModelConfig:
-    name: str = key("simple_v3", "see `imgcls models`; or your own class, `FILE.py:CLASS` or "
-                    "`MODULE:CLASS`")
-    pretrained: str = key("", "`\"\"` (random), `default` or a torchvision weights name, or a "
-                          "local state_dict file")
+    name: str = key("simple_v3", "see `imgcls models`; any timm model as `timm/NAME` (the "
+                    "`[timm]` extra); or your own class, `FILE.py:CLASS` or `MODULE:CLASS`")
+    pretrained: str = key("", "`\"\"` (random), `default` or a torchvision weights name (timm: "
+                          "a pretrained tag), or a local state_dict file (`.safetensors` too)")
     freeze: str | list[str] = key(
         "none", "`none`; `backbone` (train the head only); `N`: freeze the first N stages "
         "(resnet: stem, layer1..4; vgg and imgcls's CNNs: conv blocks split at max-pools, then "
@@ -37,12 +37,12 @@ class ModelConfig:
     head_pool: Literal["default", "avg", "max"] = key(
         "default", "`avg` or `max` global pooling before the classifier; models with a global "
         "`avgpool` only (resnet, resnext, regnet, efficientnet, mobilenet_v3, convnext, swin, "
-        "googlenet, inception_v3)")
+        "googlenet, inception_v3); timm's: its `global_pool`")
     drop_path: Float | None = key(
         None, "stochastic depth: the chance that a residual block is skipped in a training "
         "step, rising linearly to this value in the last block (torchvision's "
-        "`stochastic_depth_prob`: convnext, efficientnet, swin and maxvit models); null: the "
-        "model's default (0.1 to 0.5)", ge=0, lt=1)
+        "`stochastic_depth_prob`: convnext, efficientnet, swin and maxvit models; timm's "
+        "`drop_path_rate`); null: the model's default (0.1 to 0.5; timm: usually 0)", ge=0, lt=1)
     strict_load: Bool = key(True, "`model.pretrained` file: any key that does not fit (other "
                             "than the new head's) is an error; `false` loads what fits and logs "
                             "the missing, unexpected and other-shape keys")

@@ -31,14 +31,14 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _source_key(dataset: Any) -> tuple[Any, Any] | None:
+def source_key(dataset: Any) -> tuple[Any, Any] | None:
     """(identity, fingerprint) of where ``dataset``'s images come from; None: not cacheable.
 
     The identity names the cache file; the fingerprint (sizes, mtimes, content checksums)
     decides whether that file is still valid.
     """
     if isinstance(dataset, Subset):
-        inner = _source_key(dataset.dataset)
+        inner = source_key(dataset.dataset)
         if inner is None:
             return None
         picked = _digest([int(i) for i in dataset.indices])
@@ -65,7 +65,8 @@ def _source_key(dataset: Any) -> tuple[Any, Any] | None:
     return None
 
 
-def _decode(dataset: Dataset, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(dataset: Dataset, size: int, channels: int,
+            resize: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(dataset)  # type: ignore[arg-type]
     images = torch.empty(n, channels, size, size, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.int64)
@@ -74,9 +75,13 @@ def _decode(dataset: Dataset, size: int, channels: int) -> tuple[torch.Tensor, t
         image, label = dataset[i]
         if hasattr(image, "convert") and image.mode != mode:
             image = image.convert(mode)
-        # The same resize as build_transform's ResizeIfNeeded (on the PIL image), so the
-        # decoded pixels equal what the DataLoader path would crop from.
-        if tuple(v2.functional.get_size(image)) != (size, size):
+        # The same resize as build_transform's (on the PIL image), so the decoded pixels equal
+        # what the DataLoader path would crop from: ResizeIfNeeded, or the evaluation's resize
+        # of the shorter side and central crop.
+        if resize is not None:
+            image = v2.functional.resize(image, resize, antialias=True)
+            image = v2.functional.center_crop(image, [size, size])
+        elif tuple(v2.functional.get_size(image)) != (size, size):
             image = v2.functional.resize(image, [size, size], antialias=True)
         tensor = v2.functional.to_image(image)
         if tensor.dtype != torch.uint8 or tensor.shape[0] != channels:
@@ -95,19 +100,23 @@ def decode_to_tensor(
     *,
     channels: int = 3,
     cache_dir: str | Path | None = None,
+    resize: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a map-style dataset of ``(PIL image, label)`` into ``(uint8 [N, C, size, size],
-    int64 [N])``, resizing (antialiased bilinear) images that are not ``size`` x ``size``.
+    int64 [N])``, resizing (antialiased bilinear) images that are not ``size`` x ``size``; with
+    ``resize``, the evaluation's geometry instead: the shorter side resized to ``resize``, then
+    the central ``size`` x ``size`` crop.
 
     With ``cache_dir`` the result is saved there (atomically) as ``<key>.pt`` and reused while
     the sources are unchanged: file paths, sizes and mtimes for datasets with ``samples``, the
     array's shape and checksum for CIFAR-like datasets with ``data``; changed sources rebuild it.
     Datasets of neither kind are decoded every time.
     """
-    key = _source_key(dataset) if cache_dir is not None else None
+    key = source_key(dataset) if cache_dir is not None else None
     if key is None or cache_dir is None:
-        return _decode(dataset, size, channels)
-    identity, fingerprint = _digest([key[0], size, channels]), _digest([key[1], size, channels])
+        return _decode(dataset, size, channels, resize)
+    shape = [size, channels] + ([resize] if resize is not None else [])  # old names still hit
+    identity, fingerprint = _digest([key[0], *shape]), _digest([key[1], *shape])
     path = Path(cache_dir) / f"decoded-{identity[:24]}.pt"
     if path.exists():
         try:
@@ -116,7 +125,7 @@ def decode_to_tensor(
                 return cached["images"], cached["labels"]
         except Exception:  # a corrupt or foreign file: rebuild it
             pass
-    images, labels = _decode(dataset, size, channels)
+    images, labels = _decode(dataset, size, channels, resize)
     record = {"fingerprint": fingerprint, "images": images, "labels": labels}
     atomic_write(path, lambda handle: torch.save(record, handle))
     return images, labels

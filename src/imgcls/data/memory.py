@@ -40,8 +40,9 @@ from imgcls.data.batch_ops import (
     padding_ltrb,
     window_crop_flip,
 )
-from imgcls.data.sampling import SAMPLERS, balanced_indices, shard_order, shard_size
-from imgcls.data.transforms import _channels, apply_preset
+from imgcls.data.batch_policies import apply_policy, draw_policy, select_draws
+from imgcls.data.epoch_batches import EpochBatches
+from imgcls.data.transforms import apply_preset
 from imgcls.runtime import augmentation_seed, stream_seed
 
 FLIP_MODES = choices("transforms.flip_mode")
@@ -92,6 +93,7 @@ class Augmentation:
     flip_mode: str = "random"
     cutout: int = 0
     random_erasing: float = 0.0
+    auto_augment: str = "none"
 
     @classmethod
     def from_transforms(cls, cfg: TransformConfig) -> Augmentation:
@@ -99,12 +101,11 @@ class Augmentation:
         return cls(crop_padding=tuple(cfg.crop_padding) if cfg.random_crop else None,
                    crop_padding_mode=cfg.crop_padding_mode, hflip=cfg.hflip,
                    flip_mode=cfg.flip_mode, cutout=cfg.cutout,
-                   random_erasing=cfg.random_erasing)
+                   random_erasing=cfg.random_erasing, auto_augment=cfg.auto_augment)
 
 
-def _check_arguments(images: torch.Tensor, labels: torch.Tensor, augment: Augmentation, *,
-                     batch_size: int, train: bool, shuffle: bool, num_replicas: int, rank: int,
-                     chunk_size: int | None, sampler: str) -> None:
+def _check_arguments(images: torch.Tensor, labels: torch.Tensor, augment: Augmentation,
+                     chunk_size: int | None) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
                          f"{tuple(images.shape)}")
@@ -112,16 +113,17 @@ def _check_arguments(images: torch.Tensor, labels: torch.Tensor, augment: Augmen
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if augment.flip_mode not in FLIP_MODES:
         raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {augment.flip_mode!r}")
-    if batch_size < 1 or not 0 <= rank < num_replicas:
-        raise ValueError(f"bad batch_size={batch_size} or rank={rank}/{num_replicas}")
     if augment.crop_padding_mode not in PAD_MODES:
         raise ValueError(f"crop_padding_mode must be one of {tuple(PAD_MODES)}, got "
                          f"{augment.crop_padding_mode!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if sampler not in SAMPLERS or (sampler == "balanced" and train and not shuffle):
-        raise ValueError(f"sampler must be one of {SAMPLERS} (balanced with shuffle=True), "
-                         f"got {sampler!r}")
+
+
+def _policy_draws(draws: dict[str, torch.Tensor], index: slice) -> dict[str, torch.Tensor]:
+    """The ``transforms.auto_augment`` draws (stored with a ``policy_`` prefix) of ``index``."""
+    mine = {k.removeprefix("policy_"): v for k, v in draws.items() if k.startswith("policy_")}
+    return select_draws(mine, index)
 
 
 def _train_padding(crop_padding: int | Sequence[int] | None, mode: str, size: Sequence[int],
@@ -138,19 +140,7 @@ def _train_padding(crop_padding: int | Sequence[int] | None, mode: str, size: Se
     return padding
 
 
-def _fused_normalize(mean: list[float], std: list[float],
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ToDtype(scale=True)`` then ``Normalize`` as one multiply-add: [C, 1, 1] scale, shift."""
-    if not all(std):
-        raise ValueError("std evaluated to zero, leading to division by zero.")
-    # Normalize's float32 statistics, combined in float64 and rounded once.
-    mean64 = torch.tensor(mean, dtype=torch.float32).double().view(-1, 1, 1)
-    std64 = torch.tensor(std, dtype=torch.float32).double().view(-1, 1, 1)
-    return ((1.0 / (255.0 * std64)).float().to(device),
-            (-mean64 / std64).float().to(device))
-
-
-class MemoryLoader:
+class MemoryLoader(EpochBatches):
     """A :class:`~imgcls.data.loaders.BatchLoader` over a uint8 ``[N, C, H, W]`` tensor.
 
     Training (``train=True``): each epoch is a permutation seeded with ``(seed, epoch)`` only
@@ -209,31 +199,21 @@ class MemoryLoader:
             augment = Augmentation(**augment_fields)
         elif augment_fields:
             raise TypeError(f"pass augment or {', '.join(augment_fields)}, not both")
-        _check_arguments(images, labels, augment, batch_size=batch_size, train=train,
-                         shuffle=shuffle, num_replicas=num_replicas, rank=rank,
-                         chunk_size=chunk_size, sampler=sampler)
-        self.device = torch.device(device) if device is not None else images.device
+        _check_arguments(images, labels, augment, chunk_size)
+        device = torch.device(device) if device is not None else images.device
+        super().__init__(len(images), labels, batch_size=batch_size, train=train,
+                         shuffle=shuffle, drop_last=drop_last, seed=seed,
+                         num_replicas=num_replicas, rank=rank, sampler=sampler, device=device)
         self.images = images.to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
-        self.batch_size, self.train = batch_size, train
-        self.shuffle = shuffle and train
-        # balanced: the epoch's order comes from the labels (kept on the CPU, where it is drawn)
-        self.balanced_labels = (torch.as_tensor(labels, dtype=torch.int64).cpu()
-                                if sampler == "balanced" and train else None)
-        self.drop_last = drop_last and train
-        self.seed = seed
-        self.num_replicas, self.rank = num_replicas, rank
         self._set_augmentation(augment)
         target = chunk_size or (CPU_CHUNK if self.device.type == "cpu" else DEVICE_CHUNK)
         self.chunk_size = batch_size * math.ceil(target / batch_size)
         # Crop by copying windows of an overlapping strided view on the CPU (fastest there);
         # elsewhere one gather per chunk. Both make the same batches.
         self._window_crop = self.device.type == "cpu"
-        self._set_normalization(mean_std)
+        self._set_normalization(mean_std, self.images.shape[1])
         self.generator = torch.Generator(device=self.device)
-        self.epoch = 0
-        self.first_batch = 0  # see start_at
-        self.set_epoch(0)
 
     def _set_augmentation(self, augment: Augmentation) -> None:
         """The training augmentation (none for evaluation) and the alternating flip's coins."""
@@ -244,58 +224,10 @@ class MemoryLoader:
         self.flip_mode = augment.flip_mode
         self.cutout = augment.cutout if self.train else 0
         self.erasing = augment.random_erasing if self.train else 0.0
+        self.policy = augment.auto_augment if self.train else "none"
         # airbench's alternating flip: a fixed coin per image, inverted on odd epochs.
         coin = torch.Generator().manual_seed(stream_seed(self.seed, FLIP_COIN_STREAM))
         self.flip_base = (torch.rand(len(self.images), generator=coin) < 0.5).to(self.device)
-
-    def _set_normalization(self, mean_std: tuple[Sequence[float], Sequence[float]] | None,
-                           ) -> None:
-        self.mean: list[float] | None = None
-        self.std: list[float] | None = None
-        self.scale: torch.Tensor | None = None  # [C, 1, 1] float32: x * scale + shift
-        self.shift: torch.Tensor | None = None
-        if mean_std is not None:
-            channels = self.images.shape[1]
-            self.mean = _channels(list(mean_std[0]), channels)
-            self.std = _channels(list(mean_std[1]), channels)
-            self.scale, self.shift = _fused_normalize(self.mean, self.std, self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def start_at(self, batch: int) -> None:
-        """The next pass begins at batch ``batch`` of the epoch (a run resumed mid-epoch): the
-        epoch's order and augmentation are drawn whole, so the batches are those an
-        uninterrupted pass yields, and the ones before it are never assembled."""
-        self.first_batch = batch
-
-    @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch (repeats included)."""
-        n = len(self.images)
-        if not self.train:
-            return len(range(self.rank, n, self.num_replicas))
-        return shard_size(n, self.num_replicas, self.drop_last)
-
-    def indices(self) -> torch.Tensor:
-        """This rank's image indices for the current epoch, in order (CPU int64)."""
-        n = len(self.images)
-        if not self.train:
-            return torch.arange(self.rank, n, self.num_replicas)
-        if self.balanced_labels is not None:  # the order EpochLoader's BalancedSampler draws
-            order = balanced_indices(self.balanced_labels, self.seed, self.epoch)
-        elif self.shuffle:
-            # The seed DistributedSampler (EpochLoader) uses: the same order as the DataLoader.
-            g = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        return shard_order(order, self.num_replicas, self.rank, self.drop_last)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
 
     def _draw(self, n: int) -> dict[str, torch.Tensor]:
         """The epoch's augmentation, one entry per image of the epoch, in a fixed draw order."""
@@ -314,6 +246,9 @@ class MemoryLoader:
         if self.erasing > 0:  # drawn last: the other draws stay those of a run without it
             _, _, h, w = self.images.shape
             draws["erase"] = torch.stack(draw_erasing(n, self.erasing, h, w, g, dev))
+        if self.policy != "none":  # likewise drawn after the others
+            draws.update({f"policy_{k}": v for k, v in draw_policy(
+                self.policy, n, tuple(self.images.shape[2:]), g, dev).items()})
         return draws
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -324,11 +259,13 @@ class MemoryLoader:
         labels = self.labels[order]
         used = min(len(order), len(self) * self.batch_size)  # drop_last leaves a tail
         crop = self._cropper(draws, len(order), min(self.chunk_size, used))
-        first, self.first_batch = self.first_batch * self.batch_size, 0
+        first = self._take_first_batch()
         # chunk_size is a whole number of batches, so batches never straddle chunks
         for start in range(first, used, self.chunk_size):
             stop = min(start + self.chunk_size, used)
             block = crop(order[start:stop], start, stop)  # uint8, cropped and flipped
+            if self.policy != "none":
+                block = apply_policy(block, _policy_draws(draws, slice(start, stop)))
             for b in range(start, stop, self.batch_size):
                 e = min(b + self.batch_size, stop)
                 x = self.normalize(block[b - start : e - start])
@@ -348,17 +285,3 @@ class MemoryLoader:
         crop_flip = window_crop_flip if self._window_crop else gather_crop_flip
         return crop_flip(self.images, self.padding or (0, 0, 0, 0), self.padding_mode,
                          draws.get("dy", zero), draws.get("dx", zero), draws.get("flip"), chunk)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[N, C, H, W]`` images (on the loader's device) as float32 batches are made of,
-        without augmentation: e.g. ``loader.normalize(loader.images[:5000])`` for a
-        data-dependent initialisation.
-
-        ``ToDtype(float32, scale=True)`` then ``Normalize`` as one multiply-add per channel,
-        ``x * (1 / (255 std)) - mean / std``: equal to build_transform's ``(x / 255 - mean) /
-        std`` up to float32 rounding (a few ulps, under 1e-6 for image statistics), and 15-20%
-        faster on the CPU than the three separate steps."""
-        out = images.to(torch.float32)
-        if self.scale is not None and self.shift is not None:
-            return out.mul_(self.scale).add_(self.shift)
-        return out.mul_(1.0 / 255)  # exactly ToDtype(float32, scale=True)

@@ -3,15 +3,19 @@ its images (device-resident :class:`MemoryLoader` or a DataLoader), built the sa
 ``train``, ``evaluate``, the LR finder and the benchmarks.
 
 ``data.loader`` picks the loader: ``memory`` decodes every image once (cached under
-``<data.root>/.imgcls-cache``), keeps the uint8 tensor on the device and augments per batch;
+``<data.root>/.imgcls-cache``), keeps the uint8 tensor on the device and augments per batch
+(photos trained with random resized crops: the photo cache and :class:`PhotoLoader`);
 ``dataloader`` runs torchvision transforms per image; ``auto`` takes memory when the images fit
-``data.memory_budget_mb`` and the transforms are ones it can do.
+``data.memory_budget_mb`` (the photo cache: ``data.disk_budget_mb`` and the free disk) and the
+transforms are ones it can do.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -22,8 +26,15 @@ from imgcls.data.decode_cache import decode_to_tensor
 from imgcls.data.digits import NAME as DIGITS
 from imgcls.data.loaders import BatchLoader, EpochLoader, TransformedDataset, shard
 from imgcls.data.memory import Augmentation, MemoryLoader, unsupported_transforms
+from imgcls.data.photo_cache import CacheWriteError, estimate_bytes, photo_store
+from imgcls.data.photo_loader import PhotoAugmentation, PhotoLoader, photo_unsupported
 from imgcls.data.sources import DataSplit, dataset_labels
-from imgcls.data.transforms import apply_preset, build_transform, resolve_normalization
+from imgcls.data.transforms import (
+    apply_preset,
+    build_transform,
+    eval_resize,
+    resolve_normalization,
+)
 from imgcls.errors import ImgclsError
 from imgcls.models import get_model_info
 from imgcls.models.user import channels_last_works, is_user_model, resolve_name
@@ -45,11 +56,28 @@ class Preprocessing:
 STATS_IMAGES = 10_000
 
 
+LoaderKind = Literal["memory", "photos", "dataloader"]
+PIPELINES = {  # what the start line says reads the images
+    "memory": "decoded into device memory",
+    "photos": "decoded once into the photo cache",
+    "dataloader": "read by a DataLoader",
+}
+
+
 @dataclass
 class TrainLoaders:
     train: BatchLoader
     val: BatchLoader | None
-    in_memory: bool  # device-resident (MemoryLoader) rather than a DataLoader
+    kind: LoaderKind
+    where: str = ""  # the photo cache's folder and size, for the start line
+
+    @property
+    def in_memory(self) -> bool:
+        """Decoded once (MemoryLoader or PhotoLoader) rather than read by a DataLoader."""
+        return self.kind != "dataloader"
+
+    def describe(self) -> str:
+        return PIPELINES[self.kind] + (f" ({self.where})" if self.where else "")
 
 
 def source_defaults(cfg: Config) -> Config:
@@ -95,6 +123,8 @@ def resolve_preprocessing(cfg: Config, data: DataSplit, *, cache: bool = True) -
         cfg.transforms, model_default=info.default_normalize,
         pretrained=bool(cfg.model.pretrained), dataset_mean_std=stats,
     )
+    if cfg.transforms.normalize == "auto" and info.mean_std is not None:
+        mean_std = list(info.mean_std[0]), list(info.mean_std[1])  # the weights' own (timm)
     return Preprocessing(size, mean_std, note)
 
 
@@ -141,12 +171,16 @@ def build_train_loaders(cfg: Config, data: DataSplit, prep: Preprocessing,
     rank, no padding repeats: the metric sums are all-reduced), of the kind ``data.loader``
     picks."""
     cfg = keep_a_lone_partial_batch(cfg, len(data.train), info.world_size)  # type: ignore[arg-type]
-    if use_memory_loader(cfg, data, prep):
+    kind = choose_loader(cfg, data, prep)
+    loaders = None
+    if kind == "photos":
+        loaders = _photo_loaders(cfg, data, prep, info, device)
+    if kind == "memory":
         train, val = _memory_loaders(cfg, data, prep, info, device)
-        loaders = TrainLoaders(train, val, in_memory=True)
-    else:
+        loaders = TrainLoaders(train, val, "memory")
+    elif loaders is None:
         train_dl, val_dl = _dataloaders(cfg, data, prep, info, device)
-        loaders = TrainLoaders(train_dl, val_dl, in_memory=False)
+        loaders = TrainLoaders(train_dl, val_dl, "dataloader")
     if len(loaders.train) == 0:
         raise ImgclsError(
             f"no training batches: {len(data.train)} image(s) with loader.batch_size="  # type: ignore[arg-type]
@@ -162,6 +196,32 @@ def keep_a_lone_partial_batch(cfg: Config, train_images: int, world_size: int) -
     if cfg.loader.drop_last and 0 < train_images // world_size < cfg.loader.batch_size:
         return replace(cfg, loader=replace(cfg.loader, drop_last=False))
     return cfg
+
+
+def photo_side(cfg: Config, prep: Preprocessing) -> int:
+    """The photo cache's shorter side: ``data.cache_side``, else the evaluation resize."""
+    return cfg.data.cache_side or round(prep.image_size * 256 / 224)
+
+
+def choose_loader(cfg: Config, data: DataSplit, prep: Preprocessing) -> LoaderKind:
+    """Which loader trains: the photo loader for files trained with random resized crops
+    (``auto``: when the cache fits ``data.disk_budget_mb`` and the free disk), else the memory
+    loader or the DataLoader as :func:`use_memory_loader` decides."""
+    if cfg.data.loader != "dataloader" and not photo_unsupported(
+            cfg.transforms, prep.image_size, cfg.model.in_channels, cfg.explicit):
+        estimate = estimate_bytes(data.train, photo_side(cfg, prep))
+        if estimate is not None and (cfg.data.loader == "memory"
+                                     or _fits_disk(cfg, estimate)):
+            return "photos"
+    return "memory" if use_memory_loader(cfg, data, prep) else "dataloader"
+
+
+def _fits_disk(cfg: Config, nbytes: int) -> bool:
+    folder = cache_dir(cfg)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    return nbytes <= min(cfg.data.disk_budget_mb * 2**20, free * 0.9)
 
 
 def use_memory_loader(cfg: Config, data: DataSplit, prep: Preprocessing) -> bool:
@@ -230,6 +290,49 @@ def _memory_loaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: run
     return train_loader, val_loader
 
 
+def _photo_loaders(cfg: Config, data: DataSplit, prep: Preprocessing, info: runtime.DistInfo,
+                   device: torch.device) -> TrainLoaders | None:
+    """The photo loader on the cache (built by rank 0 first), validation decoded once with the
+    evaluation's resize and crop; None when the cache cannot be written and ``data.loader=auto``
+    (the DataLoader reads the files instead)."""
+    side = photo_side(cfg, prep)
+    estimate = estimate_bytes(data.train, side) or 0
+    budget = cfg.data.memory_budget_mb * 2**20
+    if info.world_size > 1 and info.rank != 0:
+        runtime.barrier()  # rank 0 builds the cache; the others then open it
+    try:
+        store = photo_store(data.train, side, cache_dir(cfg), in_memory=estimate <= budget,
+                            skip_bad=cfg.data.skip_bad_images, say=echo)
+    except CacheWriteError as exc:
+        if cfg.data.loader == "memory":
+            raise
+        echo(f"{exc}: reading the photos with a DataLoader instead")
+        return None
+    finally:
+        if info.world_size > 1 and info.rank == 0:
+            runtime.barrier()
+    if store.skipped:
+        echo(f"skipped {len(store.skipped)} unreadable image(s), e.g. {store.skipped[0]}")
+    tf = apply_preset(cfg.transforms, prep.image_size, cfg.explicit)
+    ld = cfg.loader
+    train = PhotoLoader(
+        store, image_size=prep.image_size, batch_size=ld.batch_size, shuffle=ld.shuffle,
+        drop_last=ld.drop_last, seed=cfg.train.seed, device=device, mean_std=prep.mean_std,
+        augment=PhotoAugmentation.from_transforms(tf), num_replicas=info.world_size,
+        rank=info.rank, sampler=ld.sampler)
+    val = None
+    if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
+        val_images = len(data.val)  # type: ignore[arg-type]
+        if decoded_bytes(cfg, val_images, prep) <= budget:
+            val = memory_eval_loader(cfg, data.val, prep, device, info)
+        else:
+            val = eval_dataloader(cfg, shard(data.val, info.world_size, info.rank), prep,
+                                  data.native_size, device)
+    how = "memory-mapped" if store.memory_mapped else "read into memory"
+    where = f"{store.folder}, {store.nbytes / 2**20:.0f} MB, {how}"
+    return TrainLoaders(train, val, "photos", where)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -246,7 +349,9 @@ def memory_eval_loader(cfg: Config, dataset: Dataset, prep: Preprocessing, devic
                        info: runtime.DistInfo | None = None) -> MemoryLoader:
     """Decoded once (cached); with ``info``, a disjoint strided share per rank."""
     info = info or runtime.DistInfo()
-    images, labels = decode_to_tensor(dataset, prep.image_size, cache_dir=cache_dir(cfg))
+    tf = apply_preset(cfg.transforms, prep.image_size, cfg.explicit)
+    images, labels = decode_to_tensor(dataset, prep.image_size, cache_dir=cache_dir(cfg),
+                                      resize=eval_resize(tf, prep.image_size))
     return MemoryLoader(
         images, labels, batch_size=eval_batch_size(cfg), train=False, seed=cfg.train.seed,
         device=device, mean_std=prep.mean_std, num_replicas=info.world_size, rank=info.rank,

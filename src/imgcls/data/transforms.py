@@ -128,6 +128,15 @@ class Cutout(torch.nn.Module):
         return image
 
 
+def eval_resize(cfg: TransformConfig, size: int) -> int | None:
+    """The shorter side evaluation resizes images to before the central ``size`` crop
+    (``transforms.resize``, or ImageNet's ``size * 256/224`` with ``center_crop``); None: images
+    are resized to ``size`` x ``size`` when they differ (the preset already applied)."""
+    if cfg.resize is not None:
+        return cfg.resize
+    return round(size * 256 / 224) if cfg.center_crop else None
+
+
 def _geometry(cfg: TransformConfig, train: bool, size: int,
               native_size: int | None) -> list[torch.nn.Module]:
     """Resizing and cropping to ``size`` x ``size``: a random resized crop, a resize with a
@@ -142,7 +151,7 @@ def _geometry(cfg: TransformConfig, train: bool, size: int,
             steps.append(ResizeIfNeeded(size))
     elif cfg.center_crop and not train:
         # ImageNet-style evaluation: shorter side to size * 256/224, then the central crop.
-        steps += [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
+        steps += [v2.Resize(eval_resize(cfg, size), antialias=True), v2.CenterCrop(size)]
     elif native_size != size:
         steps.append(ResizeIfNeeded(size))
     if train and cfg.random_crop:

@@ -1,4 +1,5 @@
-"""Model zoo: imgcls's seed CNNs plus every torchvision classifier, built from ``ModelConfig``.
+"""Model zoo: imgcls's seed CNNs plus every torchvision classifier (and, with the ``[timm]``
+extra, every timm model as ``timm/NAME``: ``timm_models.py``), built from ``ModelConfig``.
 
 The package front: the names below are re-exported from ``factory.py`` (the one registry
 lookup: info, creation, parameter counts), ``pretrained.py`` (local weight files) and
@@ -10,7 +11,8 @@ lookup: info, creation, parameter counts), ``pretrained.py`` (local weight files
 224
 
 ``model.pretrained``: ``""`` random init; ``"default"`` or a weights name (``IMAGENET1K_V1``)
-for torchvision models (downloaded by torchvision); or a local ``torch.save``-d state_dict (any
+for torchvision models (downloaded by torchvision), ``"default"`` or a pretrained tag for timm's
+(from the Hugging Face Hub); or a local ``torch.save``-d state_dict or ``.safetensors`` file (any
 model), loaded by :func:`load_pretrained_file` (``model.strict_load``).
 
 Fine-tuning options (the seeds' recipes):

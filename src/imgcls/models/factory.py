@@ -3,8 +3,9 @@
 
 Every model is in the one registry, ``imgcls.registry.MODELS``: imgcls's own register themselves
 when their modules are imported here (the seed CNNs first), then torchvision's classifiers
-(:func:`~imgcls.models.torchvision_models.register`). A user's own class (``FILE.py:CLASS``,
-``MODULE:CLASS``) is the one separate, explicit path (``models/user.py``).
+(:func:`~imgcls.models.torchvision_models.register`). Two kinds of name are routed elsewhere:
+a user's own class (``FILE.py:CLASS``, ``MODULE:CLASS``; ``models/user.py``) and timm's models
+(``timm/NAME``, ``timm:NAME``; ``models/timm_models.py``, timm imported only then).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from imgcls.errors import ImgclsError, short_repr
 # Importing the model modules registers their models (the seed CNNs first: cifar_resnets imports
 # seed_cnns before registering its own); torchvision's are registered after them, below.
 from imgcls.models import cifar_resnets, fast_nets, seed_cnns, user  # noqa: F401
+from imgcls.models import timm_models as timm_zoo
 from imgcls.models import torchvision_models as tvm
 from imgcls.models.finetune import apply_freeze, freeze_matching
 from imgcls.models.pretrained import load_pretrained_file, pretrained_path
@@ -46,11 +48,14 @@ log = logging.getLogger("imgcls")
 class ModelInfo:
     name: str
     input_size: int  # the image size the model is meant for (the weights' eval crop size)
-    default_normalize: str  # "dataset" (seed CNNs) | "imagenet" (torchvision models)
-    source: str  # "imgcls" | "torchvision" | "user"
+    default_normalize: str  # "dataset" (seed CNNs) | "imagenet" (torchvision and timm models)
+    source: str  # "imgcls" | "torchvision" | "timm" | "user"
     fixed_size: bool = False  # True: only input_size works (flatten sizes, ViT position embeddings)
     min_size: int = 1  # smallest input the architecture accepts
     resize_size: int | None = None  # torchvision eval recipe: resize to this, then center-crop
+    # The weights' own mean and std (timm's pretrained config: 0.5/0.5 for many ViTs), which
+    # transforms.normalize=auto uses; None: default_normalize decides.
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def check_size(self, size: int, option: str) -> None:
         """An ImgclsError when ``size`` pixel inputs do not suit the model; ``option`` is the
@@ -65,7 +70,10 @@ class ModelInfo:
 
 
 def _source(name: str) -> str:
-    """"imgcls" or "torchvision" (the registry's metadata), or "user" for ``FILE.py:CLASS``."""
+    """"imgcls" or "torchvision" (the registry's metadata), "timm" for ``timm/NAME``, or "user"
+    for ``FILE.py:CLASS``."""
+    if timm_zoo.is_timm_name(name):
+        return "timm"
     if name not in MODELS and user.is_user_model(name):
         return "user"
     MODELS.get(name, "model.name")  # an unknown name: one line with close matches
@@ -74,7 +82,10 @@ def _source(name: str) -> str:
 
 def model_names(source: str | None = None) -> list[str]:
     """Registered names: imgcls's (registration order), then torchvision's (alphabetical);
-    ``source`` (``"imgcls"``, ``"torchvision"``) keeps only those."""
+    ``source`` (``"imgcls"``, ``"torchvision"``) keeps only those; ``"timm"``: timm's
+    architectures as ``timm/NAME`` (read from timm's registry, never with the others)."""
+    if source == "timm":
+        return timm_zoo.names()
     return [n for n in MODELS.names() if source is None or _source(n) == source]
 
 
@@ -87,6 +98,8 @@ def get_model_info(name: str, pretrained: str = "") -> ModelInfo:
                          default_normalize="dataset")
     if source == "torchvision":
         meta = tvm.meta(name, tvm.resolve_weights(name, pretrained))
+    elif source == "timm":
+        meta = timm_zoo.meta(name, pretrained)
     else:
         meta = MODELS.meta(name)
         meta.pop("source", None)
@@ -102,16 +115,20 @@ def list_models(include_torchvision: bool = True) -> list[ModelInfo]:
 def _build(
     name: str, num_classes: int, in_channels: int, weights: Any = None, head: str = "replace",
     kwargs: dict[str, Any] | None = None, quiet: bool = False, drop_path: float | None = None,
+    head_pool: str = "default",
 ) -> nn.Module:
     source = _source(name)
-    if drop_path is not None and source != "torchvision":
-        raise ImgclsError(f"model.drop_path is for torchvision's models with stochastic depth; "
-                          f"{name} has none (your own class: pass it in model.kwargs)")
+    if drop_path is not None and source not in ("torchvision", "timm"):
+        raise ImgclsError(f"model.drop_path is for torchvision's and timm's models with "
+                          f"stochastic depth; {name} has none (your own class: pass it in "
+                          "model.kwargs)")
     if source == "user":
         return user.build(name, num_classes, in_channels, kwargs or {}, quiet=quiet)
     if kwargs:
         raise ImgclsError(f"model.kwargs is for your own model class (model.name=FILE.py:CLASS); "
                           f"{name} takes none")
+    if source == "timm":
+        return timm_zoo.build(name, num_classes, in_channels, weights, head, drop_path, head_pool)
     factory = MODELS.get(name)
     if source == "torchvision":
         return factory(num_classes, in_channels, weights, head, drop_path)
@@ -126,8 +143,8 @@ def _check_options(cfg: ModelConfig, source: str) -> None:
     # model.head and model.head_pool are one of their choices: the schema checks every
     # ModelConfig, one built by hand included.
     if source == "user" and (cfg.head != "replace" or cfg.head_pool != "default"):
-        raise ImgclsError(f"model.head and model.head_pool are for imgcls's and torchvision's "
-                          f"models; {cfg.name} is built as its class defines it")
+        raise ImgclsError(f"model.head and model.head_pool are for imgcls's, torchvision's and "
+                          f"timm's models; {cfg.name} is built as its class defines it")
     if cfg.head_pool != "default" and source == "imgcls":
         raise ImgclsError(
             f"model.head_pool={cfg.head_pool} is not supported for {cfg.name}: imgcls's CNNs "
@@ -153,12 +170,13 @@ def create_model(
         raise ImgclsError(f"cannot build model {short_repr(cfg.name)} for {num_classes} classes")
     source = _source(cfg.name)
     _check_options(cfg, source)
-    weights = tvm.resolve_weights(cfg.name, cfg.pretrained) if source == "torchvision" else None
+    weights = _weights(cfg.name, cfg.pretrained, source)
     path = pretrained_path(cfg, source) if cfg.pretrained and weights is None else None
 
     model = _build(cfg.name, num_classes, cfg.in_channels, weights, cfg.head, cfg.kwargs,
-                   quiet=from_checkpoint, drop_path=cfg.drop_path)
-    tvm.set_global_pool(model, cfg.head_pool, cfg.name)
+                   quiet=from_checkpoint, drop_path=cfg.drop_path, head_pool=cfg.head_pool)
+    if source != "timm":  # timm builds its own pooling (global_pool)
+        tvm.set_global_pool(model, cfg.head_pool, cfg.name)
     if weights is not None:
         log.info("model %s: pretrained weights %s, %s %d-class head", cfg.name, weights,
                  "appended" if cfg.head == "append" else "new", num_classes)
@@ -170,6 +188,16 @@ def create_model(
         _freeze(model, cfg, pretrained=weights is not None or path is not None,
                 from_checkpoint=from_checkpoint)
     return model
+
+
+def _weights(name: str, pretrained: str, source: str) -> Any:
+    """The downloadable weights ``pretrained`` names: torchvision's enum member, timm's
+    pretrained tag; None for none or a local file."""
+    if source == "torchvision":
+        return tvm.resolve_weights(name, pretrained)
+    if source == "timm":
+        return timm_zoo.resolve_tag(name, pretrained)
+    return None
 
 
 def _freeze(model: nn.Module, cfg: ModelConfig, *, pretrained: bool,

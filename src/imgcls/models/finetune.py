@@ -11,10 +11,10 @@ How the stages are cut, from the model's top-level children in order:
   block (a module with children) is a stage of its own: resnet ``conv1..bn1`` (the stem),
   ``layer1`` .. ``layer4``; shufflenet ``conv1``, ``stage2`` .. ``conv5``; googlenet's
   inception blocks;
-* a trunk container (``features``, ``layers``, ``trunk_output``, ``blocks``, ``encoder``), or a
-  model's only child (imgcls's ``simple_v3`` / ``cifar10_net``), is cut by the same rule one
-  level down: efficientnet, mobilenet, convnext, swin, densenet, mnasnet, regnet, maxvit
-  blocks, vit's encoder layers;
+* a trunk container (``features``, ``layers``, ``trunk_output``, ``blocks``, ``encoder``,
+  ``stages``), or a model's only child (imgcls's ``simple_v3`` / ``cifar10_net``), is cut by
+  the same rule one level down: efficientnet, mobilenet, convnext, swin, densenet, mnasnet,
+  regnet, maxvit blocks, vit's encoder layers (timm's too: ``blocks``, ``stages``);
 * a container of plain layers only that holds ``MaxPool2d`` layers is cut after each max-pool:
   vgg's five conv blocks, alexnet, and imgcls's CNNs (three conv blocks, then the classifier's
   hidden layers);
@@ -42,8 +42,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from imgcls.errors import ImgclsError, short_repr
 from imgcls.models.torchvision_models import find_head
 
-# Children whose own children are the architecture's stages (torchvision's naming).
-TRUNKS = ("features", "layers", "trunk_output", "blocks", "encoder")
+# Children whose own children are the architecture's stages (torchvision's naming; timm's
+# convnext, resnetv2, byobnet... hold theirs in `stages`).
+TRUNKS = ("features", "layers", "trunk_output", "blocks", "encoder", "stages")
 
 
 @dataclass(frozen=True)

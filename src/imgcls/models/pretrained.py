@@ -1,7 +1,8 @@
 """Pretrained weights from local files: reading a state_dict, fitting it to a model.
 
-``model.pretrained=PATH`` (any model) goes through :func:`load_pretrained_file`; torchvision's
-downloadable weights are torchvision's (``torchvision_models.build``). ``imgcls convert``
+``model.pretrained=PATH`` (any model; a ``.safetensors`` file too, as timm's Hub weights are)
+goes through :func:`load_pretrained_file`; torchvision's downloadable weights are torchvision's
+(``torchvision_models.build``), timm's are timm's (``timm_models.build``). ``imgcls convert``
 (``imgcls.deploy.legacy``) reads old files with the same :func:`extract_state_dict`.
 """
 
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from imgcls.config import ModelConfig
-from imgcls.errors import ImgclsError, short_repr
+from imgcls.errors import ImgclsError, first_line, short_repr
+from imgcls.models import timm_models
 from imgcls.models import torchvision_models as tvm
 
 __all__ = ["STATE_DICT_KEYS", "LoadReport", "extract_state_dict", "load_pretrained_file",
@@ -49,6 +51,8 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict from ``path``: a bare one, or one inside a checkpoint dict (``"model"``...)."""
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling raises many types; all mean "not a usable file"
@@ -63,6 +67,20 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "saved by torch.save(model.state_dict(), PATH))"
         )
     return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (timm's weights on the Hugging Face Hub)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ImgclsError(f"model.pretrained file {path}: reading .safetensors needs the "
+                          "safetensors package (pip install safetensors; timm brings it)") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # a truncated or foreign file: the library's own one-line reason
+        raise ImgclsError(f"model.pretrained file {path}: not a safetensors file "
+                          f"({first_line(exc, 160)})") from None
 
 
 def _load_error_reason(exc: Exception) -> str:
@@ -240,8 +258,9 @@ def pretrained_path(cfg: ModelConfig, source: str) -> Path:
     path = Path(cfg.pretrained).expanduser()
     if path.is_file():
         return path
-    if source == "torchvision":
-        known = ", ".join(tvm.weights_names(cfg.name))
+    if source in ("torchvision", "timm"):
+        zoo = tvm if source == "torchvision" else timm_models
+        known = ", ".join(zoo.weights_names(cfg.name))
         raise ImgclsError(
             f"model.pretrained={short_repr(cfg.pretrained)}: no such file, and not a weights "
             f"name of {cfg.name} ({known})"

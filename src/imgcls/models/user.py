@@ -35,8 +35,9 @@ DEFAULT_INPUT_SIZE = 32  # the tutorials' CIFAR size; a class attribute `input_s
 
 
 def is_user_model(name: str) -> bool:
-    """``file.py:Class`` or ``module:Class``: a colon names a class, never a registered model."""
-    return ":" in name
+    """``file.py:Class`` or ``module:Class``: a colon names a class, never a registered model;
+    ``timm:NAME`` is timm's model (``models/timm_models.py``)."""
+    return ":" in name and not name.startswith("timm:")
 
 
 def resolve_name(name: str) -> str:

@@ -19,6 +19,7 @@ from imgcls import runtime
 from imgcls.config import Config, ModelConfig, load_yaml
 from imgcls.data.splits import load_split
 from imgcls.errors import ImgclsError, short_repr
+from imgcls.models.timm_models import is_timm_name
 from imgcls.models.user import is_user_model
 from imgcls.runs.checkpoint import FORMAT
 from imgcls.runs.lock import RunLock, in_use, require_free
@@ -176,13 +177,19 @@ def holds_a_run(run_dir: Path) -> ImgclsError:
                        f"`imgcls train --resume {run_dir}` or choose another --name")
 
 
+def name_stem(model_name: str) -> str:
+    """The model's part of a default run-folder name: timm's ``timm/NAME`` (``timm:NAME``) is
+    ``timm-NAME``, one folder, not a ``timm/`` subfolder."""
+    return f"timm-{model_name[len('timm/'):]}" if is_timm_name(model_name) else model_name
+
+
 def prepare_run_dir(cfg: Config, resume_dir: Path | None) -> tuple[Path, RunLock]:
     """Create (or, on resume, reuse) the run folder, check that it can be written, and lock it
     for this process."""
     if resume_dir is not None:
         run_dir = resume_dir
     else:
-        name = cfg.log.name or f"{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = cfg.log.name or f"{name_stem(cfg.model.name)}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path(cfg.log.output) / name
         # A folder whose run stopped before its first checkpoint holds nothing to keep: it is
         # started over (its metrics rows and events are dropped by the logger), not refused.
