@@ -55,6 +55,14 @@ def test_pipeline_quick(tmp_path: Path, make_image_folder) -> None:
     assert result["decode_s"] > 0 and result["cache_hit_s"] > 0
 
 
+def test_photo_pipeline_quick(tmp_path: Path, make_image_folder) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=6, layout="train_val", size=48)
+    result = run_benchmark("photo_pipeline.py", "--data", data, "--size", "32",
+                           "--batch-size", "4", "--repeats", "1", "--workers", "0")
+    assert result["photo_img_s"] > 0 and result["dataloader_img_s"] > 0
+    assert result["photos"] == 12 and result["build_s"] > 0 and result["cache_mb"] > 0
+
+
 def test_train_throughput_quick(tmp_path: Path, make_image_folder) -> None:
     # 2 classes x 8 images of 32 x 32, 8 of them used: every batch is the whole 8 (one batch
     # shape, so no kernel set-up inside the timed steps), 2 timed steps, both models. One thread:

@@ -192,3 +192,16 @@ def test_photo_training_resumes_exactly(tmp_path):
     resumed = interrupt_and_resume(_cfg(tmp_path, data, log__name="split", **common), 1)
     assert_same_weights(whole.run_dir, resumed.run_dir)
     assert resumed.best_metric == whole.best_metric
+
+
+def test_beyond_the_memory_budget_the_cache_is_memory_mapped_and_scores_match_evaluate(
+        tmp_path, capsys):
+    data = _photos(tmp_path / "photos", per_class=10)
+    result = api.train(_cfg(tmp_path, data, data__loader="auto", data__memory_budget_mb=0,
+                            log__name="mapped"))
+    err = capsys.readouterr().err
+    assert "photo cache" in err and "memory-mapped" in err
+    # validation during training and `imgcls evaluate` decode the same pixels: the same score
+    summary = api.evaluate_checkpoint(result.run_dir / "checkpoints" / "last.pt", device="cpu")
+    assert summary["top1"] == pytest.approx(result.last_metrics["val_acc"], abs=1e-12)
+    assert summary["loss"] == pytest.approx(result.last_metrics["val_loss"], abs=1e-5)

@@ -276,3 +276,25 @@ def test_one_failing_rank_ends_the_job_with_its_message(tmp_path, make_image_fol
     assert "imgcls: error: [rank 1] cannot read image" in proc.stderr
     assert "a_001.png" in proc.stderr
     assert time.perf_counter() - start < 90
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_photo_cache_and_resume_exactly(tmp_path, make_image_folder):
+    # Rank 0 builds the photo cache while the other waits at a barrier, then both read it; the
+    # crops, flips and policy ops are drawn per rank and epoch, so a resumed epoch is unbroken.
+    data = make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=8,
+                             layout="train_val", size=48)
+    runs = tmp_path / "runs"
+    common = ["--data", str(data), "--output", str(runs), *FAST, "sched.name=none",
+              "data.loader=memory", f"data.root={tmp_path / 'cache'}",
+              "transforms.image_size=32", "transforms.random_resized_crop=true",
+              "transforms.center_crop=true", "transforms.hflip=0.5",
+              "transforms.auto_augment=trivialaugment", "train.deterministic=true"]
+    unbroken = _torchrun([*common, "--name", "unbroken", "--epochs", "2"])
+    _ok(unbroken)
+    assert unbroken.stderr.count("decoding 24 photos once") == 1  # rank 0 alone built it
+    assert "photo cache" in unbroken.stderr
+    assert len(list((tmp_path / "cache" / ".imgcls-cache").glob("photos-*"))) == 1
+    _ok(_torchrun([*common, "--name", "resumed", "--epochs", "1"]))
+    _ok(_torchrun(["--resume", str(runs / "resumed"), "train.epochs=2"]))
+    _assert_same_weights(runs / "unbroken", runs / "resumed", tol=0)

@@ -27,6 +27,7 @@ from imgcls.api.checks import dry_run
 from imgcls.api.evaluation import dumps, evaluate_checkpoint
 from imgcls.api.lr_range import MAX_LR_FIND_STEPS, LrFindResult, lr_find
 from imgcls.config import Config, save_yaml
+from imgcls.config.sizes import saved_size, size_hw
 from imgcls.data.pipeline import Preprocessing, cache_dir
 from imgcls.data.splits import save_split
 from imgcls.data.transforms import apply_preset, resolved_preset
@@ -271,7 +272,7 @@ def resolved_settings(cfg: Config, prep: Preprocessing, loaders: Any,
         "data.loader": "memory" if loaders.in_memory else "dataloader",
         "train.device": str(device),
         "train.amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp],
-        "transforms.image_size": prep.image_size,
+        "transforms.image_size": saved_size(prep.image_size),  # YAML: an int or [H, W]
         "transforms.preset": resolved_preset(cfg.transforms.preset, prep.image_size),
         "transforms.hflip": transforms.hflip,
         "transforms.mean": [round(float(m), 6) for m in mean] if mean is not None else None,
@@ -303,7 +304,8 @@ def _callbacks(cfg: Config, run_dir: Path, data: Any, prep: Preprocessing,
     if not info.is_main:
         return out
     template = CheckpointRecord(
-        model={}, config=cfg.to_saved(), classes=list(data.classes), input_size=prep.image_size,
+        model={}, config=cfg.to_saved(), classes=list(data.classes),
+        input_size=saved_size(prep.image_size),
         in_channels=cfg.model.in_channels,
         mean=prep.mean_std[0] if prep.mean_std else None,
         std=prep.mean_std[1] if prep.mean_std else None,
@@ -312,7 +314,7 @@ def _callbacks(cfg: Config, run_dir: Path, data: Any, prep: Preprocessing,
     )
     graph_input = None
     if cfg.log.graph and resumed is None:
-        graph_input = torch.zeros(1, cfg.model.in_channels, prep.image_size, prep.image_size)
+        graph_input = torch.zeros(1, cfg.model.in_channels, *size_hw(prep.image_size))
     out.append(Checkpointer(run_dir, template))
     out.append(MetricsLogger(
         # a new run truncates to nothing: a folder started over drops its old rows

@@ -11,6 +11,7 @@ import torch
 
 from imgcls import runtime
 from imgcls.config import Config
+from imgcls.config.sizes import size_text
 from imgcls.data.pipeline import PIPELINES, choose_loader, resolve_preprocessing
 from imgcls.engine.setup import (
     PreparedRun,
@@ -70,7 +71,7 @@ def dry_run(
         f"  model:     {cfg.model.name} ({parameters:,} parameters)",
         f"  data:      {cfg.data.source}: {len(data.train)} train / {n_val} val images",  # type: ignore[arg-type]
         f"  classes:   {len(data.classes)} ({classes})",
-        f"  input:     {prep.image_size}x{prep.image_size}, {cfg.model.in_channels} channel(s)"
+        f"  input:     {size_text(prep.image_size)}, {cfg.model.in_channels} channel(s)"
         f"{describe_adaptation(data, prep, cfg)}",
         f"  loader:    {'dataloader' if kind == 'dataloader' else 'memory'} ({PIPELINES[kind]})"
         f", batch {cfg.loader.batch_size}, {len(run.loaders.train)} batches per epoch",

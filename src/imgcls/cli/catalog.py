@@ -31,8 +31,8 @@ def add_models(commands: Any) -> None:
                         "listed")
     models.add_argument("--num-classes", type=int, default=10,
                         help="class count for the parameter counts (default 10)")
-    models.add_argument("--input-size", type=int, metavar="S",
-                        help="with NAME: image side in pixels (default: the model's)")
+    models.add_argument("--input-size", metavar="S",
+                        help="with NAME: image side in pixels, or HxW (default: the model's)")
     models.add_argument("--in-channels", type=int, default=3, metavar="C",
                         help="with NAME: image channels, 1 or 3 (default 3)")
     models.add_argument("--depth", type=int, default=3, metavar="D",
@@ -84,24 +84,27 @@ def _run_models(args: argparse.Namespace) -> int:
 
 def _run_model_summary(args: argparse.Namespace) -> int:
     from imgcls.config import ModelConfig
+    from imgcls.config.sizes import parse_size, size_arg, size_hw, size_text
     from imgcls.models import create_model, get_model_info
     from imgcls.models.summary import format_summary, summarize
 
     info = get_model_info(args.name)  # an unknown name: one line with close matches
-    size = info.input_size if args.input_size is None else args.input_size
+    size = info.input_size if args.input_size is None else parse_size(args.input_size)
+    height, width = size_hw(size)
     if args.in_channels not in (1, 3):
         raise ImgclsError(f"--in-channels {args.in_channels}: expected 1 or 3")
     if args.depth < 0:
         raise ImgclsError(f"--depth {args.depth}: expected 0 (the model alone) or more")
-    if info.fixed_size and size != info.input_size:
-        raise ImgclsError(f"--input-size {size}: {args.name} takes {info.input_size} px inputs "
-                          "only (its layer sizes are fixed)")
-    if size < info.min_size:
-        raise ImgclsError(f"--input-size {size}: {args.name} needs at least {info.min_size} px")
+    if info.fixed_size and (height, width) != size_hw(info.input_size):
+        raise ImgclsError(f"--input-size {size_arg(size)}: {args.name} takes {info.input_size} "
+                          "px inputs only (its layer sizes are fixed)")
+    if min(height, width) < info.min_size:
+        raise ImgclsError(f"--input-size {size_arg(size)}: {args.name} needs at least "
+                          f"{info.min_size} px")
     model = create_model(ModelConfig(name=args.name, in_channels=args.in_channels),
                          args.num_classes)
-    summary = summarize(model, (1, args.in_channels, size, size))
-    print(f"{args.name}: {args.num_classes} classes, {args.in_channels}x{size}x{size} input")
+    summary = summarize(model, (1, args.in_channels, height, width))
+    print(f"{args.name}: {args.num_classes} classes, {args.in_channels}x{size_text(size)} input")
     print(format_summary(summary, args.depth))
     return 0
 

@@ -53,18 +53,20 @@ def add_convert(commands: Any) -> None:
     convert.add_argument("--normalize", default="none",
                          choices=["none", "half", "imagenet", "cifar10", "cifar100"],
                          help="the normalisation the model was trained with (default none)")
-    convert.add_argument("--input-size", type=int, help="input size (default: the model's)")
+    convert.add_argument("--input-size", metavar="S",
+                         help="input size: S pixels, or HxW (default: the model's)")
     convert.set_defaults(run=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    from imgcls.config.sizes import parse_size
     from imgcls.deploy.legacy import convert
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     out = convert(
         args.source, args.output, trust_pickle=args.trust_pickle, model=args.model,
         classes=classes, num_classes=args.num_classes, normalize=args.normalize,
-        input_size=args.input_size,
+        input_size=None if args.input_size is None else parse_size(args.input_size),
     )
     print(f"wrote {out}")
     return 0

@@ -7,7 +7,18 @@ from typing import Literal
 
 from pydantic.dataclasses import dataclass
 
-from imgcls.config.fields import SECTION_CONFIG, Bool, Float, FloatList, Int, IntList, check, key
+from imgcls.config.fields import (
+    SECTION_CONFIG,
+    Bool,
+    Float,
+    FloatList,
+    ImageSizeKey,
+    Int,
+    IntList,
+    check,
+    key,
+)
+from imgcls.config.sizes import valid_size
 
 
 @dataclass(frozen=True, config=SECTION_CONFIG)
@@ -112,11 +123,13 @@ class TransformConfig:
         "digits`), `none`, `cifar` (random crop pad 4, flip), `imagenet` (random resized crop, "
         "flip; eval resize + center crop), `digits` (random crop pad 2, no flip); the keys you "
         "set win over the preset's", memory=True, photo=True)
-    image_size: Int | None = key(None, "input size (null: the model's)", ge=1, memory=True,
-                                 photo=True)
+    image_size: ImageSizeKey | None = key(
+        None, "input size, >= 1: an int (square) or `[height, width]` (e.g. `[224, 320]`; "
+        "`[n]` and `[n, n]` mean `n`) (null: the model's)", memory=True, photo=True)
     resize: Int | None = key(None, "resize the shorter side to this, then center-crop to "
                              "`image_size`", ge=1, photo=True)
-    center_crop: Bool = key(False, "eval: resize to image_size*256/224 and center-crop", photo=True)
+    center_crop: Bool = key(False, "eval: resize the shorter side to max(image_size)*256/224 "
+                            "and center-crop", photo=True)
     random_crop: Bool = key(False, "train: `RandomCrop(image_size, padding=crop_padding)`",
                             memory=True, photo=True)
     crop_padding: IntList = key([4], "1, 2 or 4 ints (left, top, right, bottom), e.g. the "
@@ -168,6 +181,8 @@ class TransformConfig:
 
     def check_rules(self) -> None:
         """The rules between keys, checked by build_config after each key's own."""
+        check(valid_size(self.image_size), "transforms.image_size", self.image_size,
+              "must be >= 1, or [height, width] of ints >= 1")
         pad = self.crop_padding
         check(len(pad) in (1, 2, 4) and min(pad) >= 0, "transforms.crop_padding", pad,
               "1, 2 or 4 non-negative ints")

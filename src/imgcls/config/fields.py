@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ConfigDict, Field, Strict
 
+from imgcls.config.sizes import config_size
 from imgcls.errors import ImgclsError, short_repr
 
 # Every section is a frozen pydantic dataclass: unknown keys, nan and inf are errors, and a number
@@ -37,6 +38,8 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 Bool = Annotated[bool, Strict()]
 IntList = Annotated[list[Int], BeforeValidator(_as_list)]
 FloatList = Annotated[list[Float], BeforeValidator(_as_list)]
+# transforms.image_size: an int (square) or [height, width]; [n] and [n, n] are read as n
+ImageSizeKey = Annotated[Int | list[Int], BeforeValidator(config_size)]
 
 
 def key(default: Any, help: str, *, infra: bool = False, memory: bool = False,  # noqa: A002

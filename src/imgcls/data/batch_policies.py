@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from imgcls.config.sizes import size_hw
 from imgcls.data import batch_policy_ops as ops
 from imgcls.data.transforms import CIFAR_PRESET_MAX_SIZE
 
@@ -218,7 +219,7 @@ def draw_policy(name: str, n: int, image_size: int | tuple[int, int],
     generator's). ``autoaugment`` picks CIFAR10's table up to 64 px (the larger side), else
     IMAGENET's, like :func:`imgcls.data.transforms.build_transform`. The keyword arguments are
     RandAugment's (``num_magnitude_bins`` TrivialAugmentWide's too)."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = size_hw(image_size)
     if name == "randaugment":
         if num_ops < 0 or not 0 <= magnitude < num_magnitude_bins:
             raise ValueError(f"need num_ops >= 0 and 0 <= magnitude < num_magnitude_bins, got "

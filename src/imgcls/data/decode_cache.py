@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
+from imgcls.config.sizes import ImageSize, saved_size, size_hw
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write
 
@@ -65,10 +66,11 @@ def source_key(dataset: Any) -> tuple[Any, Any] | None:
     return None
 
 
-def _decode(dataset: Dataset, size: int, channels: int,
+def _decode(dataset: Dataset, size: ImageSize, channels: int,
             resize: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(dataset)  # type: ignore[arg-type]
-    images = torch.empty(n, channels, size, size, dtype=torch.uint8)
+    height, width = size_hw(size)
+    images = torch.empty(n, channels, height, width, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.int64)
     mode = "L" if channels == 1 else "RGB"
     for i in range(n):
@@ -80,9 +82,9 @@ def _decode(dataset: Dataset, size: int, channels: int,
         # of the shorter side and central crop.
         if resize is not None:
             image = v2.functional.resize(image, resize, antialias=True)
-            image = v2.functional.center_crop(image, [size, size])
-        elif tuple(v2.functional.get_size(image)) != (size, size):
-            image = v2.functional.resize(image, [size, size], antialias=True)
+            image = v2.functional.center_crop(image, [height, width])
+        elif tuple(v2.functional.get_size(image)) != (height, width):
+            image = v2.functional.resize(image, [height, width], antialias=True)
         tensor = v2.functional.to_image(image)
         if tensor.dtype != torch.uint8 or tensor.shape[0] != channels:
             raise ImgclsError(
@@ -96,16 +98,16 @@ def _decode(dataset: Dataset, size: int, channels: int,
 
 def decode_to_tensor(
     dataset: Dataset,
-    size: int,
+    size: ImageSize,
     *,
     channels: int = 3,
     cache_dir: str | Path | None = None,
     resize: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode a map-style dataset of ``(PIL image, label)`` into ``(uint8 [N, C, size, size],
-    int64 [N])``, resizing (antialiased bilinear) images that are not ``size`` x ``size``; with
-    ``resize``, the evaluation's geometry instead: the shorter side resized to ``resize``, then
-    the central ``size`` x ``size`` crop.
+    """Decode a map-style dataset of ``(PIL image, label)`` into ``(uint8 [N, C, H, W], int64
+    [N])`` at ``size`` (an int: square; or ``(H, W)``), resizing (antialiased bilinear) images
+    of another size; with ``resize``, the evaluation's geometry instead: the shorter side
+    resized to ``resize``, then the central H x W crop.
 
     With ``cache_dir`` the result is saved there (atomically) as ``<key>.pt`` and reused while
     the sources are unchanged: file paths, sizes and mtimes for datasets with ``samples``, the
@@ -115,7 +117,8 @@ def decode_to_tensor(
     key = source_key(dataset) if cache_dir is not None else None
     if key is None or cache_dir is None:
         return _decode(dataset, size, channels, resize)
-    shape = [size, channels] + ([resize] if resize is not None else [])  # old names still hit
+    # old names still hit: a square size stays the int it was
+    shape = [saved_size(size), channels] + ([resize] if resize is not None else [])
     identity, fingerprint = _digest([key[0], *shape]), _digest([key[1], *shape])
     path = Path(cache_dir) / f"decoded-{identity[:24]}.pt"
     if path.exists():

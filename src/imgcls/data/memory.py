@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from imgcls.config import KEYS, MEMORY_TRANSFORM_KEYS, TransformConfig, choices
+from imgcls.config.sizes import ImageSize
 from imgcls.data.batch_ops import (
     PAD_MODES,
     Cropper,
@@ -52,7 +53,7 @@ DEVICE_CHUNK = 8192  # elsewhere: few kernel launches per epoch
 
 
 def unsupported_transforms(
-    cfg: TransformConfig, image_size: int, in_channels: int = 3,
+    cfg: TransformConfig, image_size: ImageSize, in_channels: int = 3,
     explicit: Collection[str] | None = None,
 ) -> list[str]:
     """The config keys (after the preset is applied; ``explicit`` as :func:`apply_preset`'s)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from imgcls.config import KEYS, PHOTO_TRANSFORM_KEYS, TransformConfig
+from imgcls.config.sizes import ImageSize, size_hw
 from imgcls.data.batch_ops import apply_cutout, apply_erasing, draw_cutout, draw_erasing, draw_flips
 from imgcls.data.batch_policies import apply_policy, draw_policy
 from imgcls.data.epoch_batches import EpochBatches
@@ -38,7 +40,7 @@ from imgcls.data.transforms import apply_preset
 from imgcls.runtime import augmentation_seed, stream_seed
 
 
-def photo_unsupported(cfg: TransformConfig, image_size: int, in_channels: int = 3,
+def photo_unsupported(cfg: TransformConfig, image_size: ImageSize, in_channels: int = 3,
                       explicit: Collection[str] | None = None) -> list[str]:
     """The config keys (after the preset is applied) :class:`PhotoLoader` cannot reproduce;
     empty when it can train this run. An allow-list, as the memory loader's: it needs the
@@ -78,7 +80,8 @@ class PhotoAugmentation:
 
 
 class PhotoLoader(EpochBatches):
-    """Training batches of ``image_size`` x ``image_size`` crops of a :class:`PhotoStore`, on
+    """Training batches of ``image_size`` crops (an int: square; or ``(H, W)``) of a
+    :class:`PhotoStore`, on
     ``device``, normalised by ``mean_std``; order and sharding as :class:`EpochBatches`.
 
     >>> import numpy as np
@@ -88,7 +91,7 @@ class PhotoLoader(EpochBatches):
     [(3, 3, 16, 16), (1, 3, 16, 16)]
     """
 
-    def __init__(self, store: PhotoStore, *, image_size: int, batch_size: int,
+    def __init__(self, store: PhotoStore, *, image_size: ImageSize, batch_size: int,
                  shuffle: bool = True, drop_last: bool = False, seed: int = 0,
                  device: torch.device | str = "cpu",
                  mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
@@ -99,7 +102,7 @@ class PhotoLoader(EpochBatches):
                          num_replicas=num_replicas, rank=rank, sampler=sampler,
                          device=torch.device(device))
         self.store = store
-        self.image_size = (image_size, image_size)
+        self.image_size = size_hw(image_size)
         self.augment = augment or PhotoAugmentation()
         self.labels = store.labels
         self._set_normalization(mean_std, store.channels)
@@ -136,9 +139,21 @@ class PhotoLoader(EpochBatches):
         order = self.indices()
         draws = self._draw(order)
         used = min(len(order), len(self) * self.batch_size)  # drop_last leaves a tail
-        for start in range(self._take_first_batch(), used, self.batch_size):
+        starts = range(self._take_first_batch(), used, self.batch_size)
+
+        def make(start: int) -> tuple[torch.Tensor, torch.Tensor]:
             stop = min(start + self.batch_size, used)
-            yield self._batch(order[start:stop], draws, start, stop)
+            return self._batch(order[start:stop], draws, start, stop)
+
+        # The next batch is cut and resampled in a thread while the model trains on this one
+        # (the page-cache reads and the copies leave a core idle otherwise). Each batch is a pure
+        # function of the epoch's draws, so the thread changes when it is made, never what.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(make, starts[0]) if starts else None
+            for later in [*starts[1:], None]:
+                batch = pending.result()  # type: ignore[union-attr]
+                pending = pool.submit(make, later) if later is not None else None
+                yield batch
 
     def _batch(self, idx: torch.Tensor, draws: dict[str, torch.Tensor], start: int,
                stop: int) -> tuple[torch.Tensor, torch.Tensor]:

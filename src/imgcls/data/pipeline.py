@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from imgcls import runtime
 from imgcls.config import Config
+from imgcls.config.sizes import ImageSize, image_size, saved_size, size_hw
 from imgcls.data.decode_cache import decode_to_tensor
 from imgcls.data.digits import NAME as DIGITS
 from imgcls.data.loaders import BatchLoader, EpochLoader, TransformedDataset, shard
@@ -44,9 +45,10 @@ from imgcls.tracking import echo
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What every image becomes before the model: its size and its normalisation."""
+    """What every image becomes before the model: its size (an int: square, else (H, W)) and its
+    normalisation."""
 
-    image_size: int
+    image_size: ImageSize
     mean_std: tuple[list[float], list[float]] | None
     note: str | None = None  # how the statistics were obtained, when it is news to the user
 
@@ -104,10 +106,10 @@ def resolve_preprocessing(cfg: Config, data: DataSplit, *, cache: bool = True) -
     files), they are computed from the training part once (cached with the decoded images,
     unless ``cache`` is false: a dry run writes nothing)."""
     info = get_model_info(cfg.model.name, cfg.model.pretrained)
-    size = cfg.transforms.image_size or info.input_size
-    if info.fixed_size and size != info.input_size:
+    size = image_size(cfg.transforms.image_size or info.input_size)
+    if info.fixed_size and size_hw(size) != size_hw(info.input_size):
         raise ImgclsError(
-            f"transforms.image_size={size} does not suit {cfg.model.name}, which takes "
+            f"transforms.image_size={saved_size(size)} does not suit {cfg.model.name}, which takes "
             f"{info.input_size}x{info.input_size} images only"
         )
     stats, note = data.mean_std, None
@@ -128,9 +130,9 @@ def resolve_preprocessing(cfg: Config, data: DataSplit, *, cache: bool = True) -
     return Preprocessing(size, mean_std, note)
 
 
-def dataset_mean_std(dataset: Dataset, size: int, cache: Path | None,
+def dataset_mean_std(dataset: Dataset, size: ImageSize, cache: Path | None,
                      limit: int = STATS_IMAGES) -> tuple[tuple[list[float], list[float]], int]:
-    """Per-channel mean and std of ``dataset``'s images in [0, 1] at ``size`` x ``size`` (a
+    """Per-channel mean and std of ``dataset``'s images in [0, 1] at ``size`` (H x W) (a
     seeded sample of ``limit`` images when larger), and how many images they came from."""
     n = len(dataset)  # type: ignore[arg-type]
     if n > limit:
@@ -155,7 +157,8 @@ def cache_dir(cfg: Config) -> Path:
 
 def decoded_bytes(cfg: Config, images: int, prep: Preprocessing) -> int:
     """Device memory the decoded uint8 images take."""
-    return images * cfg.model.in_channels * prep.image_size**2
+    height, width = size_hw(prep.image_size)
+    return images * cfg.model.in_channels * height * width
 
 
 def eval_batch_size(cfg: Config) -> int:
@@ -199,8 +202,9 @@ def keep_a_lone_partial_batch(cfg: Config, train_images: int, world_size: int) -
 
 
 def photo_side(cfg: Config, prep: Preprocessing) -> int:
-    """The photo cache's shorter side: ``data.cache_side``, else the evaluation resize."""
-    return cfg.data.cache_side or round(prep.image_size * 256 / 224)
+    """The photo cache's shorter side: ``data.cache_side``, else the evaluation resize (of the
+    longer side of the input size)."""
+    return cfg.data.cache_side or round(max(size_hw(prep.image_size)) * 256 / 224)
 
 
 def choose_loader(cfg: Config, data: DataSplit, prep: Preprocessing) -> LoaderKind:

@@ -14,6 +14,7 @@ import torch
 from torchvision.transforms import v2
 
 from imgcls.config import TransformConfig
+from imgcls.config.sizes import ImageSize, size_hw
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -31,15 +32,15 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-def resolved_preset(preset: str, image_size: int) -> str:
+def resolved_preset(preset: str, image_size: ImageSize) -> str:
     """``transforms.preset`` as a run uses it: ``auto`` is ``cifar`` for small inputs (up to 64
-    pixels) and ``imagenet`` for larger ones."""
+    pixels on the longer side) and ``imagenet`` for larger ones."""
     if preset == "auto":
-        return "cifar" if image_size <= CIFAR_PRESET_MAX_SIZE else "imagenet"
+        return "cifar" if max(size_hw(image_size)) <= CIFAR_PRESET_MAX_SIZE else "imagenet"
     return preset
 
 
-def apply_preset(cfg: TransformConfig, image_size: int,
+def apply_preset(cfg: TransformConfig, image_size: ImageSize,
                  explicit: Collection[str] | None = None) -> TransformConfig:
     """Fill in the preset's augmentations wherever the user did not set the key.
 
@@ -96,16 +97,16 @@ def _channels(values: Sequence[float], in_channels: int) -> list[float]:
 
 
 class ResizeIfNeeded(torch.nn.Module):
-    """Resize to ``size`` x ``size``, passing through images that already have that size (a folder
-    of CIFAR-sized images pays nothing)."""
+    """Resize to ``size`` (H x W; an int: square), passing through images that already have that
+    size (a folder of CIFAR-sized images pays nothing)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: ImageSize) -> None:
         super().__init__()
-        self.size = size
-        self.resize = v2.Resize((size, size), antialias=True)
+        self.size = size_hw(size)
+        self.resize = v2.Resize(self.size, antialias=True)
 
     def forward(self, image: Any) -> Any:
-        if tuple(v2.functional.get_size(image)) == (self.size, self.size):
+        if tuple(v2.functional.get_size(image)) == self.size:
             return image
         return self.resize(image)
 
@@ -128,31 +129,34 @@ class Cutout(torch.nn.Module):
         return image
 
 
-def eval_resize(cfg: TransformConfig, size: int) -> int | None:
+def eval_resize(cfg: TransformConfig, size: ImageSize) -> int | None:
     """The shorter side evaluation resizes images to before the central ``size`` crop
-    (``transforms.resize``, or ImageNet's ``size * 256/224`` with ``center_crop``); None: images
-    are resized to ``size`` x ``size`` when they differ (the preset already applied)."""
+    (``transforms.resize``, or ImageNet's ``max(H, W) * 256/224`` with ``center_crop``: the crop
+    then fits either way round); None: images are resized to ``size`` when they differ (the
+    preset already applied)."""
     if cfg.resize is not None:
         return cfg.resize
-    return round(size * 256 / 224) if cfg.center_crop else None
+    return round(max(size_hw(size)) * 256 / 224) if cfg.center_crop else None
 
 
-def _geometry(cfg: TransformConfig, train: bool, size: int,
+def _geometry(cfg: TransformConfig, train: bool, image_size: ImageSize,
               native_size: int | None) -> list[torch.nn.Module]:
-    """Resizing and cropping to ``size`` x ``size``: a random resized crop, a resize with a
+    """Resizing and cropping to ``image_size`` (H x W): a random resized crop, a resize with a
     central crop, or a resize when needed followed by the random crop."""
+    size = size_hw(image_size)
+    native = size_hw(native_size) if native_size is not None else None
     if train and cfg.random_resized_crop:
         return [v2.RandomResizedCrop(size, antialias=True)]
     steps: list[torch.nn.Module] = []
     if cfg.resize is not None:
         steps += [v2.Resize(cfg.resize, antialias=True), v2.CenterCrop(size)]
     elif train and cfg.random_crop:
-        if native_size != size:
+        if native != size:
             steps.append(ResizeIfNeeded(size))
     elif cfg.center_crop and not train:
-        # ImageNet-style evaluation: shorter side to size * 256/224, then the central crop.
+        # ImageNet-style evaluation: shorter side to max(H, W) * 256/224, then the central crop.
         steps += [v2.Resize(eval_resize(cfg, size), antialias=True), v2.CenterCrop(size)]
-    elif native_size != size:
+    elif native != size:
         steps.append(ResizeIfNeeded(size))
     if train and cfg.random_crop:
         padding = list(cfg.crop_padding)
@@ -161,7 +165,7 @@ def _geometry(cfg: TransformConfig, train: bool, size: int,
     return steps
 
 
-def _train_augmentation(cfg: TransformConfig, size: int) -> list[torch.nn.Module]:
+def _train_augmentation(cfg: TransformConfig, size: ImageSize) -> list[torch.nn.Module]:
     """The training-only flips, rotations, affine warps, colour changes and the augmentation
     policy, in that order."""
     steps: list[torch.nn.Module] = []
@@ -187,14 +191,14 @@ def _train_augmentation(cfg: TransformConfig, size: int) -> list[torch.nn.Module
     return steps + _policy(cfg.auto_augment, size)
 
 
-def _policy(name: str, size: int) -> list[torch.nn.Module]:
+def _policy(name: str, size: ImageSize) -> list[torch.nn.Module]:
     """``transforms.auto_augment``: torchvision's policy (on the uint8 image, as they expect)."""
     if name == "randaugment":
         return [v2.RandAugment()]
     if name == "trivialaugment":
         return [v2.TrivialAugmentWide()]
     if name == "autoaugment":  # the policy searched on data of this size
-        small = size <= CIFAR_PRESET_MAX_SIZE
+        small = max(size_hw(size)) <= CIFAR_PRESET_MAX_SIZE
         policy = v2.AutoAugmentPolicy.CIFAR10 if small else v2.AutoAugmentPolicy.IMAGENET
         return [v2.AutoAugment(policy)]
     return []
@@ -204,7 +208,7 @@ def build_transform(
     cfg: TransformConfig,
     *,
     train: bool,
-    image_size: int,
+    image_size: ImageSize,
     native_size: int | None = None,
     mean_std: tuple[list[float], list[float]] | None = None,
     in_channels: int = 3,
@@ -212,8 +216,9 @@ def build_transform(
 ) -> v2.Compose:
     """The transform for one split.
 
-    ``native_size`` is the size every source image already has (CIFAR: 32); when it equals
-    ``image_size`` no resize is added. ``explicit``: as :func:`apply_preset`'s.
+    ``image_size``: an int (square) or ``(height, width)``. ``native_size`` is the size every
+    source image already has (CIFAR: 32); when it equals ``image_size`` no resize is added.
+    ``explicit``: as :func:`apply_preset`'s.
 
     >>> t = build_transform(TransformConfig(), train=False, image_size=32)
     >>> t(torch.zeros(3, 40, 50, dtype=torch.uint8)).shape

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 
 from imgcls import runtime
 from imgcls.config import Config, build_config, from_saved
+from imgcls.config.sizes import ImageSize, image_size
 from imgcls.data.transforms import build_transform
 from imgcls.deploy.legacy import read_any_checkpoint
 from imgcls.errors import ImgclsError
@@ -29,7 +30,7 @@ from imgcls.tracking import echo
 class LoadedModel:
     model: nn.Module  # in eval mode, on ``device``
     classes: list[str]
-    input_size: int
+    input_size: ImageSize  # an int when square, else (height, width)
     mean_std: tuple[list[float], list[float]] | None
     config: Config
     record: CheckpointRecord  # what the checkpoint holds (epoch, metrics, provenance, ...)
@@ -104,6 +105,6 @@ def load_model(
     # one image of the recorded size: a size or head that does not fit is one line, here
     record.check_model(model, path, torch_device)
     return LoadedModel(
-        model=model, classes=list(record.classes), input_size=int(record.input_size),
+        model=model, classes=list(record.classes), input_size=image_size(record.input_size),
         mean_std=record.mean_std, config=cfg, record=record, device=torch_device, path=path,
     )

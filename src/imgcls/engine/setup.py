@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from imgcls import runtime
 from imgcls.config import Config, build_config, from_saved, imbalance_handled, load_yaml
+from imgcls.config.sizes import size_hw, size_text
 from imgcls.data import DataSplit, create_datasets, from_dataset
 from imgcls.data.pipeline import (
     Preprocessing,
@@ -212,8 +213,8 @@ def prepare_run(cfg: Config, data: DataSplit, *, device: torch.device,
 def describe_adaptation(data: DataSplit, prep: Preprocessing, cfg: Config) -> str:
     """How the images are adapted to the model, when they are (the digits' 8x8 greyscale)."""
     size = data.native_size
-    resized = f", resized from {size}x{size} to {prep.image_size}x{prep.image_size}" if (
-        size is not None and size != prep.image_size) else ""
+    resized = f", resized from {size}x{size} to {size_text(prep.image_size)}" if (
+        size is not None and size_hw(size) != size_hw(prep.image_size)) else ""
     grey = ", greyscale repeated to 3 channels" if (
         cfg.data.source.strip().lower() == "digits" and cfg.model.in_channels == 3) else ""
     return resized + grey

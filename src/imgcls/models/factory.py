@@ -20,6 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from imgcls.config import ModelConfig, choices
+from imgcls.config.sizes import ImageSize, size_hw
 from imgcls.errors import ImgclsError, short_repr
 
 # Importing the model modules registers their models (the seed CNNs first: cifar_resnets imports
@@ -57,15 +58,15 @@ class ModelInfo:
     # transforms.normalize=auto uses; None: default_normalize decides.
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
-    def check_size(self, size: int, option: str) -> None:
-        """An ImgclsError when ``size`` pixel inputs do not suit the model; ``option`` is the
-        setting as the message names it (``"--input-size 64"``)."""
-        if self.fixed_size and size != self.input_size:
+    def check_size(self, size: ImageSize, option: str) -> None:
+        """An ImgclsError when ``size`` pixel inputs (an int: square; or ``(H, W)``) do not suit
+        the model; ``option`` is the setting as the message names it (``"--input-size 64"``)."""
+        if self.fixed_size and size_hw(size) != size_hw(self.input_size):
             raise ImgclsError(
                 f"{option} does not suit {self.name}, which takes "
                 f"{self.input_size}x{self.input_size} images only"
             )
-        if size < self.min_size:
+        if min(size_hw(size)) < self.min_size:
             raise ImgclsError(f"{option}: {self.name} needs at least {self.min_size}")
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgcls.config.sizes import ImageSize, size_hw
 from imgcls.errors import ImgclsError, first_line, short_repr
 from imgcls.models import torchvision_models as tvm
 from imgcls.tracking import echo
@@ -222,11 +223,12 @@ def _fit_head(model: nn.Module, name: str, num_classes: int, quiet: bool) -> Non
              "takes no num_classes argument)")
 
 
-def channels_last_works(name: str, in_channels: int, size: int, kwargs: dict[str, Any]) -> bool:
+def channels_last_works(name: str, in_channels: int, size: ImageSize,
+                        kwargs: dict[str, Any]) -> bool:
     """Whether the class runs on channels-last activations (``train.channels_last``): code that
     flattens with ``x.view(...)``, as the tutorials' ``Net`` does, fails on them."""
     model = build(name, 2, in_channels, kwargs, quiet=True).eval()
-    x = torch.zeros(2, in_channels, size, size).to(memory_format=torch.channels_last)
+    x = torch.zeros(2, in_channels, *size_hw(size)).to(memory_format=torch.channels_last)
     try:
         with torch.no_grad():
             model.to(memory_format=torch.channels_last)(x)

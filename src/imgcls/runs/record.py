@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 import imgcls
+from imgcls.config.sizes import size_hw, size_text
 from imgcls.errors import ImgclsError, first_line, short_repr
 from imgcls.runs.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 
@@ -40,7 +41,7 @@ class CheckpointRecord:
     model: dict[str, torch.Tensor]  # the unwrapped model's state_dict
     config: dict[str, Any]  # Config.to_dict() of the run
     classes: list[str]
-    input_size: int
+    input_size: int | list[int]  # an int when square (as always), else [height, width]
     in_channels: int = 3
     mean: list[float] | None = None  # normalisation of the evaluation transform (None: [0, 1])
     std: list[float] | None = None
@@ -136,7 +137,11 @@ class CheckpointRecord:
             seen.add(name)
         for key in ("input_size", "in_channels"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if key == "input_size" and isinstance(value, (list, tuple)):
+                if len(value) != 2 or not all(_positive_int(v) for v in value):
+                    raise ImgclsError(f"{where}: input_size must be a positive whole number or "
+                                      f"[height, width] of them, got {short_repr(value)}")
+            elif not _positive_int(value):
                 raise ImgclsError(f"{where}: {key} must be a positive whole number, got "
                                   f"{short_repr(value)}")
         configured = _model_config(self.config).get("in_channels", self.in_channels)
@@ -171,8 +176,8 @@ class CheckpointRecord:
         each module's mode put back after): a model that cannot take that size, or that gives
         another number of scores than there are classes, is a one-line error here instead of a
         shape traceback (or scores for the wrong classes) on the first real batch."""
-        shape = (1, self.in_channels, self.input_size, self.input_size)
-        size = "x".join(str(n) for n in shape)
+        shape = (1, self.in_channels, *size_hw(self.input_size))
+        size = f"1x{self.in_channels}x{size_text(self.input_size)}"
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
         try:
@@ -215,6 +220,10 @@ class CheckpointRecord:
             f"{path} holds weights only{origin} and cannot be resumed; start a new run from it "
             f"with model.pretrained={path}"
         )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _model_config(config: Any) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 The exported graph takes what the evaluation pass of training fed the model:
 
 * default: float32 ``[N, C, S, S]`` images that are already resized, scaled to [0, 1] and
-  normalised with the checkpoint's mean/std (``S`` = the checkpoint's input size, ``N`` dynamic);
-  it returns logits ``[N, classes]``.
+  normalised with the checkpoint's mean/std (``S`` = the checkpoint's input size, ``N`` dynamic;
+  a non-square input size ``[H, W]`` gives ``[N, C, H, W]``); it returns logits ``[N, classes]``.
 * ``include_preprocess=True``: uint8 ``[N, C, H, W]`` images (RGB, or grey when the model takes
   one channel), any ``H``/``W`` of at least 2 pixels, ``N``, ``H`` and ``W`` dynamic. Inside the
   graph a small wrapper resizes them to ``S x S`` (bilinear, ``antialias=False``), scales to
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from imgcls.config.sizes import size_hw
 from imgcls.deploy.export.checks import TOLERANCE, ExportReport, _per_channel, _sidecar, _verify
 from imgcls.deploy.export.graph import (
     EXPORT_BATCH,
@@ -116,14 +117,14 @@ def export_checkpoint(
 def _export_and_verify(loaded: LoadedModel, fmt: str, path: Path,
                        include_preprocess: bool) -> ExportReport:
     """Write ``path`` in ``fmt`` from the loaded model and compare the file with the model."""
-    size = loaded.input_size
+    height, width = size = size_hw(loaded.input_size)
     channels = loaded.config.model.in_channels
     spec = _input_spec(channels, size, include_preprocess)
     module: nn.Module = loaded.model
     if include_preprocess:
         module = Preprocess(loaded.model, size, loaded.mean_std, channels).eval()
-    # Non-square for the preprocessing graph, so that H and W stay two separate dimensions.
-    example = _random_input(spec, EXPORT_BATCH, size, size + 1 if include_preprocess else size,
+    # Another shape for the preprocessing graph, so that H and W stay two separate dimensions.
+    example = _random_input(spec, EXPORT_BATCH, height, width + 1 if include_preprocess else width,
                             torch.Generator().manual_seed(VERIFY_SEED + 1))
 
     extra: list[Path] = []
@@ -138,7 +139,7 @@ def _export_and_verify(loaded: LoadedModel, fmt: str, path: Path,
     diffs = _verify(module, run, spec, size)
     if include_preprocess:
         notes.append(
-            f"images at {size} x {size} match training's evaluation; other sizes are resized "
+            f"images at {height} x {width} match training's evaluation; other sizes are resized "
             "in the graph without antialiasing (training's resize was antialiased)"
         )
     return ExportReport(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import imgcls
+from imgcls.config.sizes import saved_size, size_hw
 from imgcls.data.transforms import _channels
 from imgcls.deploy.export.graph import (
     OUTPUT_NAME,
@@ -80,15 +81,16 @@ class ExportReport:
 
 
 def _verify(module: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], spec: _InputSpec,
-            size: int) -> dict[str, float]:
-    """Max |file - eager| per seeded random input. With the preprocessing in the graph, the
-    second input is also a different, non-square size, so the dynamic H and W are exercised."""
+            size: tuple[int, int]) -> dict[str, float]:
+    """Max |file - eager| per seeded random input at ``size`` (H, W). With the preprocessing in
+    the graph, the second input has another shape, so the dynamic H and W are exercised."""
     generator = torch.Generator().manual_seed(VERIFY_SEED)
-    shapes = [(VERIFY_BATCHES[0], size, size)]
+    height, width = size
+    shapes = [(VERIFY_BATCHES[0], height, width)]
     if spec.dtype == torch.uint8:
-        shapes.append((VERIFY_BATCHES[1], 2 * size + 1, size + 5))
+        shapes.append((VERIFY_BATCHES[1], 2 * height + 1, width + 5))
     else:
-        shapes.append((VERIFY_BATCHES[1], size, size))
+        shapes.append((VERIFY_BATCHES[1], height, width))
     diffs: dict[str, float] = {}
     for batch, height, width in shapes:
         x = _random_input(spec, batch, height, width, generator)
@@ -126,8 +128,9 @@ def _per_channel(mean_std: tuple[list[float], list[float]] | None,
 def _sidecar(loaded: LoadedModel, report: ExportReport, versions: dict[str, str]) -> dict:
     mean, std = report.mean_std if report.mean_std is not None else (None, None)
     if report.include_preprocess:
+        height, width = size_hw(loaded.input_size)
         preprocess = (f"in the graph: bilinear resize (antialias=False) of any H x W to "
-                      f"{loaded.input_size} x {loaded.input_size}, /255, then mean/std")
+                      f"{height} x {width}, /255, then mean/std")
     else:
         preprocess = ("not in the graph: resize to input_size as training's evaluation does, "
                       "scale to [0, 1], then (x - mean) / std (skip that when mean is null)")
@@ -135,7 +138,7 @@ def _sidecar(loaded: LoadedModel, report: ExportReport, versions: dict[str, str]
         "format": report.format,
         "file": report.path.name,
         "classes": loaded.classes,
-        "input_size": loaded.input_size,
+        "input_size": saved_size(loaded.input_size),  # an int when square, else [H, W]
         "input_name": report.input_name,
         "output_name": OUTPUT_NAME,
         "input_dtype": report.input_dtype,

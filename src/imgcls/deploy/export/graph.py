@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcls.config.sizes import ImageSize, size_hw
 from imgcls.data.transforms import _channels
 
 INPUT_NAME = "images"
@@ -18,7 +19,8 @@ VERIFY_BATCHES = (3, 1)  # neither is EXPORT_BATCH, so a baked-in batch size can
 VERIFY_SEED = 0
 
 class Preprocess(nn.Module):
-    """uint8 ``[N, C, H, W]`` images -> resize to ``size`` -> [0, 1] -> normalise -> ``model``.
+    """uint8 ``[N, C, H, W]`` images -> resize to ``size`` (H, W) -> [0, 1] -> normalise ->
+    ``model``.
 
     The arithmetic mirrors the evaluation transform (``v2.ToDtype(scale=True)`` multiplies by
     1/255, ``v2.Normalize`` subtracts the mean then divides by the std) so that the exported
@@ -26,12 +28,12 @@ class Preprocess(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, size: int, mean_std: tuple[list[float], list[float]] | None,
-        in_channels: int = 3,
+        self, model: nn.Module, size: ImageSize,
+        mean_std: tuple[list[float], list[float]] | None, in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.model = model
-        self.size = size
+        self.size = size_hw(size)
         self.normalize = mean_std is not None
         mean, std = mean_std if mean_std is not None else ([0.0], [1.0])
         shape = (1, -1, 1, 1)
@@ -42,7 +44,7 @@ class Preprocess(nn.Module):
         x = images.to(torch.float32)
         # Always resize, even to the same size (then it is the identity): a Python branch on the
         # input shape would be frozen into a traced graph at the example's size.
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+        x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
                           antialias=False)
         x = x * (1.0 / 255.0)
         if self.normalize:
@@ -64,11 +66,11 @@ class _InputSpec:
         return f"{self.dtype_name} [{', '.join(str(d) for d in self.shape)}]"
 
 
-def _input_spec(channels: int, size: int, include_preprocess: bool) -> _InputSpec:
+def _input_spec(channels: int, size: ImageSize, include_preprocess: bool) -> _InputSpec:
     if include_preprocess:
         return _InputSpec(torch.uint8, ["N", channels, "H", "W"],
                           {0: "batch", 2: "height", 3: "width"})
-    return _InputSpec(torch.float32, ["N", channels, size, size], {0: "batch"})
+    return _InputSpec(torch.float32, ["N", channels, *size_hw(size)], {0: "batch"})
 
 
 def _random_input(spec: _InputSpec, batch: int, height: int, width: int,

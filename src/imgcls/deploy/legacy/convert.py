@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from imgcls.config.sizes import ImageSize
 from imgcls.deploy.legacy.pickles import read_source
 from imgcls.deploy.legacy.records import check_options, make_record
 from imgcls.errors import ImgclsError
@@ -28,7 +29,7 @@ def convert(
     classes: Sequence[str] | None = None,
     num_classes: int | None = None,
     normalize: str = "none",
-    input_size: int | None = None,
+    input_size: ImageSize | None = None,
 ) -> Path:
     """Write ``source`` (a state_dict file, or with ``trust_pickle`` a whole-model pickle) as a
     safe imgcls checkpoint; returns its path (default: beside ``source``, ``NAME.imgcls.pt``).

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from imgcls.config import ModelConfig, TransformConfig, build_config
+from imgcls.config.sizes import ImageSize, image_size, saved_size, size_arg, size_hw
 from imgcls.data.cifar import MEAN_STD as CIFAR_MEAN_STD
 from imgcls.data.transforms import resolve_normalization
 from imgcls.deploy.legacy.pickles import TUTORIAL_CLASSES
@@ -153,7 +154,7 @@ def _recognise(
 
 def check_options(
     classes: Sequence[str] | None, num_classes: int | None, normalize: str,
-    input_size: int | None,
+    input_size: ImageSize | None,
 ) -> None:
     """Refuse impossible options before reading (or unpickling) anything."""
     if normalize not in NORMALIZE_CHOICES:
@@ -172,8 +173,8 @@ def check_options(
             )
     if num_classes is not None and num_classes < 1:
         raise ImgclsError(f"--num-classes {num_classes}: must be at least 1")
-    if input_size is not None and input_size < 1:
-        raise ImgclsError(f"--input-size {input_size}: must be at least 1")
+    if input_size is not None and min(size_hw(input_size)) < 1:
+        raise ImgclsError(f"--input-size {size_arg(input_size)}: must be at least 1")
 
 
 def make_record(
@@ -185,15 +186,15 @@ def make_record(
     classes: Sequence[str] | None = None,
     num_classes: int | None = None,
     normalize: str = "none",
-    input_size: int | None = None,
+    input_size: ImageSize | None = None,
 ) -> CheckpointRecord:
     """The checkpoint ``inference.load_model`` needs (no optimiser: not resumable)."""
     check_options(classes, num_classes, normalize, input_size)
     arch, state = _recognise(state, hint, model, source)
     names = _class_names(arch, source, classes, num_classes)
     info = get_model_info(arch.name, "")
-    size = input_size or info.input_size
-    info.check_size(size, f"--input-size {size}")
+    size = image_size(input_size or info.input_size)
+    info.check_size(size, f"--input-size {size_arg(size)}")
     mean_std = _mean_std(normalize)
     # Unknown: how long it was trained. No optimizer, scheduler or rng: a converted checkpoint
     # cannot be resumed, only evaluated, used or fine-tuned from.
@@ -201,7 +202,7 @@ def make_record(
         model=state,
         config=build_config(overrides=_overrides(arch, normalize, mean_std, input_size)).to_dict(),
         classes=names,
-        input_size=size,
+        input_size=saved_size(size),
         in_channels=arch.in_channels,
         mean=mean_std[0] if mean_std else None,
         std=mean_std[1] if mean_std else None,
@@ -227,7 +228,7 @@ def _class_names(arch: _Arch, source: Path, classes: Sequence[str] | None,
 
 
 def _overrides(arch: _Arch, normalize: str, mean_std: tuple[list[float], list[float]] | None,
-               input_size: int | None) -> dict[str, Any]:
+               input_size: ImageSize | None) -> dict[str, Any]:
     """The config keys a converted checkpoint records."""
     overrides: dict[str, Any] = {
         "model.name": arch.name,
@@ -239,5 +240,5 @@ def _overrides(arch: _Arch, normalize: str, mean_std: tuple[list[float], list[fl
     if normalize.startswith("cifar") and mean_std is not None:
         overrides["transforms.mean"], overrides["transforms.std"] = mean_std
     if input_size is not None:
-        overrides["transforms.image_size"] = input_size
+        overrides["transforms.image_size"] = saved_size(input_size)
     return overrides
