@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -139,21 +138,11 @@ class PhotoLoader(EpochBatches):
         order = self.indices()
         draws = self._draw(order)
         used = min(len(order), len(self) * self.batch_size)  # drop_last leaves a tail
-        starts = range(self._take_first_batch(), used, self.batch_size)
-
-        def make(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for start in range(self._take_first_batch(), used, self.batch_size):
             stop = min(start + self.batch_size, used)
-            return self._batch(order[start:stop], draws, start, stop)
-
-        # The next batch is cut and resampled in a thread while the model trains on this one
-        # (the page-cache reads and the copies leave a core idle otherwise). Each batch is a pure
-        # function of the epoch's draws, so the thread changes when it is made, never what.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(make, starts[0]) if starts else None
-            for later in [*starts[1:], None]:
-                batch = pending.result()  # type: ignore[union-attr]
-                pending = pool.submit(make, later) if later is not None else None
-                yield batch
+            # made when asked for: with a thread preparing the next batch beside the model's two
+            # intra-op threads, resnet18 at 128 px in bf16 ran about 10% slower on 2 cores
+            yield self._batch(order[start:stop], draws, start, stop)
 
     def _batch(self, idx: torch.Tensor, draws: dict[str, torch.Tensor], start: int,
                stop: int) -> tuple[torch.Tensor, torch.Tensor]:
