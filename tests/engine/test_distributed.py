@@ -51,6 +51,17 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def _train_unbroken_and_resumed(common: list[str], runs: Path) -> subprocess.CompletedProcess:
+    """Two 2-process runs of ``common``: 2 epochs unbroken, and 1 epoch then resumed to 2; their
+    weights must be bit-identical. Returns the unbroken run's process."""
+    unbroken = _torchrun([*common, "--name", "unbroken", "--epochs", "2"])
+    _ok(unbroken)
+    _ok(_torchrun([*common, "--name", "resumed", "--epochs", "1"]))
+    _ok(_torchrun(["--resume", str(runs / "resumed"), "train.epochs=2"]))
+    _assert_same_weights(runs / "unbroken", runs / "resumed", tol=0)
+    return unbroken
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -203,10 +214,7 @@ def test_two_process_resume_continues_exactly(tmp_path, make_image_folder):
     common = ["--data", str(data), "--output", str(runs), *FAST, "sched.name=none",
               "transforms.preset=cifar", "data.loader=dataloader", "loader.num_workers=0",
               "train.deterministic=true"]
-    _ok(_torchrun([*common, "--name", "unbroken", "--epochs", "2"]))
-    _ok(_torchrun([*common, "--name", "resumed", "--epochs", "1"]))
-    _ok(_torchrun(["--resume", str(runs / "resumed"), "train.epochs=2"]))
-    _assert_same_weights(runs / "unbroken", runs / "resumed", tol=0)
+    _train_unbroken_and_resumed(common, runs)
     rows = _metrics(runs / "unbroken"), _metrics(runs / "resumed")
     assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
 
@@ -222,10 +230,7 @@ def test_two_processes_mix_batches_and_resume_exactly(tmp_path, make_image_folde
               "data.loader=memory", "train.deterministic=true", "transforms.mixup=0.4",
               "transforms.cutmix=1.0", "transforms.random_erasing=0.5",
               "optim.class_weights=auto"]
-    _ok(_torchrun([*common, "--name", "unbroken", "--epochs", "2"]))
-    _ok(_torchrun([*common, "--name", "resumed", "--epochs", "1"]))
-    _ok(_torchrun(["--resume", str(runs / "resumed"), "train.epochs=2"]))
-    _assert_same_weights(runs / "unbroken", runs / "resumed", tol=0)
+    _train_unbroken_and_resumed(common, runs)
 
 
 @pytest.mark.slow
@@ -290,11 +295,7 @@ def test_two_processes_share_one_photo_cache_and_resume_exactly(tmp_path, make_i
               "transforms.image_size=32", "transforms.random_resized_crop=true",
               "transforms.center_crop=true", "transforms.hflip=0.5",
               "transforms.auto_augment=trivialaugment", "train.deterministic=true"]
-    unbroken = _torchrun([*common, "--name", "unbroken", "--epochs", "2"])
-    _ok(unbroken)
+    unbroken = _train_unbroken_and_resumed(common, runs)
     assert unbroken.stderr.count("decoding 24 photos once") == 1  # rank 0 alone built it
     assert "photo cache" in unbroken.stderr
     assert len(list((tmp_path / "cache" / ".imgcls-cache").glob("photos-*"))) == 1
-    _ok(_torchrun([*common, "--name", "resumed", "--epochs", "1"]))
-    _ok(_torchrun(["--resume", str(runs / "resumed"), "train.epochs=2"]))
-    _assert_same_weights(runs / "unbroken", runs / "resumed", tol=0)
