@@ -148,6 +148,17 @@ def test_torchvision_small_input(name: str, head: str, size: int, in_channels: i
         assert model(torch.randn(2, in_channels, size, size)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_resnets_from_scratch_start_each_block_as_the_identity(name: str) -> None:
+    # as timm's ResNets: each block's last BatchNorm scales its branch by zero, so the block
+    # passes its input through; the stem's BatchNorm keeps its ones
+    model = create_model(ModelConfig(name=name), num_classes=3)
+    blocks = [b for layer in (model.layer1, model.layer4) for b in layer]
+    last_bns = [getattr(b, "bn3", None) or b.bn2 for b in blocks]
+    assert all(bool((bn.weight == 0).all()) for bn in last_bns)
+    assert bool((model.bn1.weight == 1).all())
+
+
 @pytest.mark.parametrize("name", ["vgg16", "googlenet", "inception_v3", "vit_b_16", "maxvit_t"])
 def test_torchvision_on_meta(name: str) -> None:
     info = get_model_info(name)

@@ -30,6 +30,10 @@ _EXTRA_KWARGS: dict[str, dict[str, Any]] = {
 }
 # The torchvision families built with stochastic depth (`stochastic_depth_prob`): model.drop_path.
 DROP_PATH_PREFIXES = ("convnext_", "efficientnet_", "swin_", "maxvit_")
+# Built from scratch, their residual blocks start as the identity (each block's last BatchNorm
+# weight zero; Goyal et al. 2017), as timm's ResNets do by default: without it torchvision's
+# resnet18 diverged in its first epoch on 449 photos at lr 0.1 (docs/benchmarks.md).
+ZERO_INIT_RESIDUAL_PREFIXES = ("resnet", "resnext", "wide_resnet")
 # Names of the auxiliary heads' keys in torchvision's weight files (absent once disabled).
 AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 # Models whose positional embeddings / window partitions are built for one input size, and the
@@ -282,6 +286,8 @@ def build(
                               f"builds it for {', '.join(p + '*' for p in DROP_PATH_PREFIXES)})")
         kwargs["stochastic_depth_prob"] = drop_path
     if weights is None:
+        if name.startswith(ZERO_INIT_RESIDUAL_PREFIXES):
+            kwargs["zero_init_residual"] = True
         if "aux_logits" in kwargs:
             kwargs["init_weights"] = True  # today's default, passed to silence a FutureWarning
         size_kw = _size_kwarg(name)
