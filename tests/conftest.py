@@ -149,6 +149,43 @@ def _make_list_file(
     return list_file
 
 
+def _make_label_csv(
+    root: Path,
+    classes: Sequence[str] = ("cat", "dog", "car"),
+    n: int = 48,
+    layout: str = "tags",
+    size: int = 16,
+    seed: int = 0,
+    name: str = "labels.csv",
+) -> Path:
+    """Write ``n`` PNGs under ``root/images/`` and a multi-label CSV ``root/name``; returns it.
+
+    Image i has each class with probability 0.4 (so some have none and some all); class k
+    present lights the k-th horizontal band of the image in its own colour, so a tiny CNN learns
+    the labels in a few epochs. ``layout``: ``tags`` (``path,tags``, labels separated by spaces,
+    one row by ``;``) or ``columns`` (``path,<class>...`` with 0/1 cells)."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = [["path", "tags"] if layout == "tags" else ["path", *classes]]
+    band = max(size // len(classes), 1)
+    for i in range(n):
+        present = rng.random(len(classes)) < 0.4
+        pixels = rng.normal(60.0, 20.0, size=(size, size, 3))
+        for k in np.flatnonzero(present):
+            pixels[k * band:(k + 1) * band] = class_color(k, len(classes))
+        path = root / "images" / f"img_{i:03d}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(path)
+        names = [c for c, on in zip(classes, present, strict=True) if on]
+        if layout == "tags":
+            rows.append([f"images/{path.name}", (";" if i == 1 else " ").join(names)])
+        else:
+            rows.append([f"images/{path.name}", *(str(int(on)) for on in present)])
+    text = "\n".join(",".join(row) for row in rows) + "\n"
+    (root / name).write_text(text, encoding="utf-8")
+    return root / name
+
+
 def _make_cifar_batches(
     root: Path,
     n_train: int = 100,
@@ -216,6 +253,12 @@ def make_image_folder():
 def make_list_file():
     """Factory: ``make_list_file(root, classes, per_class, int_labels, name, ...)``."""
     return _make_list_file
+
+
+@pytest.fixture
+def make_label_csv():
+    """Factory: ``make_label_csv(root, classes, n, layout, size, seed, name)``."""
+    return _make_label_csv
 
 
 @pytest.fixture

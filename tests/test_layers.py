@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"imgcls", "errors", "files", "metric_table", "registry", "runtime", "tracking", "config",
      "recipes", "startup"},
     {"models"},
-    {"data", "optim"},
+    {"data", "optim", "losses"},
     {"datacheck"},
     {"runs"},  # what a run writes and reads: folder, checkpoint, record, lock, repair
     {"engine"},

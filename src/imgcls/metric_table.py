@@ -42,6 +42,9 @@ class MetricSpec:
     console: bool = False  # in each epoch's console line
     summary: bool = False  # final and best values in experiment summaries and compared runs
     panel: str | None = None  # the panel of curves.png it is drawn in (report/curves.py)
+    # which runs measure it: None both, False one label per image only, True several (a label
+    # CSV) only; a run's metrics rows hold the keys of its kind
+    multilabel: bool | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("max", "min", None):
@@ -71,14 +74,22 @@ METRICS: dict[str, MetricSpec] = {
                    panel="accuracy"),
         MetricSpec("val_loss", "min", "validation loss", "val/loss", monitor=True, console=True,
                    summary=True, panel="loss"),
+        # multi-label runs: exact-match (subset) accuracy, all of an image's labels right
         MetricSpec("val_acc", "max", "validation accuracy", "val/acc", monitor=True,
                    console=True, summary=True, panel="accuracy"),
+        MetricSpec("val_map", "max", "validation mAP", "val/map", monitor=True, console=True,
+                   summary=True, panel="accuracy", multilabel=True),
         MetricSpec("val_top5", "max", "validation top-5 accuracy", "val/top5", monitor=True,
-                   console=True),
+                   console=True, multilabel=False),
         MetricSpec("val_macro_f1", "max", "validation macro-F1", "val/macro_f1", monitor=True,
                    console=True, summary=True, panel="accuracy"),
+        MetricSpec("val_micro_f1", "max", "validation micro-F1", "val/micro_f1", monitor=True,
+                   summary=True, panel="accuracy", multilabel=True),
+        MetricSpec("val_hamming_loss", "min", "validation Hamming loss", "val/hamming_loss",
+                   monitor=True, multilabel=True),
         MetricSpec("val_balanced_acc", "max", "validation balanced accuracy",
-                   "val/balanced_acc", monitor=True, summary=True, panel="accuracy"),
+                   "val/balanced_acc", monitor=True, summary=True, panel="accuracy",
+                   multilabel=False),
         MetricSpec("val_macro_precision", "max", "validation macro precision",
                    "val/macro_precision"),
         MetricSpec("val_macro_recall", "max", "validation macro recall", "val/macro_recall"),
@@ -98,11 +109,14 @@ def monitor_names() -> tuple[str, ...]:
 
 
 def names(*, validation: bool | None = None, summary: bool | None = None,
-          console: bool | None = None, panel: str | None = None) -> tuple[str, ...]:
-    """The table's names, in order, that match every filter given (None: no filter)."""
+          console: bool | None = None, panel: str | None = None,
+          multilabel: bool | None = None) -> tuple[str, ...]:
+    """The table's names, in order, that match every filter given (None: no filter);
+    ``multilabel``: the metrics a run of that kind measures."""
     wanted = {"validation": validation, "summary": summary, "console": console, "panel": panel}
     return tuple(name for name, spec in METRICS.items()
-                 if all(getattr(spec, k) == v for k, v in wanted.items() if v is not None))
+                 if all(getattr(spec, k) == v for k, v in wanted.items() if v is not None)
+                 and (multilabel is None or spec.multilabel in (None, multilabel)))
 
 
 def tb_tags() -> dict[str, str]:

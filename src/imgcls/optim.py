@@ -1,4 +1,5 @@
-"""Optimizer, loss and learning-rate schedule, built from ``OptimConfig`` and ``SchedConfig``.
+"""Optimizer and learning-rate schedule, built from ``OptimConfig`` and ``SchedConfig`` (the
+loss: :mod:`imgcls.losses`).
 
 The training loop drives the schedule through one object::
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -126,43 +126,6 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
         b1, b2 = cfg.betas
         return cls(params, lr=cfg.lr, betas=(b1, b2), weight_decay=cfg.weight_decay, **kernel)
     raise unknown_name_error("optimizer", cfg.name, OPTIMIZERS, "optim.name")
-
-
-def create_loss(cfg: OptimConfig, class_weights: Sequence[float] | None = None) -> nn.Module:
-    """Cross-entropy on logits, with ``optim.label_smoothing`` and, for training, the per-class
-    weights :func:`resolve_class_weights` gives (None: unweighted, as evaluation always is).
-
-    With weights, torch averages a batch as ``sum(w_y * loss) / sum(w_y)``.
-    """
-    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-
-
-def resolve_class_weights(cfg: OptimConfig, counts: Sequence[int]) -> list[float] | None:
-    """``optim.class_weights`` for a training part with ``counts[c]`` images of class ``c``;
-    None for ``none``.
-
-    ``auto``: inverse class frequency, ``w_c = N / (K * n_c)`` over the K classes that have
-    training images, which makes the mean weight per training image 1 (``sum n_c w_c = N``): a
-    weight reads as "this class's image counts w times an average image", and the loss keeps
-    the unweighted loss's scale. A class with no training image gets 0 (it is never a target).
-    A list is used as given, one weight per class.
-
-    >>> weights = resolve_class_weights(OptimConfig(class_weights="auto"), [30, 10, 20])
-    >>> [round(w, 3) for w in weights]
-    [0.667, 2.0, 1.0]
-    """
-    spec = cfg.class_weights
-    if spec == "none":
-        return None
-    if spec == "auto":
-        total, present = sum(counts), sum(1 for n in counts if n > 0)
-        return [total / (present * n) if n > 0 else 0.0 for n in counts]
-    weights = [float(w) for w in spec]
-    if len(weights) != len(counts):
-        raise ImgclsError(f"optim.class_weights has {len(weights)} weights but the data has "
-                          f"{len(counts)} classes: give one per class")
-    return weights
 
 
 class LrFactor:

@@ -2,8 +2,8 @@
 
 - Every `imgcls train` command in a ```bash block runs with `--dry-run` (the config, the data, the
   model and one batch through it; nothing written), on a tiny image folder in place of the docs'
-  own (my_images, PATH, train.txt) and the bundled digits in place of CIFAR, which would need a
-  download; the `--resume` ones on a stopped run the test makes.
+  own (my_images, PATH, train.txt, labels.csv) and the bundled digits in place of CIFAR, which
+  would need a download; the `--resume` ones on a stopped run the test makes.
 - Every other `imgcls ...` command, in a code block or an inline code span, parses with the
   command line's own parser: no unknown flag, no bad choice or value.
 - The synopsis in docs/command-line.md names exactly the flags each command has, with their
@@ -129,9 +129,10 @@ def _skip_reason(command: str) -> str | None:
     return next((why for what, why in SKIPPED.items() if what in command), None)
 
 
-def _argv(command: str, folder: Path, list_file: Path) -> list[str]:
+def _argv(command: str, folder: Path, list_file: Path, label_csv: Path) -> list[str]:
     """The command's arguments after `imgcls`, on the test's data."""
     places = {"my_images": str(folder), "PATH": str(folder), "train.txt": str(list_file),
+              "labels.csv": str(label_csv),
               "/shared/my_images": str(folder), "cifar10": "digits", "cifar100": "digits"}
     argv = [places.get(word, word) for word in shlex.split(command)[1:]]
     # pretrained weights are downloads (or a file of the reader's): the rest is checked
@@ -151,10 +152,11 @@ def test_docs_show_train_commands_and_skip_few():
 
 
 def test_every_train_command_in_the_docs_runs(tmp_path, monkeypatch, capsys, make_image_folder,
-                                              make_list_file):
+                                              make_list_file, make_label_csv):
     monkeypatch.chdir(tmp_path)
     folder = make_image_folder(tmp_path / "my_images", per_class=6, size=32)
     list_file = make_list_file(tmp_path / "listed", per_class=6, size=32)
+    label_csv = make_label_csv(tmp_path / "labelled", n=16, size=32)
     Path("my_nets.py").write_text(NET)
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg" / "__init__.py").write_text("")
@@ -165,13 +167,13 @@ def test_every_train_command_in_the_docs_runs(tmp_path, monkeypatch, capsys, mak
     for command in dict.fromkeys(train_commands()):  # each distinct command once
         if _skip_reason(command) or "--resume" in command:
             continue
-        argv = _argv(command, folder, list_file)
+        argv = _argv(command, folder, list_file, label_csv)
         code, out, err = run_cli(capsys, *argv)
         if code != 0 or "dry run: would train" not in out:
             failures.append(f"{command}\n  -> {' '.join(argv)}\n  {err.strip()[-400:]}")
     assert not failures, "\n".join(failures)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "listed", "my_images", "my_nets.py", "mypkg", "recipe.yaml"]  # no run folder, no cache
+        "labelled", "listed", "my_images", "my_nets.py", "mypkg", "recipe.yaml"]  # no run, cache
     assert not list(folder.rglob(".imgcls-cache"))
 
 

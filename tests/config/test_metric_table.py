@@ -33,8 +33,12 @@ from imgcls.runs.files import PANELS
 from imgcls.tracking import RunLogger
 
 
-def test_a_tiny_run_logs_exactly_the_table(tmp_path, make_image_folder):
-    data = make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=8, size=32)
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_a_tiny_run_logs_exactly_the_table(tmp_path, make_image_folder, make_label_csv,
+                                           multilabel):
+    # one label per image, or several (a label CSV): each logs the table's metrics of its kind
+    data = (make_label_csv(tmp_path / "d", n=24, size=32) if multilabel else
+            make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=8, size=32))
     cfg = build_config(overrides={
         "data.source": str(data), "log.output": str(tmp_path / "runs"), "log.name": "run",
         "model.name": "lenet", "loader.batch_size": 8, "train.epochs": 1,
@@ -42,14 +46,17 @@ def test_a_tiny_run_logs_exactly_the_table(tmp_path, make_image_folder):
     run = api.train(cfg).run_dir
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = set(rows[-1]) - set(ROW_FIELDS)
-    assert logged == set(METRICS), (logged ^ set(METRICS))
+    expected = set(names(multilabel=multilabel))
+    assert logged == expected, (logged ^ expected)
+    assert expected != set(METRICS)
     for name in monitor_names():
-        assert isinstance(rows[-1][name], float), name
+        if name in expected:
+            assert isinstance(rows[-1][name], float), name
     # TensorBoard gets one scalar per tagged metric, under the table's tag
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     scalars = {t for t in events.Tags()["scalars"] if not t.startswith("val_class_")}
-    assert scalars == set(tb_tags().values())
+    assert scalars == {tag for name, tag in tb_tags().items() if name in expected}
 
 
 def test_train_monitor_choices_are_the_monitorable_entries():

@@ -16,7 +16,7 @@ from imgcls.config import TransformConfig, build_config
 from imgcls.data.label_mixing import label_mixing
 from imgcls.data.transforms import build_transform
 from imgcls.engine.loop import TrainState, train_one_epoch
-from imgcls.optim import create_loss
+from imgcls.losses import create_loss
 
 
 @pytest.mark.parametrize(("name", "kind", "size"), [

@@ -28,8 +28,8 @@ from imgcls.data.sampling import BalancedSampler, balanced_indices, class_counts
 from imgcls.data.sources import dataset_labels, from_dataset
 from imgcls.engine import components
 from imgcls.errors import ImgclsError
+from imgcls.losses import create_loss, resolve_class_weights
 from imgcls.models import create_model
-from imgcls.optim import create_loss, resolve_class_weights
 from imgcls.runs.checkpoint import load_checkpoint
 
 # 3 classes of 60, 12 and 3 images: 75 in all, 25 per class in a balanced epoch

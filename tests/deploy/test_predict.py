@@ -141,8 +141,8 @@ def test_one_flip_tta_for_evaluate_and_predict():
                       tta="flip")
     assert result.confusion[:, 0].sum() == 2  # evaluate: class 0 for both images
     # predict's scoring of a batch (imgcls.deploy.scoring.score): the one TTA, then its top-k
-    tops = predict._classify(batch_logits(model, images, cpu, tta=predict._tta_mode(True)),
-                             CLASSES, k=3)
+    tops = [r.top for r in predict._classify(
+        batch_logits(model, images, cpu, tta=predict._tta_mode(True)), CLASSES, k=3)]
     assert [top[0][0] for top in tops] == [CLASSES[0]] * 2
     expected = tta_logits(model, images, "flip")[0].softmax(dim=0)
     assert [p for _, p in tops[0]] == pytest.approx(sorted(expected.tolist(), reverse=True))

@@ -299,3 +299,29 @@ def test_two_processes_share_one_photo_cache_and_resume_exactly(tmp_path, make_i
     assert unbroken.stderr.count("decoding 24 photos once") == 1  # rank 0 alone built it
     assert "photo cache" in unbroken.stderr
     assert len(list((tmp_path / "cache" / ".imgcls-cache").glob("photos-*"))) == 1
+
+
+@pytest.mark.slow
+def test_two_processes_gather_multilabel_scores_for_exact_metrics(tmp_path, make_label_csv):
+    # a label CSV: each rank scores its share of the validation images; the sigmoid scores are
+    # gathered, so mAP, F1 and the thresholds are those of the whole set, as in one process
+    data = make_label_csv(tmp_path / "d", n=48, size=32)
+    extra = {"data.val_fraction": 0.25, "loader.batch_size": 8}
+    one = api.train(_exact(tmp_path, data, "one", **extra))
+
+    _ok(_torchrun([
+        "--data", str(data), "--model", "lenet", "--batch-size", "4", "--output",
+        str(tmp_path / "runs"), "--name", "two", "--lr", "0.02", "transforms.preset=none",
+        "loader.shuffle=false", "sched.name=none", "sched.warmup_epochs=0", "log.progress=off",
+        "log.tensorboard=false", "train.deterministic=true", "train.epochs=1", "train.amp=off",
+        "data.val_fraction=0.25",
+    ]))
+    two = tmp_path / "runs" / "two"
+    _assert_same_weights(one.run_dir, two)
+    row1, row2 = _metrics(one.run_dir)[-1], _metrics(two)[-1]
+    for key in ("val_loss", "val_acc", "val_map", "val_micro_f1", "val_macro_f1",
+                "val_hamming_loss"):
+        assert row2[key] == pytest.approx(row1[key], abs=1e-5), key
+    t1 = load_checkpoint(one.run_dir / "checkpoints" / "last.pt")["thresholds"]
+    t2 = load_checkpoint(two / "checkpoints" / "last.pt")["thresholds"]
+    assert t2 == pytest.approx(t1, abs=1e-5)

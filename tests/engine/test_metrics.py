@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from imgcls.engine.metrics import classification_metrics, epoch_metrics_from_eval
+from imgcls.engine.multilabel_metrics import multilabel_epoch_metrics
 from imgcls.errors import ImgclsError
-from imgcls.metric_table import MONITORS, Monitor, get_monitor
+from imgcls.metric_table import METRICS, MONITORS, Monitor, get_monitor
 
 # Rows = true class, columns = predicted class.
 #   a: 5 right, 2 called b, 1 called d        support 8
@@ -128,8 +129,11 @@ def test_epoch_metrics_keys() -> None:
         }
     )
     assert all(type(v) is float for v in out.values())
-    # Every monitor names a key an epoch actually logs.
-    assert set(MONITORS) <= set(out)
+    # Every monitor names a key an epoch of its kind logs: one label per image, or several.
+    assert {n for n in MONITORS if METRICS[n].multilabel is not True} <= set(out)
+    several = multilabel_epoch_metrics(0.5, torch.tensor([[0.9, 0.2], [0.4, 0.7]]),
+                                       torch.tensor([[1, 0], [0, 1]]), [0.5, 0.5])
+    assert {n for n in MONITORS if METRICS[n].multilabel is not False} <= set(several)
 
 
 def test_monitor_directions() -> None:
@@ -139,6 +143,9 @@ def test_monitor_directions() -> None:
         "val_top5": "max",
         "val_macro_f1": "max",
         "val_balanced_acc": "max",
+        "val_map": "max",
+        "val_micro_f1": "max",
+        "val_hamming_loss": "min",
     }
     acc, loss = get_monitor("val_acc"), get_monitor("val_loss")
     assert acc.worst() == -math.inf and loss.worst() == math.inf

@@ -11,7 +11,8 @@ from torch import nn
 
 from imgcls.config import OptimConfig, SchedConfig, build_config
 from imgcls.errors import ImgclsError
-from imgcls.optim import OPTIMIZERS, SCHEDULERS, create_loss, create_optimizer, create_scheduler
+from imgcls.losses import create_loss
+from imgcls.optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 
 # The schedulers must not trigger torch's "scheduler.step() before optimizer.step()" warnings.
 pytestmark = pytest.mark.filterwarnings("error")

@@ -212,9 +212,11 @@ def _trainer(run: PreparedRun, run_dir: Path, resumed: Resume | None, monitor: M
         seed=cfg.train.seed, tta=cfg.train.tta, progress=progress_enabled(cfg) and info.is_main,
         start_time=start_time, say=say, checkpoint_every_steps=cfg.train.checkpoint_every_steps,
         checkpoint_every_minutes=cfg.train.checkpoint_every_minutes, stop=graceful,
+        multilabel=run.data.multilabel,
     )
     if resumed is not None:
-        trainer.load_state_dict(resumed.record, resumed.path, monitor=cfg.train.monitor)
+        trainer.load_state_dict(resumed.record, resumed.path,
+                                monitor=monitor.name if monitor else cfg.train.monitor)
     return trainer
 
 
@@ -309,7 +311,8 @@ def _callbacks(cfg: Config, run_dir: Path, data: Any, prep: Preprocessing,
         in_channels=cfg.model.in_channels,
         mean=prep.mean_std[0] if prep.mean_std else None,
         std=prep.mean_std[1] if prep.mean_std else None,
-        native_size=data.native_size, monitor=cfg.train.monitor,
+        native_size=data.native_size, monitor=monitor.name if monitor else cfg.train.monitor,
+        multilabel=data.multilabel,
         provenance=provenance(device, info.world_size), model_code=code_record(cfg.model.name),
     )
     graph_input = None

@@ -137,7 +137,8 @@ def _run_datasets(args: argparse.Namespace) -> int:
             raise ImgclsError(f"what to do with {args.name}? add --export DIR")
         for name, text in BUILTIN_DATA.items():
             print(f"{name:<9} {text}")
-        print("or: a folder of class folders, or a .txt list file (see docs/own-data.md)")
+        print("or: a folder of class folders, a .txt list file, or a .csv of images with several "
+              "labels each (see docs/own-data.md)")
         return 0
     if args.name is None:
         raise ImgclsError("--export needs the data set's name: imgcls datasets digits --export DIR")
@@ -175,15 +176,17 @@ def _run_recipes(args: argparse.Namespace) -> int:
 
 def add_check_data(commands: Any) -> None:
     check = commands.add_parser(
-        "check-data", help="check a data folder or list file: class counts, sizes, unreadable "
-        "files, duplicates, train/val/test leaks",
+        "check-data", help="check a data folder, list file or label CSV: class counts, sizes, "
+        "unreadable files, duplicates, train/val/test leaks",
         description="Decodes every image of DATA (a folder of class folders, with or without "
-        "train/ val/ test/ parts, or a .txt list file) and writes DIR/check.json and "
-        "DIR/index.html: images per class and imbalance, sizes and colour modes, unreadable "
+        "train/ val/ test/ parts, a .txt list file, or a .csv of images with several labels "
+        "each) and writes DIR/check.json and DIR/index.html: images per class and imbalance, "
+        "labels per image and frequent label pairs (a CSV), sizes and colour modes, unreadable "
         "files, exact and near duplicates, and copies shared between the parts (leaks). Exit "
         "code 0 when the data is usable (findings are warnings), 2 on bad input.",
     )
-    check.add_argument("data", metavar="DATA", help="folder of class folders, or a list file")
+    check.add_argument("data", metavar="DATA",
+                       help="folder of class folders, a list file, or a label CSV")
     check.add_argument("--output", metavar="DIR",
                        help="folder for check.json and index.html (default ./check-data-NAME)")
     check.add_argument("--near-threshold", type=int, default=3, metavar="BITS",

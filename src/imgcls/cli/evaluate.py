@@ -28,6 +28,10 @@ def add_evaluate(commands: Any) -> None:
     evaluate.add_argument("--batch-size", type=int, help="evaluation batch size")
     evaluate.add_argument("--tta", choices=["none", "flip", "flip_translate"],
                           help="test-time augmentation (default: the run's train.tta)")
+    evaluate.add_argument("--threshold", type=float, metavar="P",
+                          help="several labels per image: predict a label when its probability "
+                          "is at least P, for every class (default: each class's threshold, "
+                          "chosen on the validation images at the end of training)")
     add_trust_pickle(evaluate)
     add_code_options(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
@@ -42,10 +46,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     summary = api.evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, output=args.output,
         device=args.device, batch_size=args.batch_size, trust_pickle=args.trust_pickle,
-        tta=args.tta, code=code_consent(args),
+        tta=args.tta, code=code_consent(args), threshold=args.threshold,
     )
     if args.json:
         print(api.dumps(summary))
+        return 0
+    if summary.get("multilabel"):
+        print(format_multilabel(summary))
         return 0
     print(f"{summary['split']}: top1 {summary['top1']:.4f}  top5 {summary['top5']:.4f}  "
           f"loss {summary['loss']:.4f}  macro_f1 {summary['macro_f1']:.4f}  balanced_acc "
@@ -57,6 +64,23 @@ def _run_evaluate(args: argparse.Namespace) -> int:
               f"{c['f1']:>6.4f}  {c['support']:>7}")
     print(f"report: {summary['output']}")
     return 0
+
+
+def format_multilabel(summary: dict[str, Any]) -> str:
+    """A multi-label evaluation for people: the averages, then a row per class."""
+    lines = [f"{summary['split']}: mAP {summary['map']:.4f}  micro_f1 {summary['micro_f1']:.4f}  "
+             f"macro_f1 {summary['macro_f1']:.4f}  exact_match {summary['subset_accuracy']:.4f}  "
+             f"hamming_loss {summary['hamming_loss']:.4f}  loss {summary['loss']:.4f}  "
+             f"n {summary['n']}  (thresholds: {summary['threshold']})"]
+    width = max(len("class"), *(len(name) for name in summary["per_class"]))
+    lines.append(f"  {'class':<{width}}      AP  threshold  precision  recall      f1  support")
+    for name, c in summary["per_class"].items():
+        ap = f"{c['ap']:.4f}" if c["ap"] is not None else "-"
+        lines.append(f"  {name:<{width}}  {ap:>6}  {c['threshold']:>9.3f}  "
+                     f"{c['precision']:>9.4f}  {c['recall']:>6.4f}  {c['f1']:>6.4f}  "
+                     f"{c['support']:>7}")
+    lines.append(f"report: {summary['output']}")
+    return "\n".join(lines)
 
 
 def _run_evaluate_experiment(args: argparse.Namespace) -> int:
@@ -87,6 +111,9 @@ def add_predict(commands: Any) -> None:
     predict.add_argument("--csv", metavar="FILE", help="also write the predictions as CSV")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    predict.add_argument("--threshold", type=float, metavar="P",
+                         help="several labels per image: a label when its probability is at "
+                         "least P, for every class (default: the checkpoint's thresholds)")
     predict.add_argument("--tta", action="store_true",
                          help="add the horizontal flip (scored as evaluate's train.tta=flip)")
     add_trust_pickle(predict)
@@ -100,7 +127,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     report = predict.predict(
         args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
         device=args.device, tta=args.tta, trust_pickle=args.trust_pickle,
-        code=code_consent(args),
+        code=code_consent(args), threshold=args.threshold,
     )
     if args.csv:
         predict.write_csv(report, args.csv)

@@ -81,7 +81,20 @@ class OptimConfig:
     nesterov: Bool = key(True, "SGD Nesterov momentum")
     weight_decay: Float = key(5e-4, "weight decay", ge=0)
     betas: FloatList = key([0.9, 0.999], "Adam/AdamW betas")
-    label_smoothing: Float = key(0.0, "cross-entropy label smoothing", ge=0, lt=1)
+    label_smoothing: Float = key(0.0, "cross-entropy label smoothing (single-label runs)", ge=0,
+                                 lt=1)
+    loss: Literal["auto", "cross_entropy", "bce", "asl"] = key(
+        "auto", "the training loss: `auto` (`cross_entropy` for one label per image, `bce` for a "
+        "label CSV's several), `cross_entropy`, `bce` (binary cross-entropy on each class's "
+        "logit), `asl` (the asymmetric loss of Ridnik et al. 2021 for multi-label data: "
+        "`asl_gamma_neg`, `asl_gamma_pos`, `asl_clip`). See "
+        "[Several labels per image](own-data.md#several-labels-per-image)")
+    asl_gamma_neg: Float = key(4.0, "`loss=asl`: focusing exponent of the negative labels (easy "
+                               "negatives count less)", ge=0)
+    asl_gamma_pos: Float = key(0.0, "`loss=asl`: focusing exponent of the positive labels",
+                               ge=0)
+    asl_clip: Float = key(0.05, "`loss=asl`: probability margin below which a negative label "
+                          "counts nothing (0: off)", ge=0, lt=1)
     head_lr_mult: Float = key(1.0, "the head's lr is `lr` x this (its own parameter group, "
                               "scaled by the schedule like the rest)", gt=0)
     scale_lr: Literal["none", "linear"] = key(
@@ -97,7 +110,9 @@ class OptimConfig:
     class_weights: str | list[Float] = key(
         "none", "per-class weights of the training loss: `none`, `auto` (inverse class "
         "frequency of the training part, normalised so that the mean weight per training image "
-        "is 1; printed at the start), or a list `[w0, w1, ...]`, one positive weight per class. "
+        "is 1; multi-label: each class's positives weighted by its negatives / positives, "
+        "capped at 100; printed at the start), or a list `[w0, w1, ...]`, one positive weight "
+        "per class. "
         "`val_loss` stays unweighted. See [Imbalanced classes](own-data.md#imbalanced-classes)")
 
     def check_rules(self) -> None:

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from imgcls.config.sizes import ImageSize, saved_size, size_hw
+from imgcls.data.targets import label_key, stack_labels
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write
 
@@ -46,7 +47,7 @@ def source_key(dataset: Any) -> tuple[Any, Any] | None:
         return ["subset", picked, inner[0]], ["subset", picked, inner[1]]
     samples = getattr(dataset, "samples", None)
     if samples is not None:
-        paths = [(str(p), int(y)) for p, y in samples]
+        paths = [(str(p), label_key(y)) for p, y in samples]
         stats = []
         for path, _ in paths:
             try:
@@ -60,7 +61,7 @@ def source_key(dataset: Any) -> tuple[Any, Any] | None:
     if isinstance(data, np.ndarray):
         root = str(getattr(dataset, "root", ""))
         checksum = hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16).hexdigest()
-        targets = _digest([int(t) for t in getattr(dataset, "targets", [])])
+        targets = _digest([label_key(t) for t in getattr(dataset, "targets", [])])
         ident = ["array", type(dataset).__name__, root, list(data.shape)]
         return ident, ident + [checksum, targets]
     return None
@@ -71,7 +72,7 @@ def _decode(dataset: Dataset, size: ImageSize, channels: int,
     n = len(dataset)  # type: ignore[arg-type]
     height, width = size_hw(size)
     images = torch.empty(n, channels, height, width, dtype=torch.uint8)
-    labels = torch.empty(n, dtype=torch.int64)
+    labels: list[Any] = []
     mode = "L" if channels == 1 else "RGB"
     for i in range(n):
         image, label = dataset[i]
@@ -92,8 +93,8 @@ def _decode(dataset: Dataset, size: ImageSize, channels: int,
                 f"{i} is {tensor.dtype} {tuple(tensor.shape)} (use data.loader=dataloader)"
             )
         images[i] = tensor
-        labels[i] = int(label)
-    return images, labels
+        labels.append(label)
+    return images, stack_labels(labels)
 
 
 def decode_to_tensor(

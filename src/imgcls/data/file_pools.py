@@ -1,18 +1,25 @@
-"""Which files of a folder of class folders or a list file go to train, validation and test.
+"""Which files of a folder of class folders, a list file or a label CSV go to train, validation
+and test.
 
 The pool (every file, by its split.json key), seeded stratified parts carved from it
 (``data.test_fraction``, ``data.val_fraction`` or ``data.folds``), a saved split re-applied to it
-exactly, and unreadable images dropped; :mod:`imgcls.data.sources` turns the parts into datasets.
+exactly, and unreadable images dropped. A label CSV's parts are stratified over its labels
+(iterative stratification, :mod:`imgcls.data.multilabel_splits`); :mod:`imgcls.data.sources`
+turns the parts into datasets.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from imgcls.config import DataConfig
 from imgcls.data.folder import Sample, relative_key, scan_folder, verify_samples
+from imgcls.data.label_csv import read_label_csv
 from imgcls.data.listfile import read_list_file
+from imgcls.data.multilabel_splits import multilabel_holdout, multilabel_kfold
 from imgcls.data.splits import kfold_split, stratified_split
 from imgcls.errors import ImgclsError
 
@@ -65,19 +72,40 @@ def list_pool(
     return classes, dict(pairs), carve(pairs, cfg, seed, classes, str(path)), missing
 
 
+def csv_pool(
+    path: Path, cfg: DataConfig, seed: int
+) -> tuple[list[str], dict[str, Sample], Parts, list[str]]:
+    """A label CSV's images with their multi-hot rows (tuples of 0/1), carved into parts; every
+    class must have images in the training part."""
+    root = Path(cfg.root).expanduser().absolute()
+    table = read_label_csv(path, root, skip_missing=cfg.skip_bad_images)
+    rows = [tuple(int(v) for v in row) for row in table.targets]
+    pairs: Pairs = list(zip(table.keys, zip(table.paths, rows, strict=True), strict=True))
+    parts = carve(pairs, cfg, seed, table.classes, str(path))
+    for k in sorted(set(range(len(table.classes))) - _present(parts.train)):
+        first = next((i for i, row in enumerate(rows) if row[k]), None)
+        if first is None:  # a class column of zeros
+            raise ImgclsError(f"{path}:1: class {table.classes[k]!r} has no image; a model "
+                              "cannot learn a class it never sees")
+        raise ImgclsError(f"{path}:{table.lines[first]}: class {table.classes[k]!r} has no image "
+                          "in the training part (its images all went to validation or test); "
+                          "a model cannot learn a class it never sees")
+    return table.classes, dict(pairs), parts, table.missing
+
+
 def carve(pairs: Pairs, cfg: DataConfig, seed: int, classes: list[str], where: str) -> Parts:
     """Seeded stratified test (data.test_fraction) and validation (data.val_fraction, both of
     the whole pool, or fold data.fold of data.folds of what the test part leaves) parts; with
     a test part, every class must keep images in each part."""
     test = None
-    labels = {y for _, (_, y) in pairs}  # list files may number classes they do not use
+    labels = _present(pairs)  # list files may number classes they do not use
     if cfg.test_fraction > 0:
         pairs, test = _holdout(pairs, cfg.test_fraction, seed)
         _every_class(test, labels, classes, f"data.test_fraction={cfg.test_fraction:g}", where)
     val = None
     if cfg.folds:
-        train_idx, val_idx = kfold_split([y for _, (_, y) in pairs], cfg.folds, cfg.fold, seed,
-                                         classes)
+        folds = multilabel_kfold if _multilabel(pairs) else kfold_split
+        train_idx, val_idx = folds(_labels(pairs), cfg.folds, cfg.fold, seed, classes)
         pairs, val = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
     elif cfg.val_split == "holdout" and cfg.val_fraction > 0:
         pairs, val = _holdout(pairs, cfg.val_fraction / (1.0 - cfg.test_fraction), seed)
@@ -90,16 +118,34 @@ def carve(pairs: Pairs, cfg: DataConfig, seed: int, classes: list[str], where: s
 
 def _every_class(pairs: Pairs, labels: set[int], classes: list[str], what: str,
                  where: str) -> None:
-    present = {y for _, (_, y) in pairs}
-    empty = [classes[k] for k in sorted(labels - present)]
+    empty = [classes[k] for k in sorted(labels - _present(pairs))]
     if empty:
         raise ImgclsError(f"{what} leaves class {empty[0]!r} of {where} without images "
                           f"({len(empty)} class(es) empty); it needs more images per class")
 
 
 def _holdout(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
-    train_idx, val_idx = stratified_split([y for _, (_, y) in pairs], fraction, seed)
+    split = multilabel_holdout if _multilabel(pairs) else stratified_split
+    train_idx, val_idx = split(_labels(pairs), fraction, seed)
     return [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
+
+
+def _multilabel(pairs: Pairs) -> bool:
+    return bool(pairs) and isinstance(pairs[0][1][1], tuple)
+
+
+def _labels(pairs: Pairs) -> Any:
+    """Class indices, or the multi-hot rows as a uint8 [N, K] array."""
+    if _multilabel(pairs):
+        return np.array([y for _, (_, y) in pairs], dtype=np.uint8)
+    return [y for _, (_, y) in pairs]
+
+
+def _present(pairs: Pairs) -> set[int]:
+    """The classes with at least one image in ``pairs``."""
+    if _multilabel(pairs):
+        return {int(k) for k in np.flatnonzero(_labels(pairs).any(axis=0))}
+    return {y for _, (_, y) in pairs}
 
 
 def apply_record(record: dict, pool: dict[str, Sample], skipped: set[str], where: Path) -> Parts:

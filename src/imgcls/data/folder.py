@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import has_file_allowed_extension
@@ -153,6 +154,17 @@ class ImageFileDataset(Dataset):
     def __repr__(self) -> str:
         name, n, k = type(self).__name__, len(self), len(self.classes)
         return f"{name}({n} images, {k} classes, {self.root})"
+
+
+class MultiLabelFileDataset(ImageFileDataset):
+    """An :class:`ImageFileDataset` whose labels are multi-hot rows (a tuple of 0/1 per class,
+    from :mod:`imgcls.data.label_csv`); yields ``(PIL.Image in RGB mode, uint8 [K] tensor)``."""
+
+    multilabel = True
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, torch.Tensor]:  # type: ignore[override]
+        path, row = self.samples[index]
+        return load_rgb(path, self.max_pixels), torch.tensor(row, dtype=torch.uint8)
 
 
 def _is_visible_image(path: str) -> bool:

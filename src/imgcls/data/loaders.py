@@ -37,9 +37,11 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         image, label = self.dataset[index]
-        return self.transform(image), int(label)
+        # a class index as an int; a multi-hot row stays a tensor (collated to [N, K])
+        return self.transform(image), label if isinstance(label, torch.Tensor) and (
+            label.dim() == 1) else int(label)
 
 
 def shard(dataset: Dataset, num_replicas: int, rank: int) -> Dataset:

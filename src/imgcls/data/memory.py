@@ -43,6 +43,7 @@ from imgcls.data.batch_ops import (
 )
 from imgcls.data.batch_policies import apply_policy, draw_policy, select_draws
 from imgcls.data.epoch_batches import EpochBatches
+from imgcls.data.targets import stack_labels
 from imgcls.data.transforms import apply_preset
 from imgcls.runtime import augmentation_seed, stream_seed
 
@@ -206,7 +207,7 @@ class MemoryLoader(EpochBatches):
                          shuffle=shuffle, drop_last=drop_last, seed=seed,
                          num_replicas=num_replicas, rank=rank, sampler=sampler, device=device)
         self.images = images.to(self.device).contiguous()
-        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
+        self.labels = stack_labels(labels).to(self.device)
         self._set_augmentation(augment)
         target = chunk_size or (CPU_CHUNK if self.device.type == "cpu" else DEVICE_CHUNK)
         self.chunk_size = batch_size * math.ceil(target / batch_size)

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, Subset
 
 from imgcls.data.decode_cache import _digest, source_key
 from imgcls.data.folder import MAX_PIXELS, load_rgb
+from imgcls.data.targets import stack_labels
 from imgcls.errors import ImgclsError, first_line
 from imgcls.files import atomic_write
 
@@ -51,7 +52,7 @@ class PhotoStore:
     offsets: np.ndarray  # int64 [N]
     heights: torch.Tensor  # int64 [N]
     widths: torch.Tensor  # int64 [N]
-    labels: torch.Tensor  # int64 [N]
+    labels: torch.Tensor  # int64 [N] class indices, or uint8 [N, K] multi-hot rows
     channels: int
     folder: Path | None  # where the cache files are (None: built in memory)
     memory_mapped: bool
@@ -117,10 +118,10 @@ def estimate_bytes(dataset: Dataset, side: int, channels: int = 3) -> int | None
     return None if read == 0 else total * len(paths) // read
 
 
-def _decoder(dataset: Dataset, side: int) -> Callable[[int], tuple[np.ndarray, int]]:
+def _decoder(dataset: Dataset, side: int) -> Callable[[int], tuple[np.ndarray, Any]]:
     """Item ``i`` as (uint8 HWC pixels at ``side``, label)."""
 
-    def decode(i: int) -> tuple[np.ndarray, int]:
+    def decode(i: int) -> tuple[np.ndarray, Any]:
         base, j = _base_and_index(dataset, i)
         samples = getattr(base, "samples", None)
         if samples is not None:
@@ -132,17 +133,17 @@ def _decoder(dataset: Dataset, side: int) -> Callable[[int], tuple[np.ndarray, i
         size = stored_size(*image.size, side)
         if size != image.size:  # Pillow's antialiased bilinear, as torchvision's Resize on PIL
             image = image.resize(size, Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8), int(label)
+        return np.asarray(image, dtype=np.uint8), label
 
     return decode
 
 
 def _decoded(dataset: Dataset, side: int, skip_bad: bool,
-             skipped: list[str]) -> Iterator[tuple[np.ndarray, int]]:
+             skipped: list[str]) -> Iterator[tuple[np.ndarray, Any]]:
     """Every image decoded, in order, by a thread per core (Pillow releases the GIL)."""
     decode = _decoder(dataset, side)
 
-    def safe(i: int) -> tuple[np.ndarray, int] | str:
+    def safe(i: int) -> tuple[np.ndarray, Any] | str:
         try:
             return decode(i)
         except ImgclsError as exc:
@@ -176,7 +177,7 @@ def _write(folder: Path, dataset: Dataset, side: int, fingerprint: str,
         sizes = np.array(shapes, dtype=np.int64).reshape(-1, 2)
         record = {"fingerprint": fingerprint, "heights": torch.from_numpy(sizes[:, 0].copy()),
                   "widths": torch.from_numpy(sizes[:, 1].copy()),
-                  "labels": torch.tensor(labels, dtype=torch.int64), "skipped": skipped}
+                  "labels": stack_labels(labels), "skipped": skipped}
         atomic_write(folder / "index.pt", lambda handle: torch.save(record, handle))
     except OSError as exc:
         (folder / "pixels.u8").unlink(missing_ok=True)

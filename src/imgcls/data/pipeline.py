@@ -173,6 +173,9 @@ def build_train_loaders(cfg: Config, data: DataSplit, prep: Preprocessing,
     """The training loader (sharded per rank) and the validation loader (a disjoint share per
     rank, no padding repeats: the metric sums are all-reduced), of the kind ``data.loader``
     picks."""
+    if data.multilabel and cfg.loader.sampler == "balanced":
+        raise ImgclsError("loader.sampler=balanced draws images by their one class, and this "
+                          "data has several labels per image; use optim.class_weights=auto")
     cfg = keep_a_lone_partial_batch(cfg, len(data.train), info.world_size)  # type: ignore[arg-type]
     kind = choose_loader(cfg, data, prep)
     loaders = None

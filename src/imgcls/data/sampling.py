@@ -24,11 +24,14 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int) -> list[int]:
-    """Images per class, for classes ``0 .. num_classes - 1``.
+    """Images per class, for classes ``0 .. num_classes - 1``; multi-hot rows (``[N, K]``)
+    count each image in every class it has.
 
-    >>> class_counts([0, 2, 2], 4)
-    [1, 0, 2, 0]
+    >>> class_counts([0, 2, 2], 4), class_counts(np.array([[1, 1], [0, 1]]), 2)
+    ([1, 0, 2, 0], [1, 2])
     """
+    if np.ndim(labels) == 2:
+        return [int(c) for c in np.asarray(labels, dtype=np.int64).sum(axis=0)[:num_classes]]
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     return [int(c) for c in counts[:num_classes]]
 

@@ -2,8 +2,11 @@
 
 Sources: ``digits`` (scikit-learn's bundled 8x8 digits: no download), ``cifar10`` / ``cifar100``
 (torchvision, or a path to an extracted copy), a folder of class folders (optionally with
-``train/`` and ``val/`` or ``test/``), or a ``.txt`` list file.
-Datasets yield ``(PIL.Image in RGB mode, int label)`` with no transforms, and expose ``targets``.
+``train/`` and ``val/`` or ``test/``), a ``.txt`` list file, or a ``.csv`` of images with any
+number of labels each (multi-label: :mod:`imgcls.data.label_csv`).
+Datasets yield ``(PIL.Image in RGB mode, label)`` with no transforms, and expose ``targets``; the
+label is an int class index, or for a label CSV a uint8 ``[K]`` multi-hot row
+(:mod:`imgcls.data.targets`).
 Which files of a folder or list file go to which part: :mod:`imgcls.data.file_pools`.
 """
 
@@ -19,8 +22,21 @@ from imgcls.config import DataConfig
 from imgcls.data import digits
 from imgcls.data.cifar import CLASSES as CIFAR_CLASSES
 from imgcls.data.cifar import MEAN_STD, NATIVE_SIZE, detect_cifar_folder, load_cifar
-from imgcls.data.file_pools import Pairs, apply_record, folder_pool, list_pool, verify_pairs
-from imgcls.data.folder import ImageFileDataset, find_class_folders, scan_folder, verify_samples
+from imgcls.data.file_pools import (
+    Pairs,
+    apply_record,
+    csv_pool,
+    folder_pool,
+    list_pool,
+    verify_pairs,
+)
+from imgcls.data.folder import (
+    ImageFileDataset,
+    MultiLabelFileDataset,
+    find_class_folders,
+    scan_folder,
+    verify_samples,
+)
 from imgcls.data.splits import (
     LabeledSubset,
     check_classes,
@@ -29,9 +45,11 @@ from imgcls.data.splits import (
     make_record,
     stratified_split,
 )
+from imgcls.data.targets import is_multilabel, stack_labels
 from imgcls.errors import ImgclsError
 
-EXPECTED = "expected digits, cifar10, cifar100, a folder of class folders or a list file"
+EXPECTED = ("expected digits, cifar10, cifar100, a folder of class folders, a .txt list file or "
+            "a .csv label file")
 
 
 @dataclass
@@ -50,11 +68,12 @@ class DataSplit:
     # the test part carved from the same pool (data.test_fraction); None: the source's own test
     # split, if any, is read by create_eval_dataset
     test: Dataset | None = None
+    multilabel: bool = False  # labels are multi-hot rows (a label CSV), not class indices
 
 
 class _Source(NamedTuple):
-    kind: str  # digits | cifar | folder | list
-    path: Path  # CIFAR root, data folder or list file
+    kind: str  # digits | cifar | folder | list | csv
+    path: Path  # CIFAR root, data folder, list file or label CSV
     cifar: str = ""  # cifar10 | cifar100
     base_folder: str | None = None  # the CIFAR batches folder's name under `path`
 
@@ -139,8 +158,9 @@ def _own_test(cfg: DataConfig, split_record: dict | None) -> tuple[Dataset, list
                                 max_pixels=cfg.max_image_pixels)
         test.skipped = skipped
     else:
+        what = "list file" if src.kind == "list" else "label file"
         raise ImgclsError(
-            f"list file {src.path} has no test split; hold one out with data.test_fraction, or "
+            f"{what} {src.path} has no test split; hold one out with data.test_fraction, or "
             "evaluate split val"
         )
     if split_record is not None:
@@ -197,10 +217,11 @@ def _find_source(cfg: DataConfig) -> _Source:
     if name.lower() in CIFAR_CLASSES:
         return _Source("cifar", Path(cfg.root).expanduser().absolute(), name.lower())
     path = Path(name).expanduser()
-    if path.suffix.lower() == ".txt":
+    if path.suffix.lower() in (".txt", ".csv"):
+        kind = "list" if path.suffix.lower() == ".txt" else "csv"
         if not path.is_file():
-            raise ImgclsError(f"list file not found: {name}")
-        return _Source("list", path.absolute())
+            raise ImgclsError(f"{'list' if kind == 'list' else 'label'} file not found: {name}")
+        return _Source(kind, path.absolute())
     if path.is_dir():
         found = detect_cifar_folder(path.absolute())
         if found:
@@ -208,7 +229,8 @@ def _find_source(cfg: DataConfig) -> _Source:
         return _Source("folder", path.absolute())
     if path.exists():
         raise ImgclsError(
-            f"data source {name} is a file, not a folder or a .txt list file; {EXPECTED}"
+            f"data source {name} is a file, not a folder, a .txt list file or a .csv label "
+            f"file; {EXPECTED}"
         )
     raise ImgclsError(f"data source not found: {name}; {EXPECTED}")
 
@@ -229,6 +251,8 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
     if src.kind == "folder":
         classes, pool, default = folder_pool(src.path, cfg, seed, links)
         missing: list[str] = []
+    elif src.kind == "csv":
+        classes, pool, default, missing = csv_pool(src.path, cfg, seed)
     else:
         classes, pool, default, missing = list_pool(src.path, cfg, seed)
     if record is not None:
@@ -254,13 +278,15 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
     _note_parts(split_record, cfg, test)
     root = str(src.path if src.kind == "folder" else src.path.parent)
 
+    kind = MultiLabelFileDataset if src.kind == "csv" else ImageFileDataset
+
     def files(pairs: Pairs | None) -> ImageFileDataset | None:
-        return ImageFileDataset([s for _, s in pairs], classes, root=root,
-                                max_pixels=cfg.max_image_pixels) if pairs else None
+        return kind([s for _, s in pairs], classes, root=root,
+                    max_pixels=cfg.max_image_pixels) if pairs else None
 
     return DataSplit(train=files(train), val=files(val), classes=classes,  # type: ignore[arg-type]
                      split_record=split_record, skipped=skipped, test=files(test),
-                     links_dropped=links)
+                     links_dropped=links, multilabel=src.kind == "csv")
 
 
 def _note_parts(record: dict[str, Any], cfg: DataConfig, test: Pairs | None) -> None:
@@ -326,9 +352,10 @@ def _indexed_split(cfg: DataConfig, src: _Source, seed: int, record: dict | None
     )
 
 
-def dataset_labels(dataset: Dataset) -> list[int]:
+def dataset_labels(dataset: Dataset) -> Any:
     """Every item's label: ``targets`` (imgcls's datasets, torchvision's), else the labels of
     ``samples`` (``(path, label)`` pairs), else by loading every item (slow: decodes images).
+    Class indices as a list of ints; multi-hot rows (a label CSV) as a uint8 ``[N, K]`` array.
 
     >>> dataset_labels(LabeledSubset([("a", 0), ("b", 1)], [1], [0, 1], ["x", "y"]))
     [1]
@@ -338,4 +365,5 @@ def dataset_labels(dataset: Dataset) -> list[int]:
         targets = [label for _, label in dataset.samples]  # type: ignore[attr-defined]
     if targets is None:
         targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
-    return [int(t) for t in targets]
+    labels = stack_labels(targets)
+    return labels.numpy() if is_multilabel(labels) else labels.tolist()

@@ -1,6 +1,7 @@
-"""``imgcls check-data``: what is in a folder of class folders or a list file before training
-on it: images per class and imbalance, sizes and colour modes, unreadable files, exact and near
-duplicates, and duplicates that leak between the train/ val/ test/ parts.
+"""``imgcls check-data``: what is in a folder of class folders, a list file or a multi-label CSV
+before training on it: images per class and imbalance, sizes and colour modes, unreadable files,
+exact and near duplicates, and duplicates that leak between the train/ val/ test/ parts; for a
+CSV also labels per image, images with no label and the most frequent label pairs.
 
 >>> result = check_data("path/to/data", output="check")  # doctest: +SKIP
 >>> result.report["leaks"]["total"]  # doctest: +SKIP
@@ -26,6 +27,8 @@ from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write_text, printable
 
 __all__ = ["CheckResult", "check_data", "default_output", "summary_lines", "warn_train_leaks"]
+
+SUMMARY_PAIRS = 3  # label pairs the printed summary names (check.json and the page: all ten)
 
 
 @dataclass
@@ -92,7 +95,8 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     if near["groups"]:
         out.append(f"{near['images']} near-duplicate images in {near['groups']} group(s)")
     if report["label_conflicts"]:
-        out.append(f"{report['label_conflicts']} duplicate group(s) span several classes")
+        spread = "different label sets" if "multilabel" in report else "several classes"
+        out.append(f"{report['label_conflicts']} duplicate group(s) span {spread}")
     for parts, n in report["leaks"]["counts"].items():
         if n["exact"] or n["near"]:
             out.append(f"leak {parts}: {n['exact']} exact and {n['near']} near copies")
@@ -109,16 +113,33 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
+def _pairs(pairs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{'+'.join(p['labels'])} {p['images']}" for p in pairs) or "none"
+
+
+def _label_line(multi: dict[str, Any]) -> str:
+    """Labels per image, images with none and the top pairs, on one line."""
+    card, none = multi["cardinality"], multi["no_label"]
+    hist = ", ".join(f"{h['labels']}: {h['images']}" for h in card["histogram"])
+    first = f" (first: {none['examples'][0]})" if none["examples"] else ""
+    return (f"labels per image: mean {card['mean']:.2f}, max {card['max']} ({hist}); no label: "
+            f"{none['images']}{first}; top pairs: {_pairs(multi['top_pairs'][:SUMMARY_PAIRS])}")
+
+
 def summary_lines(result: CheckResult) -> list[str]:
     """The short summary ``imgcls check-data`` prints."""
     r = result.report
-    images, parts = r["images"], r["parts"]
-    per_part = ", ".join(f"{p} {sum(r['counts'][p].values())}" for p in parts)
-    lines = [f"checked {r['source']}: {images['readable']} images, {len(r['classes'])} classes"
-             f" ({per_part}) in {r['seconds']:.1f}s"]
-    lines.append("imbalance (largest/smallest class): " + ", ".join(
+    images, parts, multi = r["images"], r["parts"], r.get("multilabel")
+    # A multi-label image counts under each of its labels: its part's total is the images.
+    per_part = ", ".join(f"{p} {multi['images'] if multi else sum(r['counts'][p].values())}"
+                         for p in parts)
+    lines = [f"checked {r['source']}: {images['readable']} images, {len(r['classes'])} "
+             f"{'labels' if multi else 'classes'} ({per_part}) in {r['seconds']:.1f}s"]
+    lines.append(f"imbalance (largest/smallest {'label' if multi else 'class'}): " + ", ".join(
         f"{p} {'n/a' if b['ratio'] is None else format(b['ratio'], '.2f')}"
         for p, b in r["imbalance"].items()))
+    if multi:
+        lines.append(_label_line(multi))
     w, h = r["sizes"]["width"], r["sizes"]["height"]
     lines.append(f"sizes: {len(r['sizes']['histogram'])} distinct, width {w['min']}.."
                  f"{w['max']} (median {_num(w['median'])}), height {h['min']}..{h['max']} "

@@ -1,5 +1,6 @@
 """Turn the decoded images into the check's numbers: counts, imbalance, sizes, modes,
-unreadable files, duplicates within the parts and leaks between them. One JSON-ready dict."""
+unreadable files, duplicates within the parts and leaks between them (and, for a label CSV, the
+label statistics of :mod:`.multilabel`). One JSON-ready dict."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from typing import Any
 import numpy as np
 
 from imgcls.datacheck.hashing import hamming, near_pairs, phashes
-from imgcls.datacheck.scan import PARTS, Decoded, Entry, Source, thumbs_of
+from imgcls.datacheck.multilabel import label_stats
+from imgcls.datacheck.scan import PARTS, WHOLE, Decoded, Entry, Source, thumbs_of
 
 IMBALANCE_WARN = 3.0  # a part whose largest class has 3x the images of its smallest is flagged
 
 
-def _file(entry: Entry) -> dict[str, str]:
-    return {"part": entry.part, "class": entry.label, "file": entry.key}
+def _file(entry: Entry) -> dict[str, Any]:
+    out: dict[str, Any] = {"part": entry.part, "class": entry.label, "file": entry.key}
+    if entry.labels is not None:
+        out["labels"] = list(entry.labels)
+    return out
 
 
 def _stats(values: list[int]) -> dict[str, float]:
@@ -23,10 +28,12 @@ def _stats(values: list[int]) -> dict[str, float]:
 
 
 def _counts(source: Source, ok: list[int]) -> dict[str, dict[str, int]]:
+    """Images per class and part; an image with several labels counts in each of them."""
     counts = {p: dict.fromkeys(source.classes, 0) for p in source.parts}
     for i in ok:
         entry = source.entries[i]
-        counts[entry.part][entry.label] = counts[entry.part].get(entry.label, 0) + 1
+        for label in entry.label_set:
+            counts[entry.part][label] = counts[entry.part].get(label, 0) + 1
     return counts
 
 
@@ -83,6 +90,8 @@ def analyse(source: Source, decoded: list[Decoded], threshold: int) -> dict[str,
         "blank": [_file(entries[i]) for i in ok if decoded[i].flat],
         "settings": {"near_threshold": threshold, "imbalance_warn": IMBALANCE_WARN},
     }
+    if source.kind == "csv":
+        report["multilabel"] = label_stats([entries[i] for i in ok], counts[WHOLE])
     report.update(_duplicates(source, decoded, ok, threshold))
     return report
 
@@ -115,10 +124,15 @@ def _duplicates(source: Source, decoded: list[Decoded], ok: list[int],
         if with_distance:
             for f, i in zip(files, members, strict=True):
                 f["distance"] = distance(members[0], i)
-        return {"files": files, "classes": sorted({entries[i].label for i in members})}
+        group: dict[str, Any] = {"files": files,
+                                 "classes": sorted({entries[i].label for i in members})}
+        if source.kind == "csv":
+            group["label_sets"] = sorted(map(list, {entries[i].label_set for i in members}))
+        return group
 
     leaks = _leaks(source, decoded, exact, near, exact_of, near_of, distance)
-    conflicts = sum(len({entries[i].label for i in m}) > 1 for m in exact + near)
+    # Different classes, or for a label CSV different label sets, within one group.
+    conflicts = sum(len({entries[i].label_set for i in m}) > 1 for m in exact + near)
     return {
         "exact_duplicates": {"groups": len(exact), "images": sum(map(len, exact)),
                              "extra_copies": sum(len(m) - 1 for m in exact),

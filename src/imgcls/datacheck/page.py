@@ -65,6 +65,16 @@ def _ratio(value: float | None) -> str:
     return "n/a (a class has no images)" if value is None else f"{value:.2f}"
 
 
+def _label_sets(sets: list[list[str]]) -> str:
+    """A label CSV's duplicate group: each label set on a line."""
+    return "<br>".join(_label(" + ".join(labels)) for labels in sets)
+
+
+def _label(value: str) -> str:
+    """An entry's class, escaped; a label CSV's image with no label shows as such."""
+    return _e(value) if value else "<span class=note>(no label)</span>"
+
+
 Figure = Callable[[str], str]  # file key -> <figure> with its thumbnail
 
 
@@ -78,14 +88,17 @@ def render(report: dict[str, Any], thumb: Callable[[str], str]) -> str:
         return f"<figure>{image}<figcaption>{_e(key)}</figcaption></figure>"
 
     parts, classes, images = report["parts"], report["classes"], report["images"]
+    word = "labels" if "multilabel" in report else "classes"
     head = (f"<h1>Data check: {_e(report['source'])}</h1>"
             f"<p>{images['files']} files, {images['readable']} readable, {images['unreadable']} "
-            f"unreadable; {len(classes)} classes; parts: {_e(', '.join(parts))}</p>")
+            f"unreadable; {len(classes)} {word}; parts: {_e(', '.join(parts))}</p>")
     if report["warnings"]:
         head += "<ul>" + "".join(f"<li class=warn>{_e(w)}</li>" for w in report["warnings"])
         head += "</ul>"
-    sections = [("leaks", _leaks(report, figure)), ("classes", _classes(report)),
-                ("unreadable", _unreadable(report)),
+    sections = [("leaks", _leaks(report, figure)), ("classes", _classes(report))]
+    if "multilabel" in report:
+        sections.append(("labels", _labels(report["multilabel"], figure)))
+    sections += [("unreadable", _unreadable(report)),
                 ("exact", _duplicates(report, "exact_duplicates", figure)),
                 ("near", _duplicates(report, "near_duplicates", figure)),
                 ("sizes", _sizes(report)), ("blank", _blank(report))]
@@ -112,14 +125,35 @@ def _leaks(report: dict[str, Any], figure: Figure) -> str:
 
 def _classes(report: dict[str, Any]) -> str:
     parts, classes = report["parts"], report["classes"]
+    word = "label" if "multilabel" in report else "class"
     rows = [[_e(c), *(report["counts"][p].get(c, 0) for p in parts)] for c in classes]
-    out = "<h2>Images per class</h2>" + _table(
-        ["class", *parts], rows, numeric=set(range(1, len(parts) + 1)))
+    out = f"<h2>Images per {word}</h2>" + _table(
+        [word, *parts], rows, numeric=set(range(1, len(parts) + 1)))
     rows = [[_e(p), _e(b["largest_class"]), b["largest"], _e(b["smallest_class"]),
              b["smallest"], _ratio(b["ratio"])] for p, b in report["imbalance"].items()]
-    return out + "<h3>Imbalance (largest / smallest class)</h3>" + _table(
-        ["part", "largest class", "images", "smallest class", "images", "ratio"], rows,
+    return out + f"<h3>Imbalance (largest / smallest {word})</h3>" + _table(
+        ["part", f"largest {word}", "images", f"smallest {word}", "images", "ratio"], rows,
         numeric={2, 4, 5})
+
+
+def _labels(multi: dict[str, Any], figure: Figure) -> str:
+    """A label CSV's labels per image, images with none, and the most frequent pairs."""
+    card, none, pairs = multi["cardinality"], multi["no_label"], multi["top_pairs"]
+    out = f"<h2>Labels per image: mean {card['mean']:.2f}, max {card['max']}</h2>"
+    out += _table(["labels", "images"], [[h["labels"], h["images"]] for h in card["histogram"]],
+                  numeric={0, 1})
+    out += f"<h3>Images with no label ({none['images']})</h3>"
+    if none["examples"]:
+        out += "<p>" + "".join(figure(key) for key in none["examples"]) + "</p>"
+        out += (f"<p class=note>{none['images'] - len(none['examples'])} more</p>"
+                if none["images"] > len(none["examples"]) else "")
+    else:
+        out += "<p>none</p>"
+    out += f"<h3>Most frequent label pairs ({len(pairs)})</h3>"
+    if not pairs:
+        return out + "<p>none: no image has two labels</p>"
+    rows = [[_e(" + ".join(p["labels"])), p["images"]] for p in pairs]
+    return out + _table(["labels", "images"], rows, numeric={1})
 
 
 def _unreadable(report: dict[str, Any]) -> str:
@@ -127,7 +161,7 @@ def _unreadable(report: dict[str, Any]) -> str:
     out = f"<h2>Unreadable files ({len(bad)})</h2>"
     if not bad:
         return out + "<p>none</p>"
-    rows = [[_e(b["file"]), _e(b["class"]), _e(b["reason"])] for b in bad[:SHOW]]
+    rows = [[_e(b["file"]), _label(b["class"]), _e(b["reason"])] for b in bad[:SHOW]]
     return out + _table(["file", "class", "reason"], rows) + _more(len(bad))
 
 
@@ -139,13 +173,15 @@ def _duplicates(report: dict[str, Any], name: str, figure: Figure) -> str:
     else:
         title = "Exact duplicates (same decoded pixels)"
     out = f"<h2>{title}: {dup['groups']} groups, {dup['images']} images</h2>"
-    rows = [[_e(", ".join(g["classes"])),
+    rows = [[_label_sets(g["label_sets"]) if "label_sets" in g else
+             ", ".join(map(_label, g["classes"])),
              "".join(figure(f["file"]) for f in g["files"][:8])
              + (f"<span class=note> +{len(g['files']) - 8}</span>" if len(g["files"]) > 8
                 else "")] for g in dup["list"][:SHOW]]
     if not rows:
         return out + "<p>none</p>"
-    return out + _table(["classes", "images"], rows) + _more(len(dup["list"]))
+    head = "label sets" if "multilabel" in report else "classes"
+    return out + _table([head, "images"], rows) + _more(len(dup["list"]))
 
 
 def _sizes(report: dict[str, Any]) -> str:
@@ -169,5 +205,5 @@ def _blank(report: dict[str, Any]) -> str:
     out = f"<h2>Blank (single-colour) images ({len(blank)})</h2>"
     if not blank:
         return out + "<p>none</p>"
-    rows = [[_e(b["file"]), _e(b["class"])] for b in blank[:SHOW]]
+    rows = [[_e(b["file"]), _label(b["class"])] for b in blank[:SHOW]]
     return out + _table(["file", "class"], rows) + _more(len(blank))

@@ -1,5 +1,6 @@
 """Find the images of a data source (a folder of class folders, with or without train/ val/
-test/ parts, or a list file) and decode each once, in threads, into what the check needs."""
+test/ parts, a list file or a multi-label CSV) and decode each once, in threads, into what the
+check needs."""
 
 from __future__ import annotations
 
@@ -20,30 +21,39 @@ from imgcls.data.folder import (
     to_rgb,
     walk_images,
 )
+from imgcls.data.label_csv import is_label_csv, read_label_csv
 from imgcls.data.listfile import read_list_file
 from imgcls.datacheck.hashing import FLAT_RANGE, THUMB_SIDE, grey_thumbnail, pixel_hash
 from imgcls.errors import ImgclsError, first_line
 
 PARTS = ("train", "val", "test")
-WHOLE = "all"  # the one part of a single folder or a list file
-LIST_ROOT = "./data"  # data.root's default: list-file paths also resolve against it
+WHOLE = "all"  # the one part of a single folder, a list file or a label CSV
+LIST_ROOT = "./data"  # data.root's default: list-file and CSV paths also resolve against it
+LABEL_JOIN = ";"  # a CSV entry's ``label``: its labels joined, as a tags cell may write them
 
 
 @dataclass(frozen=True)
 class Entry:
     """One image file: its part, class and key (the path relative to the source, as
-    split.json records it)."""
+    split.json records it). A label CSV's image has any number of ``labels`` (class order);
+    its ``label`` joins them, so code comparing one label per image compares label sets."""
 
     part: str
     label: str
     key: str
     path: str
+    labels: tuple[str, ...] | None = None  # None: one class, ``label``
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        """Every class the image counts in."""
+        return (self.label,) if self.labels is None else self.labels
 
 
 @dataclass
 class Source:
     path: Path
-    kind: str  # "folder" | "parts" (train/ val/ test/ folders) | "list"
+    kind: str  # "folder" | "parts" (train/ val/ test/ folders) | "list" | "csv"
     parts: list[str]
     classes: list[str]
     entries: list[Entry]
@@ -69,11 +79,14 @@ def find_source(data: str | os.PathLike[str]) -> Source:
     ImgclsError naming it."""
     path = Path(data).expanduser().absolute()
     if not path.exists():
-        raise ImgclsError(f"data not found: {data} (expected a folder of class folders or a .txt "
-                          "list file)")
+        raise ImgclsError(f"data not found: {data} (expected a folder of class folders, a .txt "
+                          "list file or a .csv label file)")
     if path.is_file():
+        if is_label_csv(path):
+            return _csv_source(path)
         if path.suffix.lower() != ".txt":
-            raise ImgclsError(f"data {data} is a file, not a folder or a .txt list file")
+            raise ImgclsError(f"data {data} is a file, not a folder, a .txt list file or a .csv "
+                              "label file")
         return _list_source(path)
     links: list[str] = []
     if (path / "train").is_dir():
@@ -109,6 +122,18 @@ def _list_source(path: Path) -> Source:
     # A listed file that is gone is reported with the unreadable ones; its class is unknown here.
     entries += [Entry(WHOLE, "?", key, str(path.parent / key)) for key in missing]
     return Source(path, "list", [WHOLE], classes, entries)
+
+
+def _csv_source(path: Path) -> Source:
+    """A label CSV read as training reads it (a malformed file is its one-line error)."""
+    table = read_label_csv(path, Path(LIST_ROOT).absolute(), skip_missing=True)
+    entries = []
+    for key, file, row in zip(table.keys, table.paths, table.targets, strict=True):
+        labels = tuple(table.classes[k] for k in np.flatnonzero(row))
+        entries.append(Entry(WHOLE, LABEL_JOIN.join(labels), key, file, labels))
+    # As in a list file, a missing image is reported as unreadable; its labels count nowhere.
+    entries += [Entry(WHOLE, "?", key, str(path.parent / key), ()) for key in table.missing]
+    return Source(path, "csv", [WHOLE], table.classes, entries)
 
 
 def decode(path: str, max_pixels: int = MAX_PIXELS) -> Decoded:

@@ -13,12 +13,14 @@ result with ``error`` set; the rest are still classified.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,15 +36,19 @@ from imgcls.models.user import CodeConsent
 
 LIST_SUFFIX = ".txt"
 CSV_HEADER = ["path", "rank", "class", "prob", "error"]
+MULTILABEL_CSV_HEADER = ["path", "rank", "class", "prob", "label", "error"]
 
 
 @dataclass
 class PredictResult:
-    """One input image: its top-k ``(class, probability)`` pairs, highest first, or an error."""
+    """One input image: its top-k ``(class, probability)`` pairs, highest first, or an error.
+    A multi-label model's probabilities are each class's own (sigmoid), and ``labels`` lists
+    the classes at or above their decision thresholds, highest first."""
 
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None  # one-line reason the file could not be read; ``top`` is then empty
+    labels: list[tuple[str, float]] | None = None  # multi-label models only
 
 
 @dataclass
@@ -50,6 +56,7 @@ class PredictReport:
     checkpoint: str
     classes: list[str]
     results: list[PredictResult]  # in input order
+    thresholds: list[float] | None = None  # a multi-label model's, one per class
 
     @property
     def failed(self) -> int:
@@ -104,15 +111,24 @@ def _tta_mode(tta: bool) -> str:
     return "flip" if tta else "none"
 
 
-def _classify(logits: torch.Tensor, classes: Sequence[str],
-              k: int) -> list[list[tuple[str, float]]]:
-    """Top-k ``(class, probability)`` pairs, highest first, for one batch of logits."""
-    probs = logits.float().softmax(dim=1)
+def _classify(logits: torch.Tensor, classes: Sequence[str], k: int,
+              thresholds: Sequence[float] | None = None) -> list[PredictResult]:
+    """Top-k ``(class, probability)`` pairs, highest first, for one batch of logits (path not
+    yet set): softmax probabilities, or with ``thresholds`` (a multi-label model) each class's
+    sigmoid and the labels at or above their thresholds."""
+    probs = logits.float().softmax(dim=1) if thresholds is None else logits.float().sigmoid()
     top_probs, top_index = (t.cpu().tolist() for t in probs.topk(k, dim=1))
-    return [
-        [(classes[i], p) for i, p in zip(index, prob, strict=True)]
+    results = [
+        PredictResult(path="", top=[(classes[i], p) for i, p in zip(index, prob, strict=True)])
         for index, prob in zip(top_index, top_probs, strict=True)
     ]
+    if thresholds is not None:
+        above = (probs >= torch.tensor(thresholds, device=probs.device)).cpu()
+        ordered = probs.argsort(dim=1, descending=True).cpu().tolist()
+        values = probs.cpu().tolist()
+        for result, row, order, kept in zip(results, values, ordered, above, strict=True):
+            result.labels = [(classes[i], row[i]) for i in order if kept[i]]
+    return results
 
 
 def predict(
@@ -125,12 +141,14 @@ def predict(
     tta: bool = False,
     trust_pickle: bool = False,
     code: CodeConsent | None = None,
+    threshold: float | None = None,
 ) -> PredictReport:
     """Classify every image in ``inputs``; returns a report with one result per image.
 
     ``top_k`` is capped at the number of classes. ``tta`` adds the horizontal flip, scored as
     ``evaluate`` with ``train.tta=flip`` scores it: both score through
-    :func:`imgcls.deploy.scoring.score`.
+    :func:`imgcls.deploy.scoring.score`. A multi-label model also lists each image's labels
+    at or above the checkpoint's decision thresholds (``threshold``: one for every class).
     """
     if top_k < 1:
         raise ImgclsError(f"--top-k must be at least 1, got {top_k}")
@@ -138,14 +156,21 @@ def predict(
         raise ImgclsError(f"--batch-size must be at least 1, got {batch_size}")
     paths = collect_inputs(inputs)  # check the inputs before the (slower) model load
     loaded = load_model(checkpoint, device=device, trust_pickle=trust_pickle, code=code)
+    if threshold is not None and not loaded.record.multilabel:
+        raise ImgclsError(f"--threshold is for models with several labels per image; "
+                          f"{checkpoint} picks one class per image")
+    thresholds = loaded.record.decision_thresholds(threshold) if (
+        loaded.record.multilabel) else None
     # in fp32 with plain inputs (predict's own speed, whatever the run trained with)
     scores = score(loaded, files=paths, batch_size=batch_size, tta=_tta_mode(tta), speed=Speed())
     k = min(top_k, len(loaded.classes))
-    tops = iter([top for logits, _ in scores.batches
-                 for top in _classify(logits, loaded.classes, k)])
+    classified = iter([result for logits, _ in scores.batches
+                       for result in _classify(logits, loaded.classes, k, thresholds)])
     results = [PredictResult(path=path, error=scores.errors[i]) if i in scores.errors
-               else PredictResult(path=path, top=next(tops)) for i, path in enumerate(paths)]
-    return PredictReport(checkpoint=str(checkpoint), classes=list(loaded.classes), results=results)
+               else dataclasses.replace(next(classified), path=path)
+               for i, path in enumerate(paths)]
+    return PredictReport(checkpoint=str(checkpoint), classes=list(loaded.classes), results=results,
+                         thresholds=thresholds)
 
 
 # --------------------------------------------------------------------------- output
@@ -154,7 +179,8 @@ def predict(
 def to_table(report: PredictReport) -> str:
     """An aligned text table: path, top-1 class and probability, then the rest of the top-k.
 
-    A file that could not be read gets ``error: <reason>`` after its path.
+    A file that could not be read gets ``error: <reason>`` after its path; a multi-label
+    model's labels (at or above their thresholds) come right after it.
     """
     k = max((len(r.top) for r in report.results), default=1) or 1
     # File names that are not UTF-8 are shown with U+FFFD: printing their surrogates would raise.
@@ -162,6 +188,12 @@ def to_table(report: PredictReport) -> str:
     path_w = max([len("path"), *(len(p) for p in paths)])
     class_w = max([len(f"top-{k}"), *(len(c) for c in report.classes)])
     header = [f"{'path':<{path_w}}"]
+    multilabel = report.thresholds is not None
+    label_texts = [", ".join(f"{printable(c)} {p:.2f}" for c, p in r.labels or []) or "(none)"
+                   for r in report.results] if multilabel else []
+    label_w = max([len("labels"), *(len(t) for t in label_texts)]) if multilabel else 0
+    if multilabel:
+        header.append(f"{'labels':<{label_w}}")
     for rank in range(1, k + 1):
         header += [f"{f'top-{rank}':<{class_w}}", f"{'prob':>6}"]
     lines = ["  ".join(header)]
@@ -169,6 +201,8 @@ def to_table(report: PredictReport) -> str:
         cells = [f"{path:<{path_w}}"]
         if result.error is not None:
             cells.append(f"error: {printable(result.error)}")
+        elif multilabel:
+            cells.append(f"{label_texts[len(lines) - 1]:<{label_w}}")
         for name, prob in result.top:
             cells += [f"{printable(name):<{class_w}}", f"{prob:6.4f}"]
         lines.append("  ".join(cells).rstrip())
@@ -176,15 +210,21 @@ def to_table(report: PredictReport) -> str:
 
 
 def to_json(report: PredictReport) -> str:
-    """One JSON object: checkpoint, classes, predictions (path, top) and errors (path, error)."""
+    """One JSON object: checkpoint, classes, predictions (path, top) and errors (path, error);
+    a multi-label model's adds ``thresholds`` and each prediction's ``labels``."""
+    def prediction(r: PredictResult) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": printable(r.path),
+                               "top": [{"class": printable(c), "prob": p} for c, p in r.top]}
+        if r.labels is not None:
+            out["labels"] = [{"class": printable(c), "prob": p} for c, p in r.labels]
+        return out
+
+    extra = {} if report.thresholds is None else {"thresholds": report.thresholds}
     return json.dumps({
         "checkpoint": printable(report.checkpoint),
         "classes": [printable(c) for c in report.classes],
-        "predictions": [
-            {"path": printable(r.path),
-             "top": [{"class": printable(c), "prob": p} for c, p in r.top]}
-            for r in report.results if r.error is None
-        ],
+        **extra,
+        "predictions": [prediction(r) for r in report.results if r.error is None],
         "errors": [{"path": printable(r.path), "error": printable(r.error)}
                    for r in report.results if r.error is not None],
     })
@@ -192,17 +232,25 @@ def to_json(report: PredictReport) -> str:
 
 def write_csv(report: PredictReport, path: str | os.PathLike[str]) -> None:
     """Write ``path,rank,class,prob,error``: one row per top-k entry, one row (with only
-    ``error`` filled) per unreadable file. Written to a temporary file then renamed, so a reader
-    never sees half a file."""
+    ``error`` filled) per unreadable file. A multi-label model's file has a ``label`` column
+    (1: at or above the class's threshold) and a row for every label, in the top-k or not.
+    Written to a temporary file then renamed, so a reader never sees half a file."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
+    multilabel = report.thresholds is not None
+    writer.writerow(MULTILABEL_CSV_HEADER if multilabel else CSV_HEADER)
     for result in report.results:
         shown = printable(result.path)  # a non-UTF-8 name would make encode("utf-8") raise
         if result.error is not None:
-            writer.writerow([shown, "", "", "", printable(result.error)])
-        for rank, (name, prob) in enumerate(result.top, start=1):
-            writer.writerow([shown, rank, printable(name), repr(prob), ""])
+            writer.writerow([shown, "", "", "", *([""] if multilabel else []),
+                             printable(result.error)])
+        labels = dict(result.labels or [])
+        rows = list(result.top) + [(c, p) for c, p in labels.items()
+                                   if c not in dict(result.top)]
+        for rank, (name, prob) in enumerate(rows, start=1):
+            label = [int(name in labels)] if multilabel else []
+            writer.writerow([shown, rank if rank <= len(result.top) else "", printable(name),
+                             repr(prob), *label, ""])
     data = text.getvalue().encode("utf-8")
     try:
         atomic_write(Path(path), lambda handle: handle.write(data))

@@ -51,6 +51,7 @@ class Checkpointer(Callback):
             scaler=state.scaler.state_dict() if state.scaler is not None else None,
             callbacks=trainer.callback_states(),
             weight_hooks={hook.key: hook.state_dict() for hook in state.weight_hooks},
+            thresholds=trainer.thresholds,
         )
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> str | None:

@@ -22,8 +22,9 @@ from imgcls.engine.batches import Speed
 from imgcls.engine.loop import TrainState
 from imgcls.engine.weight_hooks import FreezeAfter, Lookahead, WeightHook
 from imgcls.errors import ImgclsError
+from imgcls.losses import create_loss, resolve_class_weights
 from imgcls.models import create_model
-from imgcls.optim import create_loss, create_optimizer, create_scheduler, resolve_class_weights
+from imgcls.optim import create_optimizer, create_scheduler
 
 
 def create_speed(cfg: Config, device: torch.device) -> Speed:
@@ -76,11 +77,15 @@ def init_from_data(model: nn.Module, loader: object, device: torch.device,
 def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
                       steps_per_epoch: int, world_size: int = 1,
                       class_counts: Sequence[int] | None = None,
+                      multilabel_images: int | None = None,
                       say: Callable[[str], None] | None = None) -> TrainState:
     """Optimiser (lr scaled by ``optim.scale_lr``), schedule, loss, EMA and grad scaler.
 
     ``class_counts`` (training images per class) is what ``optim.class_weights`` needs; the
-    weights it gives are reported through ``say`` (rank 0's printer) in one line."""
+    weights it gives are reported through ``say`` (rank 0's printer) in one line. Multi-label
+    data gives ``multilabel_images``, its training images (then ``class_counts`` counts each
+    class's positives)."""
+    multilabel = multilabel_images is not None
     optim_cfg = cfg.optim
     if cfg.optim.scale_lr == "linear":  # lr x (global batch / loader.batch_size)
         optim_cfg = replace(cfg.optim, lr=cfg.optim.lr * world_size * cfg.train.accumulate)
@@ -99,12 +104,12 @@ def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
         if class_counts is None:
             raise ImgclsError(f"optim.class_weights={cfg.optim.class_weights} needs the "
                               "training data's class counts, and none were given")
-        weights = resolve_class_weights(cfg.optim, class_counts)
+        weights = resolve_class_weights(cfg.optim, class_counts, multilabel_images)
         if say is not None:
-            say(describe_class_weights(cfg.optim.class_weights, weights))
+            say(describe_class_weights(cfg.optim.class_weights, weights, multilabel=multilabel))
     return TrainState(
         model=model, optimizer=optimizer, scheduler=scheduler,
-        loss_fn=create_loss(cfg.optim, weights).to(device), device=device,
+        loss_fn=create_loss(cfg.optim, weights, multilabel=multilabel).to(device), device=device,
         grad_clip=cfg.train.grad_clip, accumulate=cfg.train.accumulate, speed=speed,
         scaler=torch.amp.GradScaler(device.type) if speed.amp_dtype == torch.float16 else None,
         ema=ema, ema_every=cfg.train.ema_every, skip_nonfinite=cfg.train.skip_nonfinite,
@@ -112,7 +117,8 @@ def build_train_state(cfg: Config, model: nn.Module, device: torch.device, *,
         # what val_loss means whenever optim.class_weights (or the class counts) change, and
         # train.monitor=val_loss must compare across runs; evaluate_checkpoint's loss is
         # unweighted too.
-        eval_loss_fn=create_loss(cfg.optim).to(device) if weights is not None else None,
+        eval_loss_fn=(create_loss(cfg.optim, multilabel=multilabel).to(device)
+                      if weights is not None else None),
         weight_hooks=create_weight_hooks(cfg, model, steps_per_epoch),
         label_mixing=_label_mixing(cfg, class_counts),
     )
@@ -148,7 +154,7 @@ def create_weight_hooks(cfg: Config, model: nn.Module, steps_per_epoch: int) -> 
 
 
 def describe_class_weights(spec: str | list[float], weights: Sequence[float],
-                           shown: int = 20) -> str:
+                           shown: int = 20, multilabel: bool = False) -> str:
     """One line for the run's log: the loss's class weights (the first ``shown`` of them).
 
     >>> describe_class_weights([1.0, 3.5], [1.0, 3.5])
@@ -156,6 +162,9 @@ def describe_class_weights(spec: str | list[float], weights: Sequence[float],
     """
     how = ("auto: inverse class frequency, mean 1 per training image" if spec == "auto"
            else "optim.class_weights")
+    if multilabel:
+        how = ("auto: each class's negatives / positives, capped" if spec == "auto"
+               else "optim.class_weights") + "; the weight of its positive labels"
     values = " ".join(f"{w:.4g}" for w in weights[:shown])
     if len(weights) > shown:
         values += f" ... ({len(weights)} classes, min {min(weights):.4g}, max {max(weights):.4g})"

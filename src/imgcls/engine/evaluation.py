@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from imgcls.config import choices
+from imgcls.data.targets import correct_count
 from imgcls.engine.batches import Speed, progress_bar
+from imgcls.runtime import all_gather_rows
 
 TTA_MODES = choices("train.tta")
 
@@ -76,10 +78,18 @@ def iter_logits(model: nn.Module, loader: Iterable, device: torch.device, *,
 @dataclass
 class EvalResult:
     loss: float
-    top1: float
+    top1: float  # multi-label: exact-match (subset) accuracy at probability 0.5
     top5: float
     n: int
-    confusion: torch.Tensor  # [true class, predicted class] counts
+    confusion: torch.Tensor  # [true class, predicted class] counts (multi-label: empty)
+    # multi-label (multi-hot labels): every image's sigmoid scores and labels, [n, K] on the CPU,
+    # in the loader's order (rank by rank in a distributed run); the metrics need them all
+    scores: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.scores is not None
 
     def per_class_accuracy(self) -> list[float]:
         totals = self.confusion.sum(dim=1).clamp(min=1)
@@ -97,10 +107,18 @@ class _EvalSums:
         self.topk = torch.zeros((), device=device, dtype=torch.int64)
         self.confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
         self.seen = 0
+        self.scores: list[torch.Tensor] = []  # multi-label batches' sigmoid scores and labels
+        self.targets: list[torch.Tensor] = []
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module) -> None:
         k = self.num_classes
         self.loss_sum += loss_fn(logits, labels).double() * labels.shape[0]
+        if labels.dim() == 2:  # multi-hot: the scores are kept; the metrics rank them
+            self.scores.append(torch.sigmoid(logits).float().cpu())
+            self.targets.append(labels.to(torch.uint8).cpu())
+            self.top1 += correct_count(logits, labels)
+            self.seen += labels.shape[0]
+            return
         best = logits.topk(self.k, dim=1).indices
         self.top1 += (best[:, 0] == labels).sum()
         self.topk += (best == labels[:, None]).any(dim=1).sum()
@@ -118,13 +136,20 @@ class _EvalSums:
             packed = reduce(torch.cat([confusion, torch.stack([top1, topk])]))
             confusion, top1, topk = packed[:-2], packed[-2], packed[-1]
         n = max(seen, 1)
-        return EvalResult(
+        result = EvalResult(
             loss=loss_sum.item() / n,
             top1=top1.item() / n,
             top5=topk.item() / n,
             n=seen,
             confusion=confusion.view(self.num_classes, self.num_classes).cpu(),
         )
+        if self.scores:
+            scores, targets = torch.cat(self.scores), torch.cat(self.targets)
+            if reduce is not None:  # every rank's images, for metrics over the whole set
+                scores, targets = all_gather_rows(scores), all_gather_rows(targets)
+            result.scores, result.targets = scores, targets
+            result.top5, result.confusion = float("nan"), torch.zeros(0, 0, dtype=torch.int64)
+        return result
 
 
 @torch.inference_mode()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from imgcls.data.label_mixing import LabelMixing
+from imgcls.data.targets import correct_count
 from imgcls.engine.batches import Speed as Speed
 from imgcls.engine.batches import progress_bar
 from imgcls.engine.evaluation import TTA_MODES as TTA_MODES
@@ -199,7 +200,9 @@ def _forward_backward(state: TrainState, images: torch.Tensor, labels: torch.Ten
     images = state.speed.inputs(images, state.device)
     targets = labels
     if state.label_mixing is not None:  # train_acc stays against each image's own label
-        images, targets = state.label_mixing(images, labels)
+        # multi-hot rows mix as label probabilities
+        images, targets = state.label_mixing(images, labels.float() if labels.dim() == 2
+                                             else labels)
     with sync:
         with state.speed.autocast(state.device):
             logits = model(images)
@@ -224,7 +227,7 @@ class _EpochCounts:
         n = labels.shape[0]
         self.seen += n
         self.loss_sum += loss.detach().double() * n
-        self.correct += (logits.detach().argmax(dim=1) == labels).sum()
+        self.correct += correct_count(logits.detach(), labels)
 
     def progress(self, batches: int, seconds: float) -> EpochProgress:
         return EpochProgress(batches, self.loss_sum.item(), int(self.correct.item()), self.seen,

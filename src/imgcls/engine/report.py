@@ -11,10 +11,14 @@ import torch
 
 
 def write_eval_report(
-    out_dir: Path, summary: dict[str, Any], confusion: torch.Tensor, classes: list[str]
+    out_dir: Path, summary: dict[str, Any], confusion: torch.Tensor | None, classes: list[str]
 ) -> None:
+    """``metrics.json``, and the confusion matrix of a single-label model (None: multi-label,
+    where every class has its own two-by-two table, in ``per_class``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if confusion is None:
+        return
     with (out_dir / "confusion_matrix.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *classes])

@@ -34,7 +34,7 @@ from imgcls.engine import components
 from imgcls.engine.loop import TrainState
 from imgcls.engine.trainer import Callback
 from imgcls.errors import ImgclsError
-from imgcls.metric_table import Monitor, get_monitor
+from imgcls.metric_table import METRICS, Monitor, get_monitor, monitor_names
 from imgcls.models.user import CodeConsent, approve_code
 from imgcls.runs.folder import Resume, resolve_resume, unsaved_run
 from imgcls.tracking import echo
@@ -155,12 +155,21 @@ def load_data(cfg: Config, resumed: Resume | None, user: UserData,
 
 def run_monitor(cfg: Config, data: DataSplit, *, say: Say) -> Monitor | None:
     """train.monitor, or None without a validation set (then best.pt is the last epoch, and
-    what needs a validation metric is refused before anything is written)."""
+    what needs a validation metric is refused before anything is written). Multi-label data
+    watches ``val_map`` unless train.monitor is set: exact-match accuracy rewards no partial
+    progress, and mAP needs no threshold."""
     if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
-        if "train.monitor" not in cfg.explicit and imbalance_handled(cfg.to_dict()):
+        chosen = "train.monitor" in cfg.explicit
+        name = cfg.train.monitor if chosen or not data.multilabel else "val_map"
+        if not chosen and imbalance_handled(cfg.to_dict()) and not data.multilabel:
             say(f"train.monitor={cfg.train.monitor}: class weights/balanced sampling are on, and "
                 "accuracy would favour the majority class; set train.monitor to choose")
-        return get_monitor(cfg.train.monitor)
+        if METRICS[name].multilabel not in (None, data.multilabel):
+            fits = [n for n in monitor_names() if METRICS[n].multilabel in (None, data.multilabel)]
+            has = "several labels" if data.multilabel else "one label"
+            raise ImgclsError(f"train.monitor={name} is not measured on data with {has} per "
+                              f"image; choose one of {', '.join(fits)}")
+        return get_monitor(name)
     if cfg.sched.name == "plateau":
         raise ImgclsError("sched.name=plateau needs a validation set to watch, and this run has "
                           "none (data.val_fraction=0 and no val/ folder)")
@@ -203,7 +212,9 @@ def prepare_run(cfg: Config, data: DataSplit, *, device: torch.device,
     state = components.build_train_state(
         cfg, model, device, world_size=info.world_size,
         steps_per_epoch=components.steps_per_epoch(cfg, len(loaders.train)),
-        class_counts=class_counts(dataset_labels(data.train), len(data.classes)), say=say,
+        class_counts=class_counts(dataset_labels(data.train), len(data.classes)),
+        multilabel_images=len(data.train) if data.multilabel else None,  # type: ignore[arg-type]
+        say=say,
     )
     if wrap:
         components.wrap_for_training(state, cfg, info, device)

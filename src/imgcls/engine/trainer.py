@@ -25,6 +25,11 @@ from imgcls import runtime
 from imgcls.engine.evaluation import EvalResult, evaluate
 from imgcls.engine.loop import EpochProgress, NonFiniteLoss, TrainState, train_one_epoch
 from imgcls.engine.metrics import classification_metrics, epoch_metrics_from_eval
+from imgcls.engine.multilabel_metrics import (
+    best_thresholds,
+    multilabel_epoch_metrics,
+    multilabel_metrics,
+)
 from imgcls.engine.signals import GracefulStop, StopRequested
 from imgcls.errors import ImgclsError
 from imgcls.metric_table import Monitor, names
@@ -32,7 +37,6 @@ from imgcls.runs.checkpoint import load_model_state
 from imgcls.runs.record import CheckpointRecord
 
 # The validation keys of an epoch's metrics row (None when the run has no validation set).
-VAL_KEYS = names(validation=True)
 
 
 class Callback:
@@ -88,6 +92,7 @@ class Trainer:
         checkpoint_every_minutes: float = 0.0,
         stop: GracefulStop | None = None,
         resume_progress: EpochProgress | None = None,
+        multilabel: bool = False,
     ) -> None:
         self.state = state
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -111,6 +116,11 @@ class Trainer:
         self.stop = stop  # signals that ask for a save and a stop at the next step
         self.resume_progress = resume_progress  # where a run saved mid-epoch continues
         self.saved_progress: EpochProgress | None = None  # last.pt's position in its epoch
+        # several labels per image: the metrics rows' keys, and each class's decision threshold
+        # (chosen on the last validation, saved with each checkpoint; None: 0.5 throughout)
+        self.multilabel = multilabel
+        self.val_keys = names(validation=True, multilabel=multilabel)
+        self.thresholds: list[float] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -147,6 +157,7 @@ class Trainer:
         self.load_callback_states(record.callbacks)
         self.saved_epoch = record.epoch
         self.last_metrics = dict(record.metrics)
+        self.thresholds = record.thresholds
         if record.progress:
             self.resume_progress = self.saved_progress = EpochProgress.from_state(
                 record.progress)
@@ -200,6 +211,8 @@ class Trainer:
             start=start, after_step=self._after_step if self._saves_mid_epoch else None,
         )
         result = self.validate()
+        if result is not None and result.multilabel:
+            self.thresholds = best_thresholds(result.scores, result.targets).tolist()
         state.epoch += 1
         metrics: dict[str, Any] = {
             "epoch": state.epoch,
@@ -214,7 +227,10 @@ class Trainer:
             # wall time since the run started: setup, decoding and validation included
             "elapsed_s": time.perf_counter() - self.start_time,
         }
-        if result is not None:
+        if result is not None and result.multilabel:
+            metrics["val_per_class"] = multilabel_metrics(
+                result.scores, result.targets, self.thresholds, self.classes)["per_class"]
+        elif result is not None:
             metrics["val_per_class"] = classification_metrics(
                 result.confusion, self.classes)["per_class"]
         state.scheduler.step_epoch(metrics)
@@ -277,12 +293,16 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_first_batch(self, images, labels)
 
-    @staticmethod
-    def _val_metrics(result: EvalResult | None) -> dict[str, float | None]:
+    def _val_metrics(self, result: EvalResult | None) -> dict[str, float | None]:
         if result is None:
-            return dict.fromkeys(VAL_KEYS)
-        values = epoch_metrics_from_eval(result.loss, result.top1, result.top5, result.confusion)
-        return {key: values[key] for key in VAL_KEYS}
+            return dict.fromkeys(self.val_keys)
+        if result.multilabel:  # at the thresholds chosen on these images, as evaluate scores
+            values = multilabel_epoch_metrics(result.loss, result.scores, result.targets,
+                                              self.thresholds)
+        else:
+            values = epoch_metrics_from_eval(result.loss, result.top1, result.top5,
+                                             result.confusion)
+        return {key: values[key] for key in self.val_keys}
 
     def _update_best(self, metrics: dict[str, Any]) -> None:
         state = self.state

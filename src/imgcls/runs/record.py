@@ -65,6 +65,10 @@ class CheckpointRecord:
     weight_hooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by hook key
     # a state saved inside an epoch: how far epoch `epoch + 1` had come (EpochProgress)
     progress: dict[str, Any] | None = None
+    # several labels per image (a label CSV): sigmoid scores, and each class's decision
+    # threshold, chosen on the validation images to maximise its F1 (None: 0.5 for every class)
+    multilabel: bool = False
+    thresholds: list[float] | None = None
 
     @property
     def resumable(self) -> bool:
@@ -75,6 +79,15 @@ class CheckpointRecord:
         if self.mean is None or self.std is None:
             return None
         return list(self.mean), list(self.std)
+
+    def decision_thresholds(self, override: float | None = None) -> list[float]:
+        """A multi-label model's threshold per class: ``override`` (``--threshold``) for every
+        class, else the checkpoint's (chosen on its validation images), else 0.5."""
+        if override is not None:
+            if not 0 < override < 1:
+                raise ImgclsError(f"--threshold must be between 0 and 1, got {override:g}")
+            return [float(override)] * len(self.classes)
+        return [float(t) for t in self.thresholds or [0.5] * len(self.classes)]
 
     def inference_weights(self) -> dict[str, torch.Tensor]:
         """The weights to predict with: the EMA average when the run kept one (``train.ema``; it

@@ -4,7 +4,9 @@ The exported graph takes what the evaluation pass of training fed the model:
 
 * default: float32 ``[N, C, S, S]`` images that are already resized, scaled to [0, 1] and
   normalised with the checkpoint's mean/std (``S`` = the checkpoint's input size, ``N`` dynamic;
-  a non-square input size ``[H, W]`` gives ``[N, C, H, W]``); it returns logits ``[N, classes]``.
+  a non-square input size ``[H, W]`` gives ``[N, C, H, W]``); it returns logits ``[N, classes]``,
+  or for a multi-label model each class's sigmoid probability, which the sidecar's
+  ``thresholds`` (one per class) turn into labels.
 * ``include_preprocess=True``: uint8 ``[N, C, H, W]`` images (RGB, or grey when the model takes
   one channel), any ``H``/``W`` of at least 2 pixels, ``N``, ``H`` and ``W`` dynamic. Inside the
   graph a small wrapper resizes them to ``S x S`` (bilinear, ``antialias=False``), scales to
@@ -43,9 +45,11 @@ from imgcls.deploy.export.graph import (
     EXPORT_BATCH,
     INPUT_NAME,
     OUTPUT_NAME,
+    PROBABILITIES_NAME,
     VERIFY_BATCHES,
     VERIFY_SEED,
     Preprocess,
+    SigmoidScores,
     _input_spec,
     _random_input,
 )
@@ -123,6 +127,9 @@ def _export_and_verify(loaded: LoadedModel, fmt: str, path: Path,
     module: nn.Module = loaded.model
     if include_preprocess:
         module = Preprocess(loaded.model, size, loaded.mean_std, channels).eval()
+    output_name = OUTPUT_NAME
+    if loaded.record.multilabel:
+        module, output_name = SigmoidScores(module).eval(), PROBABILITIES_NAME
     # Another shape for the preprocessing graph, so that H and W stay two separate dimensions.
     example = _random_input(spec, EXPORT_BATCH, height, width + 1 if include_preprocess else width,
                             torch.Generator().manual_seed(VERIFY_SEED + 1))
@@ -131,7 +138,7 @@ def _export_and_verify(loaded: LoadedModel, fmt: str, path: Path,
     notes: list[str] = []
     opset = None
     if fmt == "onnx":
-        exporter, opset, extra, notes = _export_onnx(module, example, spec, path)
+        exporter, opset, extra, notes = _export_onnx(module, example, spec, path, output_name)
         run = _run_onnx(path)
     else:
         exporter = _export_torchscript(module, example, path)
@@ -146,7 +153,7 @@ def _export_and_verify(loaded: LoadedModel, fmt: str, path: Path,
         path=path, sidecar=_sidecar_path(path), format=fmt, exporter=exporter,
         input_name=INPUT_NAME, input_dtype=spec.dtype_name, input_shape=spec.shape,
         num_classes=len(loaded.classes), mean_std=_per_channel(loaded.mean_std, channels),
-        include_preprocess=include_preprocess,
+        include_preprocess=include_preprocess, output_name=output_name,
         max_abs_diff=max(diffs.values(), key=lambda d: math.inf if math.isnan(d) else d),
         diffs=diffs, opset=opset, extra_files=extra, notes=notes,
     )

@@ -49,6 +49,7 @@ class ExportReport:
     extra_files: list[Path] = field(default_factory=list)  # ONNX external weights
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    output_name: str = OUTPUT_NAME  # PROBABILITIES_NAME for a multi-label model
 
     @property
     def verified(self) -> bool:
@@ -71,7 +72,7 @@ class ExportReport:
         else:
             prep = "pixels /255, no normalisation"
         lines.append(f"input    {self.input_name}: {self.input_dtype} [{dims}] NCHW ({prep}) -> "
-                     f"{OUTPUT_NAME} [N, {self.num_classes}]")
+                     f"{self.output_name} [N, {self.num_classes}]")
         status = "ok" if self.verified else "FAILED"
         lines.append(f"verified {status}: max abs diff vs eager {self.max_abs_diff:.3g} "
                      f"(tolerance {self.tolerance:.0e}; inputs {', '.join(self.diffs)})")
@@ -140,7 +141,7 @@ def _sidecar(loaded: LoadedModel, report: ExportReport, versions: dict[str, str]
         "classes": loaded.classes,
         "input_size": saved_size(loaded.input_size),  # an int when square, else [H, W]
         "input_name": report.input_name,
-        "output_name": OUTPUT_NAME,
+        "output_name": report.output_name,
         "input_dtype": report.input_dtype,
         "input_layout": "NCHW",
         "input_shape": report.input_shape,
@@ -156,6 +157,9 @@ def _sidecar(loaded: LoadedModel, report: ExportReport, versions: dict[str, str]
             "inputs": {k: _json_number(v) for k, v in report.diffs.items()},
             "ok": report.verified,
         },
+        **({"output": "sigmoid probability of each class", "multilabel": True,
+            "thresholds": loaded.record.decision_thresholds()} if loaded.record.multilabel
+           else {}),
         "source_checkpoint": str(loaded.path.resolve()),
         "imgcls_version": imgcls.__version__,
         "torch_version": torch.__version__,

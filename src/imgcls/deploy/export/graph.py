@@ -14,6 +14,7 @@ from imgcls.data.transforms import _channels
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+PROBABILITIES_NAME = "probabilities"  # a multi-label model's output (SigmoidScores)
 EXPORT_BATCH = 2  # the example batch the graph is built with
 VERIFY_BATCHES = (3, 1)  # neither is EXPORT_BATCH, so a baked-in batch size cannot pass
 VERIFY_SEED = 0
@@ -50,6 +51,18 @@ class Preprocess(nn.Module):
         if self.normalize:
             x = (x - self.mean) / self.std
         return self.model(x)
+
+
+class SigmoidScores(nn.Module):
+    """A multi-label model's exported output: each class's sigmoid probability, to compare with
+    the sidecar's per-class thresholds (a softmax over classes would make them compete)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(x))
 
 
 @dataclass

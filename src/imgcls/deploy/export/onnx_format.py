@@ -58,9 +58,10 @@ def _state_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, spec: _InputSpec,
-                 path: Path) -> tuple[str, int | None, list[Path], list[str]]:
-    """Write ``path``; returns (exporter, opset, extra files, notes).
+def _export_onnx(module: nn.Module, example: torch.Tensor, spec: _InputSpec, path: Path,
+                 output_name: str = OUTPUT_NAME) -> tuple[str, int | None, list[Path], list[str]]:
+    """Write ``path``, its output named ``output_name``; returns (exporter, opset, extra files,
+    notes).
 
     The dynamo-based exporter (``torch.export``) comes first; a model it cannot capture falls
     back to the TorchScript-based one (``dynamo=False``), which the report says.
@@ -71,11 +72,11 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, spec: _InputSpec,
                     for i, name in spec.dynamic.items()}
             program = torch.onnx.export(
                 module, (example,), None, dynamo=True, verbose=False,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=(dims,),
+                input_names=[INPUT_NAME], output_names=[output_name], dynamic_shapes=(dims,),
             )
     except Exception as exc:  # torch.export fails in many ways on unusual Python code
         reason = _first_line(exc)
-        return _export_onnx_legacy(module, example, spec, path, reason)
+        return _export_onnx_legacy(module, example, spec, path, reason, output_name)
     opset = program.model.opset_imports.get("")
     if _state_bytes(module) > EXTERNAL_DATA_BYTES:
         # Too big for one protobuf: the weights go to <file>.data, written in place.
@@ -91,16 +92,17 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, spec: _InputSpec,
 
 
 def _export_onnx_legacy(module: nn.Module, example: torch.Tensor, spec: _InputSpec, path: Path,
-                        dynamo_reason: str) -> tuple[str, int | None, list[Path], list[str]]:
+                        dynamo_reason: str, output_name: str = OUTPUT_NAME,
+                        ) -> tuple[str, int | None, list[Path], list[str]]:
     import onnx
 
-    axes = {INPUT_NAME: dict(spec.dynamic), OUTPUT_NAME: {0: "batch"}}
+    axes = {INPUT_NAME: dict(spec.dynamic), output_name: {0: "batch"}}
     buffer = io.BytesIO()
     try:
         with _quiet(), _stdout_muted():
             torch.onnx.export(
                 module, (example,), buffer, dynamo=False, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                output_names=[output_name], dynamic_axes=axes,
             )
     except Exception as exc:
         raise ImgclsError(
