@@ -181,3 +181,17 @@ def test_a_class_without_images_and_a_missing_image_name_the_line(tmp_path, caps
                            "--output", str(out), "--name", "gone", "log.progress=off")
     assert_one_line_error(code, err, "image file not found: images/gone.png", f"{data}:5")
     assert not (out / "rare").exists() and not (out / "gone").exists()
+
+
+def test_cross_validation_folds_are_stratified_and_compared_on_map(tmp_path, make_label_csv):
+    from imgcls.experiments.runner import cross_validate
+
+    data = make_label_csv(tmp_path / "d", n=36)
+    cfg = _cfg(tmp_path, data, train__epochs=1, log__name="cv")
+    summary = cross_validate(cfg, 2)
+    assert summary["monitor"] == "val_map" and summary["mode"] == "max"
+    folds = [json.loads((tmp_path / "runs" / "cv" / f"fold-{i}" / "split.json").read_text())
+             for i in (0, 1)]
+    assert set(folds[0]["val"]).isdisjoint(folds[1]["val"])
+    assert sorted(folds[0]["val"] + folds[1]["val"]) == sorted(folds[0]["train"] +
+                                                               folds[0]["val"])

@@ -20,6 +20,7 @@ from imgcls import runtime
 from imgcls.config import Config, build_config, from_saved, imbalance_handled, load_yaml
 from imgcls.config.sizes import size_hw, size_text
 from imgcls.data import DataSplit, create_datasets, from_dataset
+from imgcls.data.label_csv import is_label_csv
 from imgcls.data.pipeline import (
     Preprocessing,
     TrainLoaders,
@@ -151,6 +152,15 @@ def load_data(cfg: Config, resumed: Resume | None, user: UserData,
             f"{resumed.record.classes[:5]}..."
         )
     return data
+
+
+def with_data_monitor(cfg: Config) -> Config:
+    """``cfg`` with the ``train.monitor`` its runs resolve (:func:`run_monitor`): ``val_map``
+    for a label CSV when unset. Experiments and studies compare runs on it, so they take it
+    from here before their runs start."""
+    if "train.monitor" in cfg.explicit or not is_label_csv(Path(cfg.data.source)):
+        return cfg
+    return build_config(cfg, {"train.monitor": "val_map"})
 
 
 def run_monitor(cfg: Config, data: DataSplit, *, say: Say) -> Monitor | None:

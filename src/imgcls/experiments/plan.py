@@ -15,6 +15,7 @@ from typing import Any
 
 import imgcls
 from imgcls.config import INFRA_KEYS, Config, build_config, flatten
+from imgcls.engine.setup import with_data_monitor
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write_text
 
@@ -97,6 +98,7 @@ def plan_experiment(kind: str, count: int, cfg: Config, command: str = "") -> Ex
     if kind == "cv" and (cfg.data.folds or cfg.data.fold):
         raise ImgclsError("imgcls cv sets data.folds and data.fold itself; leave them out and "
                           "use --folds K (and --only I for one fold)")
+    cfg = with_data_monitor(cfg)  # the summary compares the runs on what they watched
     name = cfg.log.name or f"{kind}-{_safe(cfg.model.name)}-{_digest(kind, count, cfg)}"
     return Experiment(Path(cfg.log.output) / name, kind, count, cfg.to_dict(), command,
                       f"{datetime.now():%Y-%m-%dT%H:%M:%S}")

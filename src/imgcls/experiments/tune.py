@@ -38,6 +38,7 @@ import torch
 from imgcls import api
 from imgcls.config import Config, build_config
 from imgcls.engine.loop import NonFiniteLoss
+from imgcls.engine.setup import with_data_monitor
 from imgcls.engine.trainer import Callback, Trainer
 from imgcls.errors import ImgclsError, first_line
 from imgcls.experiments.search_space import Param, load_space
@@ -131,6 +132,7 @@ def tune(
     optuna = require_optuna()
     if trials < 1:
         raise ImgclsError(f"--trials {trials}: need at least 1")
+    base = with_data_monitor(base)  # the objective: what every trial watches
     monitor = get_monitor(base.train.monitor)
     params = load_space(space, base)
     make_pruner = create_pruner(optuna, pruner, monitor, prune_threshold, prune_after)
