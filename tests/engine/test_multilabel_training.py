@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import assert_one_line_error, assert_same_weights, interrupt_and_resume, run_cli
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, hamming_loss
 
@@ -136,16 +137,23 @@ def test_a_resumed_multilabel_run_is_bit_identical(tmp_path, make_label_csv):
     assert a.thresholds == b.thresholds
 
 
-@pytest.mark.parametrize("extra", [
-    {"optim__loss": "asl", "optim__class_weights": "auto", "transforms__mixup": 0.2},
-    {"data__loader": "dataloader", "optim__class_weights": "auto", "train__ema": 0.9},
+@pytest.mark.parametrize(("extra", "loader"), [
+    ({"optim__loss": "asl", "optim__class_weights": "auto", "transforms__mixup": 0.2}, "memory"),
+    ({"data__loader": "dataloader", "optim__class_weights": "auto", "train__ema": 0.9},
+     "dataloader"),
+    # photos: decoded once into the photo cache, cropped in batches; a mid-epoch checkpoint
+    ({"model__name": "resnet20", "transforms__image_size": 96,
+      "train__checkpoint_every_steps": 1}, "photos"),
 ])
-def test_the_asymmetric_loss_class_weights_mixup_and_both_loaders(tmp_path, make_label_csv,
-                                                                  extra):
-    data = make_label_csv(tmp_path / "d", n=40)
+def test_the_asymmetric_loss_class_weights_mixup_and_every_loader(tmp_path, make_label_csv,
+                                                                  extra, loader):
+    data = make_label_csv(tmp_path / "d", n=40, size=112 if loader == "photos" else 16)
     run = api.train(_cfg(tmp_path, data, train__epochs=2, log__name="x", **extra)).run_dir
     rows = _rows(run)
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_map"]) for r in rows)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
+    assert saved["data.loader"] == ("memory" if loader == "photos" else loader)
+    assert bool(list((tmp_path / "cache").glob(".imgcls-cache/photos-*"))) == (loader == "photos")
 
 
 @pytest.mark.parametrize(("setting", "needle"), [
