@@ -203,3 +203,22 @@ def test_cross_validation_folds_are_stratified_and_compared_on_map(tmp_path, mak
     assert set(folds[0]["val"]).isdisjoint(folds[1]["val"])
     assert sorted(folds[0]["val"] + folds[1]["val"]) == sorted(folds[0]["train"] +
                                                                folds[0]["val"])
+
+
+def test_an_experiments_evaluation_scores_runs_and_ensemble_on_map(tmp_path, capsys,
+                                                                  make_label_csv):
+    from imgcls.experiments.runner import repeat_seeds
+
+    data = make_label_csv(tmp_path / "d", n=36)
+    repeat_seeds(_cfg(tmp_path, data, train__epochs=2, log__name="rep"), 2)
+    code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "runs" / "rep"), "--split",
+                             "val", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["scores"] == ["map", "micro_f1", "macro_f1", "exact_match", "loss"]
+    assert result["ensemble"]["models"] == 2 and 0 <= result["ensemble"]["map"] <= 1
+    for run in result["runs"]:
+        summary = json.loads(run_cli(capsys, "evaluate", str(
+            tmp_path / "runs" / "rep" / run["run"] / "checkpoints" / "best.pt"), "--json")[1])
+        assert run["map"] == pytest.approx(summary["map"], abs=1e-6)
+        assert run["exact_match"] == pytest.approx(summary["subset_accuracy"], abs=1e-6)

@@ -15,16 +15,20 @@ import torch
 from imgcls.data.splits import load_split
 from imgcls.deploy.load import evaluation_overrides, load_model
 from imgcls.engine.metrics import classification_metrics
+from imgcls.engine.multilabel_metrics import multilabel_metrics
 from imgcls.errors import ImgclsError
 from imgcls.experiments.plan import KINDS, load_experiment
 from imgcls.experiments.stats import Spread, spread
 from imgcls.experiments.status import FINISHED, statuses
 from imgcls.files import atomic_write_text
 from imgcls.models.user import CodeConsent
+from imgcls.report.multilabel import binary_cross_entropy
 from imgcls.report.predictions import collect_predictions
 from imgcls.report.tables import csv_text
 
 SCORES = ("accuracy", "loss", "macro_f1", "balanced_acc")
+# several labels per image: exact match, binary cross-entropy, threshold-free mAP, the F1s
+MULTILABEL_SCORES = ("map", "micro_f1", "macro_f1", "exact_match", "loss")
 
 
 def evaluate_experiment(path: str | Path, *, split: str = "test", device: str = "auto",
@@ -40,26 +44,30 @@ def evaluate_experiment(path: str | Path, *, split: str = "test", device: str = 
         raise ImgclsError(f"no finished runs in {experiment.path} to evaluate: "
                           f"{', '.join(s.describe() for s in found)}")
     overrides = evaluation_overrides(batch_size=batch_size, tta=tta)
-    rows, probs, shared = [], [], None
+    rows, probs, thresholds, shared = [], [], [], None
     for status in done:
         best = status.run_dir / "checkpoints" / "best.pt"
         loaded = load_model(best, device=device, overrides=overrides, code=code)
         preds = collect_predictions(loaded, status.run_dir, split=split)
         rows.append({"run": status.member.name, "images": len(preds.labels),
-                     **scores(preds.probs, preds.labels, preds.classes)})
+                     **scores(preds.probs, preds.labels, preds.classes, preds.thresholds)})
         key = (_images(status.run_dir, split), preds.labels.tobytes(), tuple(preds.classes))
         shared = key if shared is None or shared == key else False
         probs.append(preds.probs)
+        thresholds.append(preds.thresholds)
+    names = MULTILABEL_SCORES if preds.multilabel else SCORES
     result: dict[str, Any] = {
         "experiment": str(experiment.path), "kind": experiment.kind, "split": split,
-        "checkpoint": "best.pt", "runs": rows,
+        "checkpoint": "best.pt", "runs": rows, "scores": list(names),
         "not_evaluated": [s.describe() for s in found if s.state != FINISHED],
-        "stats": {k: spread([r[k] for r in rows]).to_dict() for k in SCORES},
+        "stats": {k: spread([r[k] for r in rows]).to_dict() for k in names},
     }
     if shared:
-        mean = np.mean(probs, axis=0)
+        # several labels: the ensemble decides at the runs' mean thresholds
+        mean_thresholds = np.mean(thresholds, axis=0) if preds.multilabel else None
         result["ensemble"] = {"models": len(probs), "images": len(preds.labels),
-                              **scores(mean, preds.labels, preds.classes)}
+                              **scores(np.mean(probs, axis=0), preds.labels, preds.classes,
+                                       mean_thresholds)}
     else:
         result["ensemble"] = None
         result["ensemble_note"] = (f"no ensemble: the {KINDS[experiment.kind]}s scored "
@@ -68,8 +76,16 @@ def evaluate_experiment(path: str | Path, *, split: str = "test", device: str = 
     return result
 
 
-def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """Accuracy, mean cross-entropy, macro-F1 and balanced accuracy of N x K probabilities."""
+def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str],
+           thresholds: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy, mean cross-entropy, macro-F1 and balanced accuracy of N x K probabilities; with
+    ``thresholds`` (several labels per image: ``labels`` are 0/1 rows) :data:`MULTILABEL_SCORES`
+    at them."""
+    if thresholds is not None:
+        m = multilabel_metrics(torch.from_numpy(probs), torch.from_numpy(labels), thresholds)
+        return {"map": m["map"], "micro_f1": m["micro_f1"], "macro_f1": m["macro_f1"],
+                "exact_match": m["subset_accuracy"],
+                "loss": binary_cross_entropy(probs, labels)}
     k = len(classes)
     flat = labels.astype(np.int64) * k + probs.argmax(axis=1)
     confusion = torch.from_numpy(np.bincount(flat, minlength=k * k).reshape(k, k))
@@ -96,7 +112,7 @@ def _write(folder: Path, result: dict[str, Any]) -> None:
         atomic_write_text(folder / "evaluation.json", json.dumps(result, indent=2) + "\n")
         ensemble = [{"run": "ensemble", **result["ensemble"]}] if result["ensemble"] else []
         atomic_write_text(folder / "runs.csv", csv_text(result["runs"] + ensemble,
-                                                        ["run", "images", *SCORES]))
+                                                        ["run", "images", *result["scores"]]))
     except OSError as exc:
         raise ImgclsError(f"cannot write the evaluation to {folder}: "
                           f"{exc.strerror or exc}") from None
@@ -105,19 +121,20 @@ def _write(folder: Path, result: dict[str, Any]) -> None:
 def format_evaluation(result: dict[str, Any]) -> str:
     """The printed table: each run and the ensemble, then each score's mean ± std and 95% CI
     over the runs."""
+    names = result.get("scores", SCORES)
     lines = [f"{result['experiment']}: best.pt of {len(result['runs'])} "
              f"{KINDS[result['kind']]}s on the {result['split']} split",
-             f"{'run':<10}{'images':>7}" + "".join(f"{k:>14}" for k in SCORES)]
+             f"{'run':<10}{'images':>7}" + "".join(f"{k:>14}" for k in names)]
     ensemble = result["ensemble"]
     shown = result["runs"] + ([{"run": "ensemble", **ensemble}] if ensemble else [])
     for r in shown:
         lines.append(f"{r['run']:<10}{r['images']:>7}"
-                     + "".join(f"{r[k]:>14.4f}" for k in SCORES))
+                     + "".join(f"{r[k]:>14.4f}" for k in names))
     if ensemble:
         lines.append(f"ensemble: the mean probabilities of the {ensemble['models']} models")
     else:
         lines.append(result["ensemble_note"])
-    for key in SCORES:
+    for key in names:
         lines.append(f"{key + ':':<14}{Spread(**result['stats'][key]).describe()}")
     if result["not_evaluated"]:
         lines.append(f"not evaluated (not finished): {', '.join(result['not_evaluated'])}")

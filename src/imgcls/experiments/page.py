@@ -19,14 +19,14 @@ from imgcls.experiments.summary import summarize
 from imgcls.files import atomic_write
 from imgcls.metric_table import METRICS, names
 from imgcls.report import page, tables
-from imgcls.report.build import _Folder
+from imgcls.report.folder import Folder
 
 
 def report_experiment(path: str | Path, *, output: str | Path | None = None) -> Path:
     """Write ``EXPERIMENT/report/index.html`` (or ``output/index.html``); returns its path."""
     experiment = load_experiment(path)
     summary = summarize(experiment)  # also refreshes EXPERIMENT/summary.json
-    out = _Folder(Path(output) if output is not None else experiment.path / "report")
+    out = Folder(Path(output) if output is not None else experiment.path / "report")
     out.text("summary.json", json.dumps(summary, indent=2) + "\n")
     rows = {s.member.name: s.rows for s in statuses(experiment) if s.rows}
     what = KINDS[experiment.kind]
@@ -60,7 +60,7 @@ def _summary_html(summary: dict[str, Any]) -> str:
     return html + f'<p class="note">{page.esc(note)}</p>' + page.files_note(["summary.json"])
 
 
-def _runs_html(out: _Folder, summary: dict[str, Any]) -> str:
+def _runs_html(out: Folder, summary: dict[str, Any]) -> str:
     columns = ["run", "status", "epochs", "best_epoch"] + sorted(
         {k for r in summary["runs"] for k in r if k.startswith(("best_val", "final_"))},
         key=lambda k: (not k.startswith("best"), k))
@@ -68,7 +68,7 @@ def _runs_html(out: _Folder, summary: dict[str, Any]) -> str:
     return page.table(summary["runs"], columns) + page.files_note([name])
 
 
-def _curves_html(out: _Folder, rows: dict[str, list[dict[str, Any]]], monitor: str) -> str:
+def _curves_html(out: Folder, rows: dict[str, list[dict[str, Any]]], monitor: str) -> str:
     if not rows:
         return '<p class="note">no run has finished an epoch yet: no curves.</p>'
     # the monitored metric, then the losses (metric_table's loss panel), one panel each
@@ -108,7 +108,7 @@ def _curves_png(rows: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) ->
     return buffer.getvalue()
 
 
-def _evaluation_html(out: _Folder, experiment: Path) -> str:
+def _evaluation_html(out: Folder, experiment: Path) -> str:
     found = sorted((experiment / "eval").glob("*/evaluation.json"))
     if not found:
         return (f'<p class="note">not evaluated yet: `imgcls evaluate {page.esc(experiment)} '
@@ -117,11 +117,12 @@ def _evaluation_html(out: _Folder, experiment: Path) -> str:
                    for p in found)
 
 
-def _one_evaluation(out: _Folder, result: dict[str, Any]) -> str:
+def _one_evaluation(out: Folder, result: dict[str, Any]) -> str:
     """One split's scores: each run and the ensemble, then mean, std and CI over the runs."""
     ensemble = result.get("ensemble")
     shown = result["runs"] + ([{"run": "ensemble", **ensemble}] if ensemble else [])
-    columns = ["run", "images", "accuracy", "loss", "macro_f1", "balanced_acc"]
+    # the scores the evaluation computed, in its order (they differ by kind of labels)
+    columns = ["run", "images", *result["stats"]]
     name = out.text(f"evaluation_{result['split']}.csv", tables.csv_text(shown, columns))
     spreads = [{"score": k, **s} for k, s in result["stats"].items()]
     note = result.get("ensemble_note") or (

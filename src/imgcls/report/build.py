@@ -16,35 +16,16 @@ import yaml
 
 import imgcls
 from imgcls.errors import ImgclsError
-from imgcls.files import atomic_write, atomic_write_text
 from imgcls.metric_table import METRICS, names
 from imgcls.models.user import CodeConsent
 from imgcls.report import figures, page, tables
 from imgcls.report.calibration import BINS, calibration
+from imgcls.report.folder import Folder
+from imgcls.report.multilabel_page import multilabel_sections, summary_html
 from imgcls.report.predictions import Predictions, collect_predictions, load_for_report
 from imgcls.runs.files import plot_curves, read_metrics, results_csv_text
 
 SHOWN = 12  # images in each grid: top losses, and correct predictions
-
-
-class _Folder:
-    """Where a page's files go; remembers what it wrote, for the page's file notes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ImgclsError(f"cannot create the report folder {path}: "
-                              f"{exc.strerror or exc}") from None
-
-    def text(self, name: str, text: str) -> str:
-        atomic_write_text(self.path / name, text)
-        return name
-
-    def png(self, name: str, data: bytes) -> str:
-        atomic_write(self.path / name, lambda handle: handle.write(data))
-        return name
 
 
 # --------------------------------------------------------------------------- one run
@@ -64,44 +45,61 @@ def report_run(run_dir: str | Path, *, split: str = "val", data: str | None = No
     loaded = load_for_report(run, data=data, device=device, code=code)
     preds = collect_predictions(loaded, run, split=split, data=data)
     scored_s = time.perf_counter() - start
-    out = _Folder(Path(output) if output is not None else run / "report")
+    out = Folder(Path(output) if output is not None else run / "report")
     rows = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
 
+    record = loaded.record
+    summary: dict[str, Any] = {
+        "run": str(run), "checkpoint": str(loaded.path), "epoch": record.epoch,
+        "split": split, "data": preds.source, "images": len(preds.labels),
+    }
+    if preds.multilabel:  # its own sections: a confusion matrix needs one label per image
+        scores, middle = multilabel_sections(out, preds)
+        summary_section = summary_html
+    else:
+        scores, middle = _single_label_sections(out, preds)
+        summary_section = _summary_html
+    summary.update({
+        **scores, "split_sizes": _split_sizes(run, split, len(preds.labels)),
+        "provenance": record.provenance, "report_device": str(loaded.device),
+        "epoch_time_s_mean": _mean(rows, "epoch_time_s"),
+        "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
+        "scoring_s": scored_s, "imgcls": imgcls.__version__, "torch": str(torch.__version__),
+    })
+    sections = [
+        ("summary", "Summary", summary_section(summary)),
+        ("curves", "Training curves", _curves_html(out, rows, run.name)),
+        *middle,
+        ("provenance", "Data, provenance and config", _provenance_html(summary, loaded.config)),
+    ]
+    summary["report_s"] = time.perf_counter() - start
+    out.text("summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    kind = "classes, several labels per image" if preds.multilabel else "classes"
+    subtitle = (f"{loaded.path} (epoch {record.epoch}) on the {split} split of {preds.source}: "
+                f"{len(preds.labels)} images, {len(preds.classes)} {kind}; imgcls "
+                f"{imgcls.__version__}")
+    out.text("index.html", page.render(f"imgcls report: {run.name}", subtitle, sections))
+    return out.path / "index.html"
+
+
+def _single_label_sections(out: Folder, preds: Predictions
+                           ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """The scores for ``summary.json`` and the sections of a page for one label per image;
+    writes ``predictions.csv`` and each section's files."""
     confusion = preds.confusion()
     classes = preds.classes
     per_class, scores = tables.per_class_rows(confusion, classes)
     cal = calibration(preds.confidence, preds.predicted == preds.labels)
     pairs = tables.confused_pairs(confusion, classes)
-    record = loaded.record
-    summary: dict[str, Any] = {
-        "run": str(run), "checkpoint": str(loaded.path), "epoch": record.epoch,
-        "split": split, "data": preds.source, "images": len(preds.labels),
-        **scores, "loss": float(preds.loss.mean()), "ece": cal.ece, "ece_bins": BINS,
-        "split_sizes": _split_sizes(run, split, len(preds.labels)),
-        "provenance": record.provenance, "report_device": str(loaded.device),
-        "epoch_time_s_mean": _mean(rows, "epoch_time_s"),
-        "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
-        "scoring_s": scored_s, "imgcls": imgcls.__version__, "torch": str(torch.__version__),
-    }
-
-    sections = [
-        ("summary", "Summary", _summary_html(summary)),
-        ("curves", "Training curves", _curves_html(out, rows, run.name)),
+    scores = {**scores, "loss": float(preds.loss.mean()), "ece": cal.ece, "ece_bins": BINS}
+    out.text("predictions.csv", _predictions_csv(preds))
+    return scores, [
         ("confusion", "Confusion matrix", _confusion_html(out, confusion, classes, pairs)),
         ("per-class", "Per-class scores", _per_class_html(out, per_class, classes)),
         ("calibration", "Calibration", _calibration_html(out, cal)),
         ("top-losses", "Most confidently wrong", _images_html(out, preds, wrong=True)),
         ("correct", "A sample of correct predictions", _images_html(out, preds, wrong=False)),
-        ("provenance", "Data, provenance and config", _provenance_html(summary, loaded.config)),
     ]
-    out.text("predictions.csv", _predictions_csv(preds))
-    summary["report_s"] = time.perf_counter() - start
-    out.text("summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    subtitle = (f"{loaded.path} (epoch {record.epoch}) on the {split} split of {preds.source}: "
-                f"{len(preds.labels)} images, {len(classes)} classes; imgcls "
-                f"{imgcls.__version__}")
-    out.text("index.html", page.render(f"imgcls report: {run.name}", subtitle, sections))
-    return out.path / "index.html"
 
 
 def _predictions_csv(preds: Predictions) -> str:
@@ -140,7 +138,7 @@ def _summary_html(s: dict[str, Any]) -> str:
     return page.key_values(pairs) + page.files_note(["summary.json", "predictions.csv"])
 
 
-def _curves_html(out: _Folder, rows: list[dict[str, Any]], name: str) -> str:
+def _curves_html(out: Folder, rows: list[dict[str, Any]], name: str) -> str:
     if not rows:
         return '<p class="note">no metrics.jsonl in the run folder: no curves.</p>'
     csv_name = out.text("results.csv", results_csv_text(rows))
@@ -150,7 +148,7 @@ def _curves_html(out: _Folder, rows: list[dict[str, Any]], name: str) -> str:
             + page.files_note([csv_name]))
 
 
-def _confusion_html(out: _Folder, confusion: torch.Tensor, classes: list[str],
+def _confusion_html(out: Folder, confusion: torch.Tensor, classes: list[str],
                     pairs: list[dict]) -> str:
     counts = confusion.to(torch.int64)
     rates = (counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
@@ -173,7 +171,7 @@ def _confusion_html(out: _Folder, confusion: torch.Tensor, classes: list[str],
             + "<h3>Most-confused pairs</h3>" + pair_html + page.files_note(names))
 
 
-def _per_class_html(out: _Folder, rows: list[dict], classes: list[str]) -> str:
+def _per_class_html(out: Folder, rows: list[dict], classes: list[str]) -> str:
     columns = ["class", "precision", "recall", "f1", "support"]
     name = out.text("per_class.csv", tables.csv_text(rows, columns))
     return (page.table(rows, columns, headers=["class", "precision", "recall", "F1", "support"],
@@ -183,7 +181,7 @@ def _per_class_html(out: _Folder, rows: list[dict], classes: list[str]) -> str:
             + page.files_note([name]))
 
 
-def _calibration_html(out: _Folder, cal: Any) -> str:
+def _calibration_html(out: Folder, cal: Any) -> str:
     rows = cal.rows()
     name = out.text("calibration.csv", tables.csv_text(rows))
     png = out.png("reliability.png", figures.reliability_png(cal))
@@ -200,7 +198,7 @@ def _calibration_html(out: _Folder, cal: Any) -> str:
             + page.files_note([name]))
 
 
-def _images_html(out: _Folder, preds: Predictions, *, wrong: bool) -> str:
+def _images_html(out: Folder, preds: Predictions, *, wrong: bool) -> str:
     predicted, labels, probs, loss = preds.predicted, preds.labels, preds.probs, preds.loss
     if wrong:
         candidates = np.flatnonzero(predicted != labels)
@@ -273,7 +271,7 @@ def report_compare(run_dirs: Sequence[str | Path], *, output: str | Path) -> Pat
             raise ImgclsError(f"{metrics} holds no epochs yet")
         key = run.name if run.name not in runs else str(run)
         runs[key], labels[key] = rows, str(run)
-    out = _Folder(Path(output))
+    out = Folder(Path(output))
     table_rows = [_compare_row(name, labels[name], rows) for name, rows in runs.items()]
     compared = names(summary=True)  # the metrics metric_table.METRICS marks summary=True
     columns = ["run", "epochs"] + [f"{p}_{k}" for k in compared for p in ("final", "best")]

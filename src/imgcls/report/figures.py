@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,34 +83,59 @@ def confusion_figure(confusion: torch.Tensor, classes: list[str], *, normalized:
     ax.set_title("confusion matrix, row-normalised" if normalized else "confusion matrix, counts")
     fig.tight_layout()
     if n <= 30:  # the numbers go in once the layout has settled the cells' size
-        ax.apply_aspect()
-        box = ax.get_position()
-        cell_in = min(box.width * fig.get_figwidth(), box.height * fig.get_figheight()) / n
         texts = [[f"{float(v):.2f}" if normalized else str(int(v)) for v in row]
                  for row in values]
-        size = cell_fontsize(cell_in, fig.get_figwidth(),
-                             max(len(t) for row in texts for t in row))
-        for i in range(n):  # white on the darker half of the colour scale
-            for j in range(n):
-                ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=size,
-                        color="white" if float(values[i, j]) > 0.5 * vmax else "black")
+        annotate_cells(fig, ax, texts, values.numpy(), vmax)
     return fig
 
 
-# The reliability diagram's bars: (label, face, edge, hatch). Opaque, so a gap drawn over an
-# accuracy bar shows the very colour its legend entry does.
-ACCURACY_BAR = ("accuracy", "C0", "black", "")
-OVER_GAP = ("over-confident: mean confidence above accuracy", "#f4a9a8", "C3", "//")
-UNDER_GAP = ("under-confident: accuracy above mean confidence", "#fcd98b", "#b07800", "..")
+def annotate_cells(fig: Any, ax: Any, texts: Sequence[Sequence[str]], values: np.ndarray,
+                   vmax: float) -> None:
+    """Each cell's text of an n x n matrix drawn with ``imshow``, sized by
+    :func:`cell_fontsize` for the cells the (settled) layout left; white on the darker half of
+    the colour scale."""
+    n = len(texts)
+    ax.apply_aspect()
+    box = ax.get_position()
+    cell_in = min(box.width * fig.get_figwidth(), box.height * fig.get_figheight()) / n
+    size = cell_fontsize(cell_in, fig.get_figwidth(), max(len(t) for row in texts for t in row))
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=size,
+                    color="white" if float(values[i, j]) > 0.5 * vmax else "black")
 
 
-def reliability_png(cal: Calibration) -> bytes:
+# The reliability diagram's bars: (label, face, edge, hatch), the label filled in with the
+# words of the diagram (Words). Opaque, so a gap drawn over an accuracy bar shows the very
+# colour its legend entry does.
+ACCURACY_BAR = ("{outcome}", "C0", "black", "")
+OVER_GAP = ("over-confident: mean {score} above {outcome}", "#f4a9a8", "C3", "//")
+UNDER_GAP = ("under-confident: {outcome} above mean {score}", "#fcd98b", "#b07800", "..")
+
+
+@dataclass(frozen=True)
+class Words:
+    """What a reliability diagram's bins measure: one label per image (the top-1 confidence
+    and whether it was right), or each label of each image (its probability, and whether the
+    image has it)."""
+
+    outcome: str = "accuracy"
+    score: str = "confidence"
+    axis: str = "confidence (top-1 probability)"
+    unit: str = "images"
+
+
+TOP1_WORDS = Words()
+LABEL_WORDS = Words("fraction positive", "probability", "probability of the label", "labels")
+
+
+def reliability_png(cal: Calibration, words: Words = TOP1_WORDS) -> bytes:
     """Accuracy against confidence per bin (bars), the diagonal of perfect calibration, and
     how many images each bin holds (below)."""
-    return _png(reliability_figure(cal))
+    return _png(reliability_figure(cal, words))
 
 
-def reliability_figure(cal: Calibration) -> Any:
+def reliability_figure(cal: Calibration, words: Words = TOP1_WORDS) -> Any:
     """:func:`reliability_png`'s matplotlib figure. Each bin's gap between accuracy and mean
     confidence is drawn above the bar (over-confident) or over its top (under-confident), in
     the colour of its legend entry; the legend sits below the plots, covering no bar."""
@@ -138,14 +164,14 @@ def reliability_figure(cal: Calibration) -> Any:
     (diagonal,) = top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
-    top.set_ylabel("accuracy")
+    top.set_ylabel(words.outcome)
     top.set_title(f"reliability diagram (ECE {cal.ece:.4f}, {len(cal.count)} bins)")
-    handles = [Patch(facecolor=f, edgecolor=e, hatch=h, label=label)
-               for label, f, e, h in shown] + [diagonal]
+    handles = [Patch(facecolor=f, edgecolor=e, hatch=h, label=label.format(
+        outcome=words.outcome, score=words.score)) for label, f, e, h in shown] + [diagonal]
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncol=1, frameon=False)
     bottom.bar(cal.lower, cal.count, width=width, align="edge", color="C7", edgecolor="black")
-    bottom.set_xlabel("confidence (top-1 probability)")
-    bottom.set_ylabel("images")
+    bottom.set_xlabel(words.axis)
+    bottom.set_ylabel(words.unit)
     return fig
 
 

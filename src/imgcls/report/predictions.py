@@ -20,12 +20,18 @@ from imgcls.models.user import CodeConsent
 
 @dataclass
 class Predictions:
-    probs: np.ndarray  # N x K softmax probabilities (float64)
-    labels: np.ndarray  # N true class indices
+    probs: np.ndarray  # N x K softmax probabilities (float64); multi-label: each class's sigmoid
+    labels: np.ndarray  # N true class indices; multi-label: N x K 0/1 rows (uint8)
     classes: list[str]
     dataset: Dataset  # the raw split, (image, label) per index, untransformed
     split: str
     source: str  # the data source scored (the run's own unless --data)
+    # multi-label: each class's decision threshold (the checkpoint's); None: one label per image
+    thresholds: np.ndarray | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.thresholds is not None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -82,10 +88,17 @@ def collect_predictions(loaded: LoadedModel, run_dir: Path, *, split: str = "val
                         data: str | None = None) -> Predictions:
     """Score every image of ``split`` as ``imgcls evaluate`` does
     (:func:`imgcls.deploy.scoring.score`: the run's evaluation preprocessing and test-time
-    augmentation, in batches, without gradients); row i is the split's image i."""
+    augmentation, in batches, without gradients); row i is the split's image i. A multi-label
+    model's probabilities are each class's sigmoid, taken in fp32 as its validation took them
+    (so the checkpoint's thresholds, chosen on those, cut the same scores)."""
     scores = score(loaded, split=split, run_dir=run_dir, data=data, require_images=True)
     labels = scores.labels()
     assert labels is not None and scores.dataset is not None
+    if loaded.record.multilabel:
+        probs = torch.sigmoid(scores.logits().float()).double().numpy()
+        return Predictions(probs, labels.numpy().astype(np.uint8), scores.classes,
+                           scores.dataset, split, scores.source,
+                           np.array(loaded.record.decision_thresholds(), dtype=np.float64))
     return Predictions(scores.probabilities().numpy(), labels.numpy().astype(np.int64),
                        scores.classes, scores.dataset, split, scores.source)
 

@@ -56,10 +56,12 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = Non
     return buffer.getvalue()
 
 
-def matrix_csv_text(matrix: Sequence[Sequence[Any]], classes: list[str]) -> str:
+def matrix_csv_text(matrix: Sequence[Sequence[Any]], classes: list[str], *,
+                    corner: str = "true \\ predicted") -> str:
+    """A square matrix with the class names as header row and first column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["true \\ predicted", *classes])
+    writer.writerow([corner, *classes])
     for name, row in zip(classes, matrix, strict=True):
         writer.writerow([name, *row])
     return buffer.getvalue()
