@@ -222,3 +222,20 @@ def test_an_experiments_evaluation_scores_runs_and_ensemble_on_map(tmp_path, cap
             tmp_path / "runs" / "rep" / run["run"] / "checkpoints" / "best.pt"), "--json")[1])
         assert run["map"] == pytest.approx(summary["map"], abs=1e-6)
         assert run["exact_match"] == pytest.approx(summary["subset_accuracy"], abs=1e-6)
+
+
+def test_another_csv_is_scored_with_the_models_classes(tmp_path, capsys, make_label_csv):
+    data = make_label_csv(tmp_path / "d", n=32)
+    run = api.train(_cfg(tmp_path, data, train__epochs=1, log__name="m")).run_dir
+    best = str(run / "checkpoints" / "best.pt")
+    # a file that never uses `car` still scores against the model's three classes
+    other = tmp_path / "d" / "other.csv"
+    rows = [line for line in data.read_text().splitlines()[1:] if "car" not in line]
+    other.write_text("path,tags\n" + "\n".join(rows) + "\n")
+    code, out, err = run_cli(capsys, "evaluate", best, "--data", str(other), "--json")
+    assert code == 0, err
+    assert list(json.loads(out)["per_class"]) == ["car", "cat", "dog"]
+    # a label the model does not know is named with its line
+    other.write_text("path,tags\n" + rows[0] + "\n" + rows[1].split(",")[0] + ",cat fox\n")
+    code, _, err = run_cli(capsys, "evaluate", best, "--data", str(other))
+    assert_one_line_error(code, err, f"{other}:3: label 'fox' is not one of the 3")

@@ -73,16 +73,18 @@ def list_pool(
 
 
 def csv_pool(
-    path: Path, cfg: DataConfig, seed: int
+    path: Path, cfg: DataConfig, seed: int, classes: list[str] | None = None,
+    training: bool = True,
 ) -> tuple[list[str], dict[str, Sample], Parts, list[str]]:
-    """A label CSV's images with their multi-hot rows (tuples of 0/1), carved into parts; every
-    class must have images in the training part."""
+    """A label CSV's images with their multi-hot rows (tuples of 0/1), carved into parts; for
+    ``training`` every class must have images in the training part. ``classes``: a model's,
+    which the file must use (:func:`read_label_csv`)."""
     root = Path(cfg.root).expanduser().absolute()
-    table = read_label_csv(path, root, skip_missing=cfg.skip_bad_images)
+    table = read_label_csv(path, root, classes=classes, skip_missing=cfg.skip_bad_images)
     rows = [tuple(int(v) for v in row) for row in table.targets]
     pairs: Pairs = list(zip(table.keys, zip(table.paths, rows, strict=True), strict=True))
     parts = carve(pairs, cfg, seed, table.classes, str(path))
-    for k in sorted(set(range(len(table.classes))) - _present(parts.train)):
+    for k in sorted(set(range(len(table.classes))) - _present(parts.train) if training else []):
         first = next((i for i, row in enumerate(rows) if row[k]), None)
         if first is None:  # a class column of zeros
             raise ImgclsError(f"{path}:1: class {table.classes[k]!r} has no image; a model "

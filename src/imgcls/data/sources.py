@@ -106,15 +106,18 @@ def _with_val_split(cfg: DataConfig, seed: int, data: DataSplit) -> DataSplit:
 
 
 def create_eval_dataset(
-    cfg: DataConfig, split: str, seed: int, split_record: dict | None = None
+    cfg: DataConfig, split: str, seed: int, split_record: dict | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[Dataset, list[str]]:
     """The ``val`` set training used (from ``split_record`` or recomputed from ``seed``) or the
     ``test`` set (``PATH/test`` for folders, the official test batch for CIFAR, the fixed fifth
     of the digits); returns
-    (dataset, classes). List files have no test split."""
+    (dataset, classes). List files have no test split. A label CSV is read with ``classes``
+    (the model's) when given: it may lack some, and a label outside them names its line."""
     seed = split_seed(cfg, seed)
     if split == "val":
-        data = _with_val_split(cfg, seed, _build(cfg, seed, split_record, verify_train=False))
+        data = _with_val_split(cfg, seed, _build(cfg, seed, split_record, verify_train=False,
+                                                 classes=classes))
         if data.val is None:
             raise ImgclsError(
                 f"data source {cfg.source} has no validation set "
@@ -124,7 +127,7 @@ def create_eval_dataset(
     if split != "test":
         raise ImgclsError(f"unknown evaluation split {split!r}; expected val or test")
     if cfg.test_fraction > 0 or (split_record is not None and "test" in split_record):
-        data = _build(cfg, seed, split_record, verify_train=False)
+        data = _build(cfg, seed, split_record, verify_train=False, classes=classes)
         assert data.test is not None
         return data.test, data.classes
     return _own_test(cfg, split_record)
@@ -235,7 +238,8 @@ def _find_source(cfg: DataConfig) -> _Source:
     raise ImgclsError(f"data source not found: {name}; {EXPECTED}")
 
 
-def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) -> DataSplit:
+def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool,
+           classes: list[str] | None = None) -> DataSplit:
     if record is not None:
         check_record(record)
     src = _find_source(cfg)
@@ -252,7 +256,8 @@ def _build(cfg: DataConfig, seed: int, record: dict | None, verify_train: bool) 
         classes, pool, default = folder_pool(src.path, cfg, seed, links)
         missing: list[str] = []
     elif src.kind == "csv":
-        classes, pool, default, missing = csv_pool(src.path, cfg, seed)
+        classes, pool, default, missing = csv_pool(src.path, cfg, seed, classes,
+                                                   training=verify_train)
     else:
         classes, pool, default, missing = list_pool(src.path, cfg, seed)
     if record is not None:

@@ -125,7 +125,8 @@ def _split_batches(loaded: LoadedModel, split: str, run_dir: Path | None, data: 
         record = load_split(run_dir / "split.json")
         if data is None or record.get("source") == cfg.data.source:
             split_record = record
-    dataset, classes = create_eval_dataset(cfg.data, split, cfg.train.seed, split_record)
+    dataset, classes = create_eval_dataset(cfg.data, split, cfg.train.seed, split_record,
+                                           classes=loaded.classes)
     if require_images and len(dataset) == 0:  # type: ignore[arg-type]
         raise ImgclsError(f"the {split} split of {cfg.data.source} has no images")
     if list(classes) != loaded.classes:
