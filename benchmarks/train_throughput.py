@@ -100,7 +100,7 @@ from imgcls.data.folder import ImageFileDataset
 from imgcls.data.memory import MemoryLoader
 from imgcls.engine import components
 from imgcls.engine.loop import train_one_epoch
-from imgcls.optim import create_loss
+from imgcls.losses import create_loss
 from imgcls.runtime import keep_freed_memory
 
 RECIPES = {"simple_v3": "configs/simple_v3_seed.yaml", "fastnet": "configs/fast.yaml",
