@@ -35,8 +35,8 @@ def create_loss(cfg: OptimConfig, class_weights: Sequence[float] | None = None, 
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     if kind == "asl":
         return PerClassLoss(AsymmetricLoss(cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip,
-                                           pos_weight=weight))
-    return PerClassLoss(nn.BCEWithLogitsLoss(pos_weight=weight))
+                                           pos_weight=weight, reduction="none"))
+    return PerClassLoss(nn.BCEWithLogitsLoss(pos_weight=weight, reduction="none"))
 
 
 def loss_kind(cfg: OptimConfig, multilabel: bool) -> str:
@@ -54,9 +54,16 @@ def loss_kind(cfg: OptimConfig, multilabel: bool) -> str:
 
 
 class PerClassLoss(nn.Module):
-    """A binary loss on each class's logit (BCE, the asymmetric loss), taking a batch's labels
-    as they come: multi-hot rows (uint8, or float when MixUp/CutMix mixed them) or, on
-    single-label data, class indices (one-hot)."""
+    """A binary loss on each class's logit (BCE, the asymmetric loss; ``inner`` gives one value
+    per element), taking a batch's labels as they come: multi-hot rows (uint8, or float when
+    MixUp/CutMix mixed them) or, on single-label data, class indices (one-hot).
+
+    The batch's loss is summed over classes and averaged over images. Averaging over classes
+    too (``BCEWithLogitsLoss``'s default) would give each logit 1/K of the gradient that
+    cross-entropy gives it, so recipes tuned for cross-entropy (fast_small's learning rate)
+    would train K times slower on multi-label data; per image, the sum is on cross-entropy's
+    scale, as in Ridnik et al.'s and timm's multi-label training.
+    """
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -65,7 +72,7 @@ class PerClassLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.dim() == 1:
             targets = nn.functional.one_hot(targets, logits.shape[1])
-        return self.inner(logits.float(), targets.to(torch.float32))
+        return self.inner(logits.float(), targets.to(torch.float32)).sum(dim=1).mean()
 
 
 def resolve_class_weights(cfg: OptimConfig, counts: Sequence[int],
@@ -110,11 +117,11 @@ class AsymmetricLoss(nn.Module):
         loss = -(y * pos_weight * (1 - p)^gamma_pos * log(p)
                  + (1 - y) * p_m^gamma_neg * log(1 - p_m))
 
-    with both logs clamped at log(eps), as in the authors' implementation. Unlike theirs, the
-    result is the MEAN over all N x K elements rather than the sum, so that at
-    ``gamma_neg = gamma_pos = clip = 0`` it equals ``nn.BCEWithLogitsLoss(pos_weight=...)`` and
-    the learning rates of imgcls's (mean-reduced) recipes carry over. Soft targets (MixUp,
-    label smoothing) weight the two terms by y and 1 - y, as BCE does.
+    with both logs clamped at log(eps), as in the authors' implementation. ``reduction`` is
+    torch's (``mean`` over all elements, ``sum``, or ``none``), so that at
+    ``gamma_neg = gamma_pos = clip = 0`` it equals ``nn.BCEWithLogitsLoss(pos_weight=...)``
+    with the same reduction; training reduces it as :class:`PerClassLoss` does. Soft targets
+    (MixUp, label smoothing) weight the two terms by y and 1 - y, as BCE does.
 
     Gradients flow through the focusing weights, as in the authors' ``AsymmetricLoss`` (their
     optional ``disable_torch_grad_focal_loss`` is off by default and not offered here). The loss
@@ -132,8 +139,12 @@ class AsymmetricLoss(nn.Module):
         clip: float = 0.05,
         pos_weight: torch.Tensor | None = None,
         eps: float = 1e-8,
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
+        self.reduction = reduction
         if gamma_neg < 0 or gamma_pos < 0 or not 0 <= clip < 1 or not 0 < eps < 1:
             raise ValueError(
                 f"need gamma_neg, gamma_pos >= 0, 0 <= clip < 1, 0 < eps < 1; got "
@@ -160,7 +171,10 @@ class AsymmetricLoss(nn.Module):
             neg = log_not_p_neg * _focus(p_neg, self.gamma_neg)
             if self.pos_weight is not None:
                 pos = pos * self.pos_weight.to(x.device)
-            return -(y * pos + (1 - y) * neg).mean()
+            loss = -(y * pos + (1 - y) * neg)
+            if self.reduction == "none":
+                return loss
+            return loss.mean() if self.reduction == "mean" else loss.sum()
 
 
 def _focus(base: torch.Tensor, gamma: float) -> torch.Tensor | float:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from imgcls.losses import AsymmetricLoss, positive_weights
+from imgcls.config import OptimConfig
+from imgcls.losses import AsymmetricLoss, create_loss, positive_weights
 
 
 def _batch(seed: int = 0, n: int = 8, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,3 +117,35 @@ def test_positive_weights():
     assert all(type(w) is float for w in positive_weights([3, 0], total=9, cap=5))
     with pytest.raises(ValueError):
         positive_weights([5], total=4)
+
+
+@pytest.mark.parametrize("loss", ["bce", "asl"])
+def test_training_loss_sums_over_classes_and_averages_over_images(loss):
+    logits, targets = _batch(2, n=6, k=7)
+    cfg = OptimConfig(loss=loss, asl_gamma_neg=0.0, asl_clip=0.0)
+    x = logits.clone().requires_grad_()
+    value = create_loss(cfg, multilabel=True)(x, targets.to(torch.uint8))
+    expected = nn.BCEWithLogitsLoss(reduction="sum")(logits, targets) / 6
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    value.backward()
+    # Each logit's gradient is (sigmoid - y) / images, cross-entropy's scale, not 1/K of it.
+    torch.testing.assert_close(x.grad, (torch.sigmoid(logits) - targets) / 6)
+
+
+def test_bce_on_class_indices_is_one_hot():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    loss = create_loss(OptimConfig(loss="bce"))(logits, torch.tensor([0, 2]))
+    one_hot = torch.tensor([[1.0, 0, 0], [0, 0, 1]])
+    assert float(loss) == pytest.approx(
+        float(nn.BCEWithLogitsLoss(reduction="sum")(logits, one_hot)) / 2, rel=1e-6)
+
+
+def test_reductions():
+    logits, targets = _batch(3)
+    per_element = AsymmetricLoss(reduction="none")(logits, targets)
+    assert per_element.shape == logits.shape
+    torch.testing.assert_close(AsymmetricLoss(reduction="sum")(logits, targets),
+                               per_element.sum())
+    torch.testing.assert_close(AsymmetricLoss()(logits, targets), per_element.mean())
+    with pytest.raises(ValueError):
+        AsymmetricLoss(reduction="batchmean")

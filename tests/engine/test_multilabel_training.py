@@ -21,7 +21,7 @@ from imgcls.runs.record import CheckpointRecord
 FAST = {
     "model.name": "lenet",
     "loader.batch_size": 16,
-    "optim.lr": 0.3,
+    "optim.lr": 0.1,
     "sched.warmup_epochs": 0.0,
     "data.val_fraction": 0.25,
     "log.progress": "off",

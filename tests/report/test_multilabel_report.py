@@ -24,7 +24,7 @@ from imgcls.report import multilabel_figures as mlf
 from imgcls.report.calibration import calibration
 from imgcls.report.predictions import collect_predictions
 
-FAST = {"model.name": "lenet", "loader.batch_size": 16, "optim.lr": 0.3,
+FAST = {"model.name": "lenet", "loader.batch_size": 16, "optim.lr": 0.1,
         "sched.warmup_epochs": 0.0, "data.val_fraction": 0.25, "log.progress": "off",
         "log.tensorboard": False, "train.amp": "off"}
 SECTIONS = ("summary", "curves", "per-class", "pr-curves", "cooccurrence", "worst-misses",
