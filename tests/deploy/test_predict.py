@@ -313,3 +313,50 @@ def test_cli_missing_input_exit_2_one_line(ckpt, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgcls: error: input not found")
     assert "nope.jpg" in lines[0]
+
+
+# ---------------------------------------------------------------- "I don't know"
+
+
+def test_min_confidence_answers_unknown_below_it(ckpt, images, tmp_path, capsys):
+    plain = predict.predict(ckpt, [images], top_k=2, device="cpu")
+    top1 = sorted(r.top[0][1] for r in plain.results)
+    cut = top1[len(top1) // 2]  # about half the images fall below it
+    out_csv = tmp_path / "preds.csv"
+    code = main(["predict", str(ckpt), str(images), "--top-k", "2", "--json", "--device", "cpu",
+                 "--min-confidence", repr(cut), "--csv", str(out_csv)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["min_confidence"] == cut
+    expected = {r.path: (r.top[0][0] if r.top[0][1] >= cut else "unknown")
+                for r in plain.results}
+    answers = {p["path"]: p["answer"] for p in doc["predictions"]}
+    assert answers == expected
+    assert 0 < sum(a == "unknown" for a in answers.values()) < len(answers)
+    # the probabilities themselves are unchanged
+    assert [p["top"] for p in doc["predictions"]] == [
+        [{"class": c, "prob": q} for c, q in r.top] for r in plain.results]
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert list(rows[0])[-1] == "answer"
+    assert {(r["path"], r["answer"]) for r in rows} == set(expected.items())
+    main(["predict", str(ckpt), str(images), "--device", "cpu", "--min-confidence", repr(cut)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["path", "answer"]
+    shown = {line.split()[0]: line.split()[1] for line in table[1:]}
+    assert shown == expected
+
+
+def test_min_confidence_zero_and_one(ckpt, images):
+    always = predict.predict(ckpt, [images / "ants"], device="cpu", min_confidence=0.0)
+    assert [r.answer for r in always.results] == [r.top[0][0] for r in always.results]
+    never = predict.predict(ckpt, [images / "ants"], device="cpu", min_confidence=1.0)
+    assert {r.answer for r in never.results} == {"unknown"}
+    assert predict.predict(ckpt, [images / "ants"], device="cpu").results[0].answer is None
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_min_confidence_out_of_range_is_one_line(ckpt, images, capsys, value):
+    code = main(["predict", str(ckpt), str(images), "--min-confidence", value])
+    err = capsys.readouterr().err
+    assert code == 2 and "--min-confidence" in err and len(err.strip().splitlines()) == 1

@@ -104,6 +104,9 @@ def test_a_label_csv_trains_evaluates_and_predicts_with_its_thresholds(
     code, out, err = run_cli(capsys, "predict", str(run / "checkpoints" / "best.pt"),
                              str(data.parent / val[0]))
     assert code == 0 and out.splitlines()[0].split()[:2] == ["path", "labels"]
+    code, out, err = run_cli(capsys, "predict", str(run / "checkpoints" / "best.pt"),
+                             str(data.parent / val[0]), "--min-confidence", "0.5")
+    assert code == 2 and "--threshold" in err and len(err.strip().splitlines()) == 1
 
     # the exported ONNX file gives each class's probability; its sidecar's thresholds the labels
     import onnxruntime

@@ -20,14 +20,15 @@ from imgcls import api
 from imgcls.cli import main
 from imgcls.config import build_config
 from imgcls.report.calibration import calibration
+from imgcls.report.selective import accuracy_coverage, confidence_for
 from imgcls.report.tables import per_class_rows
 
 FAST = {
     "model.name": "lenet", "loader.batch_size": 16, "optim.lr": 0.02,
     "sched.warmup_epochs": 0.0, "log.progress": "off", "log.tensorboard": False,
 }
-RUN_SECTIONS = ("summary", "curves", "confusion", "per-class", "calibration", "top-losses",
-                "correct", "provenance")
+RUN_SECTIONS = ("summary", "curves", "confusion", "per-class", "calibration", "coverage",
+                "top-losses", "correct", "provenance")
 
 
 def _train(root: Path, data: Path, name: str, epochs: int) -> Path:
@@ -79,7 +80,8 @@ def test_run_report_in_browser_and_against_sklearn(runs, tmp_path, capsys):
     for name in ("curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
                  "reliability.png", "top_losses.png", "correct_samples.png", "per_class.csv",
                  "confusion_matrix.csv", "confused_pairs.csv", "calibration.csv",
-                 "predictions.csv", "results.csv", "summary.json"):
+                 "predictions.csv", "results.csv", "summary.json", "accuracy_coverage.png",
+                 "accuracy_coverage.csv", "min_confidence.csv"):
         assert (out / name).is_file(), name
     source = (out / "index.html").read_text(encoding="utf-8")
     dom, log = render_in_browser(out / "index.html", tmp_path / "shot.png")
@@ -117,6 +119,19 @@ def test_run_report_in_browser_and_against_sklearn(runs, tmp_path, capsys):
     assert matrix == skm.confusion_matrix(y_true, y_pred, labels=classes).tolist()
     assert f"<td>{summary['macro_f1']:.4f}</td>" in source
     assert f"<td>{summary['ece']:.4f}</td>" in source and "15 equal-width bins" in source
+    # "I don't know": each target's P, recomputed by brute force from the per-image predictions
+    conf = np.array([float(p["p_predicted"]) for p in preds])
+    right = np.array([p["true"] == p["predicted"] for p in preds])
+    written = _csv(out / "min_confidence.csv")  # predictions.csv keeps 6 digits
+    assert [float(row["target_accuracy"]) for row in written] == [0.9, 0.95, 0.99]
+    for row, listed in zip(written, summary["min_confidence_for"], strict=True):
+        want = _brute_force_target(conf, right, float(row["target_accuracy"]))
+        assert row["kept"] == want["kept"] and int(row["kept"]) == listed["kept"]
+        for key in ("min_confidence", "coverage", "accuracy"):
+            assert (row[key] == "") == (want[key] == "") == (listed[key] is None)
+            if row[key]:
+                assert float(row[key]) == pytest.approx(float(want[key]), rel=1e-5)
+                assert float(row[key]) == pytest.approx(listed[key], rel=1e-12)
 
 
 def test_test_split_and_output_folder(runs, tmp_path):
@@ -153,6 +168,43 @@ def test_tables_match_sklearn_on_fixed_predictions():
         balanced = skm.balanced_accuracy_score(y_true, y_pred)
     assert summary["balanced_acc"] == pytest.approx(balanced)
     assert confusion.tolist() == skm.confusion_matrix(y_true, y_pred, labels=range(k)).tolist()
+
+
+def _brute_force_target(conf: np.ndarray, right: np.ndarray, target: float) -> dict[str, str]:
+    """The lowest P among the confidences whose kept images (conf >= P) reach ``target``,
+    as min_confidence.csv writes it."""
+    best = None
+    for p in sorted(set(conf.tolist())):
+        kept = conf >= p
+        if right[kept].mean() >= target:
+            best = (p, int(kept.sum()), float(right[kept].mean()))
+            break
+    if best is None:
+        return {"target_accuracy": repr(target), "min_confidence": "", "coverage": "0.0",
+                "accuracy": "", "kept": "0"}
+    p, kept, acc = best
+    return {"target_accuracy": repr(target), "min_confidence": repr(p),
+            "coverage": repr(kept / len(conf)), "accuracy": repr(acc), "kept": str(kept)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_confidence_for_a_target_accuracy_by_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    conf = rng.choice([0.3, 0.5, 0.6, 0.75, 0.9, 0.99], size=60)  # many ties
+    right = rng.random(60) < conf
+    curve = accuracy_coverage(conf, right)
+    assert curve.kept[-1] == 60 and curve.accuracy[-1] == pytest.approx(right.mean())
+    assert (np.diff(curve.confidence) < 0).all() and (np.diff(curve.kept) > 0).all()
+    for target in (0.5, 0.8, 0.9, 0.95, 1.0):
+        got = confidence_for(curve, target)
+        want = _brute_force_target(conf, right, target)
+        if want["min_confidence"] == "":
+            assert got["min_confidence"] is None and got["kept"] == 0
+            continue
+        assert got["min_confidence"] == pytest.approx(float(want["min_confidence"]))
+        assert got["kept"] == int(want["kept"])
+        assert got["accuracy"] == pytest.approx(float(want["accuracy"]))
+        assert got["accuracy"] >= target
 
 
 def test_ece_by_hand():

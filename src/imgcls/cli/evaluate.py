@@ -114,6 +114,9 @@ def add_predict(commands: Any) -> None:
     predict.add_argument("--threshold", type=float, metavar="P",
                          help="several labels per image: a label when its probability is at "
                          "least P, for every class (default: the checkpoint's thresholds)")
+    predict.add_argument("--min-confidence", type=float, metavar="P",
+                         help="answer 'unknown' when the top-1 probability is below P (imgcls "
+                         "report shows the accuracy and coverage each P keeps)")
     predict.add_argument("--tta", action="store_true",
                          help="add the horizontal flip (scored as evaluate's train.tta=flip)")
     add_trust_pickle(predict)
@@ -127,7 +130,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     report = predict.predict(
         args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
         device=args.device, tta=args.tta, trust_pickle=args.trust_pickle,
-        code=code_consent(args), threshold=args.threshold,
+        code=code_consent(args), threshold=args.threshold, min_confidence=args.min_confidence,
     )
     if args.csv:
         predict.write_csv(report, args.csv)

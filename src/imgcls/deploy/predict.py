@@ -4,7 +4,9 @@ The model, its classes and its preprocessing all come from the checkpoint
 (:func:`imgcls.deploy.load.load_model`), images are decoded by the same :func:`imgcls.data.load_rgb`
 as in training and scored by :func:`imgcls.deploy.scoring.score` as evaluate scores them, so
 a prediction sees exactly what the validation pass saw. A file that cannot be read becomes a
-result with ``error`` set; the rest are still classified.
+result with ``error`` set; the rest are still classified. With ``min_confidence`` each image
+also gets an ``answer``: its top-1 class, or ``unknown`` when the top-1 probability is below it
+(selective classification; ``imgcls report`` shows which confidence keeps which accuracy).
 
 >>> report = predict("runs/NAME/checkpoints/best.pt", ["photos/"], top_k=3)  # doctest: +SKIP
 >>> print(to_table(report))                                                  # doctest: +SKIP
@@ -36,6 +38,7 @@ from imgcls.models.user import CodeConsent
 
 LIST_SUFFIX = ".txt"
 CSV_HEADER = ["path", "rank", "class", "prob", "error"]
+UNKNOWN = "unknown"  # the answer below --min-confidence
 MULTILABEL_CSV_HEADER = ["path", "rank", "class", "prob", "label", "error"]
 
 
@@ -49,6 +52,7 @@ class PredictResult:
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None  # one-line reason the file could not be read; ``top`` is then empty
     labels: list[tuple[str, float]] | None = None  # multi-label models only
+    answer: str | None = None  # with min_confidence: the top-1 class, or UNKNOWN below it
 
 
 @dataclass
@@ -57,6 +61,7 @@ class PredictReport:
     classes: list[str]
     results: list[PredictResult]  # in input order
     thresholds: list[float] | None = None  # a multi-label model's, one per class
+    min_confidence: float | None = None  # the --min-confidence asked for, if any
 
     @property
     def failed(self) -> int:
@@ -142,6 +147,7 @@ def predict(
     trust_pickle: bool = False,
     code: CodeConsent | None = None,
     threshold: float | None = None,
+    min_confidence: float | None = None,
 ) -> PredictReport:
     """Classify every image in ``inputs``; returns a report with one result per image.
 
@@ -149,13 +155,19 @@ def predict(
     ``evaluate`` with ``train.tta=flip`` scores it: both score through
     :func:`imgcls.deploy.scoring.score`. A multi-label model also lists each image's labels
     at or above the checkpoint's decision thresholds (``threshold``: one for every class).
+    ``min_confidence`` (0-1; one label per image) sets each result's ``answer``.
     """
     if top_k < 1:
         raise ImgclsError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise ImgclsError(f"--batch-size must be at least 1, got {batch_size}")
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise ImgclsError(f"--min-confidence is a probability from 0 to 1, got {min_confidence:g}")
     paths = collect_inputs(inputs)  # check the inputs before the (slower) model load
     loaded = load_model(checkpoint, device=device, trust_pickle=trust_pickle, code=code)
+    if min_confidence is not None and loaded.record.multilabel:
+        raise ImgclsError(f"--min-confidence answers 'unknown' for one label per image; "
+                          f"{checkpoint} has several labels per image: use --threshold")
     if threshold is not None and not loaded.record.multilabel:
         raise ImgclsError(f"--threshold is for models with several labels per image; "
                           f"{checkpoint} picks one class per image")
@@ -169,8 +181,22 @@ def predict(
     results = [PredictResult(path=path, error=scores.errors[i]) if i in scores.errors
                else dataclasses.replace(next(classified), path=path)
                for i, path in enumerate(paths)]
+    if min_confidence is not None:
+        for result in results:
+            if result.error is None:
+                result.answer = answer(result.top, min_confidence)
     return PredictReport(checkpoint=str(checkpoint), classes=list(loaded.classes), results=results,
-                         thresholds=thresholds)
+                         thresholds=thresholds, min_confidence=min_confidence)
+
+
+def answer(top: Sequence[tuple[str, float]], min_confidence: float) -> str:
+    """The top-1 class when its probability is at least ``min_confidence``, else ``unknown``.
+
+    >>> answer([("cat", 0.7), ("dog", 0.2)], 0.5), answer([("cat", 0.4)], 0.5)
+    ('cat', 'unknown')
+    """
+    name, prob = top[0]
+    return name if prob >= min_confidence else UNKNOWN
 
 
 # --------------------------------------------------------------------------- output
@@ -194,6 +220,10 @@ def to_table(report: PredictReport) -> str:
     label_w = max([len("labels"), *(len(t) for t in label_texts)]) if multilabel else 0
     if multilabel:
         header.append(f"{'labels':<{label_w}}")
+    answers = report.min_confidence is not None
+    answer_w = max([len("answer"), len(UNKNOWN), *(len(c) for c in report.classes)])
+    if answers:
+        header.append(f"{'answer':<{answer_w}}")
     for rank in range(1, k + 1):
         header += [f"{f'top-{rank}':<{class_w}}", f"{'prob':>6}"]
     lines = ["  ".join(header)]
@@ -203,6 +233,8 @@ def to_table(report: PredictReport) -> str:
             cells.append(f"error: {printable(result.error)}")
         elif multilabel:
             cells.append(f"{label_texts[len(lines) - 1]:<{label_w}}")
+        elif answers:
+            cells.append(f"{printable(result.answer or ''):<{answer_w}}")
         for name, prob in result.top:
             cells += [f"{printable(name):<{class_w}}", f"{prob:6.4f}"]
         lines.append("  ".join(cells).rstrip())
@@ -211,15 +243,21 @@ def to_table(report: PredictReport) -> str:
 
 def to_json(report: PredictReport) -> str:
     """One JSON object: checkpoint, classes, predictions (path, top) and errors (path, error);
-    a multi-label model's adds ``thresholds`` and each prediction's ``labels``."""
+    a multi-label model's adds ``thresholds`` and each prediction's ``labels``;
+    ``min_confidence`` adds itself and each prediction's ``answer``."""
     def prediction(r: PredictResult) -> dict[str, Any]:
         out: dict[str, Any] = {"path": printable(r.path),
                                "top": [{"class": printable(c), "prob": p} for c, p in r.top]}
         if r.labels is not None:
             out["labels"] = [{"class": printable(c), "prob": p} for c, p in r.labels]
+        if r.answer is not None:
+            out["answer"] = printable(r.answer)
         return out
 
-    extra = {} if report.thresholds is None else {"thresholds": report.thresholds}
+    extra: dict[str, Any] = {} if report.thresholds is None else {
+        "thresholds": report.thresholds}
+    if report.min_confidence is not None:
+        extra["min_confidence"] = report.min_confidence
     return json.dumps({
         "checkpoint": printable(report.checkpoint),
         "classes": [printable(c) for c in report.classes],
@@ -233,24 +271,28 @@ def to_json(report: PredictReport) -> str:
 def write_csv(report: PredictReport, path: str | os.PathLike[str]) -> None:
     """Write ``path,rank,class,prob,error``: one row per top-k entry, one row (with only
     ``error`` filled) per unreadable file. A multi-label model's file has a ``label`` column
-    (1: at or above the class's threshold) and a row for every label, in the top-k or not.
+    (1: at or above the class's threshold) and a row for every label, in the top-k or not;
+    with ``--min-confidence`` an ``answer`` column (the image's answer, on each of its rows).
     Written to a temporary file then renamed, so a reader never sees half a file."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     multilabel = report.thresholds is not None
-    writer.writerow(MULTILABEL_CSV_HEADER if multilabel else CSV_HEADER)
+    answers = report.min_confidence is not None
+    header = MULTILABEL_CSV_HEADER if multilabel else CSV_HEADER
+    writer.writerow(header + (["answer"] if answers else []))
     for result in report.results:
         shown = printable(result.path)  # a non-UTF-8 name would make encode("utf-8") raise
+        answer_cell = [printable(result.answer or "")] if answers else []
         if result.error is not None:
             writer.writerow([shown, "", "", "", *([""] if multilabel else []),
-                             printable(result.error)])
+                             printable(result.error), *answer_cell])
         labels = dict(result.labels or [])
         rows = list(result.top) + [(c, p) for c, p in labels.items()
                                    if c not in dict(result.top)]
         for rank, (name, prob) in enumerate(rows, start=1):
             label = [int(name in labels)] if multilabel else []
             writer.writerow([shown, rank if rank <= len(result.top) else "", printable(name),
-                             repr(prob), *label, ""])
+                             repr(prob), *label, "", *answer_cell])
     data = text.getvalue().encode("utf-8")
     try:
         atomic_write(Path(path), lambda handle: handle.write(data))

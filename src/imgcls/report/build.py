@@ -23,6 +23,7 @@ from imgcls.report.calibration import BINS, calibration
 from imgcls.report.folder import Folder
 from imgcls.report.multilabel_page import multilabel_sections, summary_html
 from imgcls.report.predictions import Predictions, collect_predictions, load_for_report
+from imgcls.report.selective import accuracy_coverage, curve_rows, target_rows
 from imgcls.runs.files import plot_curves, read_metrics, results_csv_text
 
 SHOWN = 12  # images in each grid: top losses, and correct predictions
@@ -90,13 +91,17 @@ def _single_label_sections(out: Folder, preds: Predictions
     classes = preds.classes
     per_class, scores = tables.per_class_rows(confusion, classes)
     cal = calibration(preds.confidence, preds.predicted == preds.labels)
+    curve = accuracy_coverage(preds.confidence, preds.predicted == preds.labels)
+    targets = target_rows(curve)
     pairs = tables.confused_pairs(confusion, classes)
-    scores = {**scores, "loss": float(preds.loss.mean()), "ece": cal.ece, "ece_bins": BINS}
+    scores = {**scores, "loss": float(preds.loss.mean()), "ece": cal.ece, "ece_bins": BINS,
+              "min_confidence_for": targets}
     out.text("predictions.csv", _predictions_csv(preds))
     return scores, [
         ("confusion", "Confusion matrix", _confusion_html(out, confusion, classes, pairs)),
         ("per-class", "Per-class scores", _per_class_html(out, per_class, classes)),
         ("calibration", "Calibration", _calibration_html(out, cal)),
+        ("coverage", "Answering only when sure", _coverage_html(out, curve, targets)),
         ("top-losses", "Most confidently wrong", _images_html(out, preds, wrong=True)),
         ("correct", "A sample of correct predictions", _images_html(out, preds, wrong=False)),
     ]
@@ -196,6 +201,22 @@ def _calibration_html(out: Folder, cal: Any) -> str:
                          headers=["bin from (excl.)", "to (incl.)", "images", "accuracy",
                                   "mean confidence"])
             + page.files_note([name]))
+
+
+def _coverage_html(out: Folder, curve: Any, targets: list[dict]) -> str:
+    columns = ["target_accuracy", "min_confidence", "coverage", "accuracy", "kept"]
+    names = [out.text("accuracy_coverage.csv", tables.csv_text(curve_rows(curve))),
+             out.text("min_confidence.csv", tables.csv_text(targets, columns))]
+    png = out.png("accuracy_coverage.png", figures.accuracy_coverage_png(curve, targets))
+    note = ("<p><code>imgcls predict --min-confidence P</code> answers <i>unknown</i> when the "
+            "top-1 probability is below P. Below: the accuracy of the images it would still "
+            "answer against their share, and the lowest P that keeps each target accuracy on "
+            "this split (none: no P reaches it). P is chosen on these images, so expect a little "
+            "less on new ones.</p>")
+    return (note + page.image((out.path / png).read_bytes(), "accuracy against coverage", png)
+            + page.table(targets, columns, headers=["target accuracy", "min confidence P",
+                                                    "coverage", "accuracy", "images kept"])
+            + page.files_note(names))
 
 
 def _images_html(out: Folder, preds: Predictions, *, wrong: bool) -> str:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from imgcls.report.calibration import Calibration
 from imgcls.report.page import CONTENT_PX
+from imgcls.report.selective import AccuracyCoverage
 
 DPI = 90  # pixels per inch of the report's PNGs
 MIN_TEXT_PX = 10.0  # the smallest a number in a figure is shown on the page (CSS px)
@@ -172,6 +173,34 @@ def reliability_figure(cal: Calibration, words: Words = TOP1_WORDS) -> Any:
     bottom.bar(cal.lower, cal.count, width=width, align="edge", color="C7", edgecolor="black")
     bottom.set_xlabel(words.axis)
     bottom.set_ylabel(words.unit)
+    return fig
+
+
+def accuracy_coverage_png(curve: AccuracyCoverage, rows: Sequence[dict]) -> bytes:
+    """Accuracy of the kept images against the share kept (``predict --min-confidence``)."""
+    return _png(accuracy_coverage_figure(curve, rows))
+
+
+def accuracy_coverage_figure(curve: AccuracyCoverage, rows: Sequence[dict]) -> Any:
+    """Accuracy of the kept images against the share kept, the targets' points marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
+    ax.plot(curve.coverage, curve.accuracy, color="C0", linewidth=1.5,
+            label="keeping confidence >= P")
+    for row in rows:
+        if row["min_confidence"] is not None:
+            ax.plot(row["coverage"], row["accuracy"], "o", color="C3")
+            ax.annotate(f"{row['target_accuracy']:.0%}: P {row['min_confidence']:.3f}",
+                        (row["coverage"], row["accuracy"]), textcoords="offset points",
+                        xytext=(-8, -12), ha="right", fontsize=8)
+    if len(curve.accuracy):
+        ax.axhline(curve.accuracy[-1], color="C7", linestyle="--", linewidth=1,
+                   label=f"all images ({curve.accuracy[-1]:.3f})")
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("accuracy of the answered images")
+    ax.set_title("accuracy against coverage")
+    ax.legend(loc="lower left", fontsize=8, frameon=False)
     return fig
 
 
