@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"runs"},  # what a run writes and reads: folder, checkpoint, record, lock, repair
     {"engine"},
     {"deploy"},  # a checkpoint -> a model in use: load, score, predict, export, convert
+    {"explain"},  # heatmaps of what a decision rests on
     {"report", "api"},  # what reads or drives runs
     {"experiments"},  # studies of many runs: train through api, pages through report
     {"cli"},

@@ -119,6 +119,12 @@ def test_run_report_in_browser_and_against_sklearn(runs, tmp_path, capsys):
     assert matrix == skm.confusion_matrix(y_true, y_pred, labels=classes).tolist()
     assert f"<td>{summary['macro_f1']:.4f}</td>" in source
     assert f"<td>{summary['ece']:.4f}</td>" in source and "15 equal-width bins" in source
+    # Grad-CAM beside the worst misses (lenet's layer: its last pooled map) and the pairs
+    wrong = sum(p["true"] != p["predicted"] for p in preds)
+    assert wrong > 0  # the tiny run makes mistakes, so the heatmaps must be on the page
+    assert "Grad-CAM at <code>pool</code>" in source
+    assert source.count('alt="Grad-CAM of ') == min(wrong, 12) + 2 * min(
+        3, len(_csv(out / "confused_pairs.csv")))
     # "I don't know": each target's P, recomputed by brute force from the per-image predictions
     conf = np.array([float(p["p_predicted"]) for p in preds])
     right = np.array([p["true"] == p["predicted"] for p in preds])

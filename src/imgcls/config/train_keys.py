@@ -49,6 +49,9 @@ class ModelConfig:
     sync_bn: Bool = key(False, "distributed runs: convert BatchNorm to `SyncBatchNorm` "
                         "(statistics over the global batch; costs a collective per BatchNorm "
                         "layer; CUDA only, as PyTorch's `SyncBatchNorm`; ignored in one process)")
+    cam_layer: str = key("", "`imgcls explain`'s Grad-CAM layer, a module name of the model "
+                         "(`layer4`); `\"\"`: the last one whose output is still a map of the "
+                         "image (at least 2 x 2), chosen at the input size")
     kwargs: dict[str, Any] = key({}, "your own class (`model.name=FILE.py:CLASS` or "
                                  "`MODULE:CLASS`): keyword arguments of its constructor, e.g. "
                                  "`model.kwargs={width: 64}`")

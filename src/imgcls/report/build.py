@@ -18,7 +18,7 @@ import imgcls
 from imgcls.errors import ImgclsError
 from imgcls.metric_table import METRICS, names
 from imgcls.models.user import CodeConsent
-from imgcls.report import figures, page, tables
+from imgcls.report import figures, heatmaps, page, tables
 from imgcls.report.calibration import BINS, calibration
 from imgcls.report.folder import Folder
 from imgcls.report.multilabel_page import multilabel_sections, summary_html
@@ -58,7 +58,7 @@ def report_run(run_dir: str | Path, *, split: str = "val", data: str | None = No
         scores, middle = multilabel_sections(out, preds)
         summary_section = summary_html
     else:
-        scores, middle = _single_label_sections(out, preds)
+        scores, middle = _single_label_sections(out, preds, loaded)
         summary_section = _summary_html
     summary.update({
         **scores, "split_sizes": _split_sizes(run, split, len(preds.labels)),
@@ -83,7 +83,7 @@ def report_run(run_dir: str | Path, *, split: str = "val", data: str | None = No
     return out.path / "index.html"
 
 
-def _single_label_sections(out: Folder, preds: Predictions
+def _single_label_sections(out: Folder, preds: Predictions, loaded: Any
                            ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """The scores for ``summary.json`` and the sections of a page for one label per image;
     writes ``predictions.csv`` and each section's files."""
@@ -98,11 +98,13 @@ def _single_label_sections(out: Folder, preds: Predictions
               "min_confidence_for": targets}
     out.text("predictions.csv", _predictions_csv(preds))
     return scores, [
-        ("confusion", "Confusion matrix", _confusion_html(out, confusion, classes, pairs)),
+        ("confusion", "Confusion matrix", _confusion_html(out, confusion, classes, pairs)
+         + heatmaps.confused_pairs_heatmaps_html(loaded, preds, pairs)),
         ("per-class", "Per-class scores", _per_class_html(out, per_class, classes)),
         ("calibration", "Calibration", _calibration_html(out, cal)),
         ("coverage", "Answering only when sure", _coverage_html(out, curve, targets)),
-        ("top-losses", "Most confidently wrong", _images_html(out, preds, wrong=True)),
+        ("top-losses", "Most confidently wrong", _images_html(out, preds, wrong=True,
+                                                              loaded=loaded)),
         ("correct", "A sample of correct predictions", _images_html(out, preds, wrong=False)),
     ]
 
@@ -219,7 +221,7 @@ def _coverage_html(out: Folder, curve: Any, targets: list[dict]) -> str:
             + page.files_note(names))
 
 
-def _images_html(out: Folder, preds: Predictions, *, wrong: bool) -> str:
+def _images_html(out: Folder, preds: Predictions, *, wrong: bool, loaded: Any = None) -> str:
     predicted, labels, probs, loss = preds.predicted, preds.labels, preds.probs, preds.loss
     if wrong:
         candidates = np.flatnonzero(predicted != labels)
@@ -251,7 +253,9 @@ def _images_html(out: Folder, preds: Predictions, *, wrong: bool) -> str:
             f"<p>{len(rows)} of the {len(candidates)} correct predictions, drawn at random "
             "(seed 0).</p>")
     # the PNG holds pictures, the CSV the numbers: each note says which
+    explained = heatmaps.top_loss_heatmaps_html(loaded, preds, chosen) if loaded else ""
     return (lead + page.thumbnails(cells) + page.files_note([png], "the grid as one picture")
+            + explained
             + page.table(rows, columns, headers=["index in split", "true", "predicted",
                                                  "p(predicted)", "p(true)", "loss"])
             + page.files_note([name]))
