@@ -234,3 +234,27 @@ def test_explain_bad_input(patch_model, tmp_path, capsys):
                                 "--output", str(tmp_path / "c"))
     assert code == 1 and "cannot read" in err and str(broken) in err
     assert "wrote 1 explanations" in stdout
+
+
+def test_a_multi_label_model_explains_each_label_above_its_threshold(tmp_path, capsys,
+                                                                       make_label_csv):
+    data = make_label_csv(tmp_path / "d", n=64)
+    run = api.train(build_config(overrides={
+        "data.source": str(data), "model.name": "lenet", "loader.batch_size": 16,
+        "optim.lr": 0.1, "sched.warmup_epochs": 0.0, "data.val_fraction": 0.25,
+        "train.epochs": 8, "log.output": str(tmp_path / "runs"), "log.name": "ml",
+        "log.progress": "off", "log.tensorboard": False, "train.amp": "off",
+        "data.root": str(tmp_path / "cache")})).run_dir
+    checkpoint = run / "checkpoints" / "best.pt"
+    val = json.loads((run / "split.json").read_text())["val"][:6]
+    files = [str(data.parent / key) for key in val]
+    predicted = predict.predict(checkpoint, files, device="cpu")
+    code, stdout, err = run_cli(capsys, "explain", str(checkpoint), *files, "--json",
+                                "--output", str(tmp_path / "ex"))
+    assert code == 0, err
+    images = json.loads(stdout)["images"]
+    assert max(len(image["explained"]) for image in images) >= 2  # several labels, each a map
+    for image, pred in zip(images, predicted.results, strict=True):
+        labels = [c for c, _ in pred.labels] or [pred.top[0][0]]  # none: the top class
+        assert [e["class"] for e in image["explained"]] == labels
+        assert all((tmp_path / "ex" / e["heatmap"]).is_file() for e in image["explained"])
