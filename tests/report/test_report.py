@@ -261,3 +261,54 @@ def test_bad_input_is_one_line_exit_2(runs, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("imgcls: error: ") and "\n" not in err and words in err, err
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def test_model_card_numbers_come_from_the_run_files(runs, capsys):
+    import yaml
+
+    from imgcls.report.card import wilson
+
+    run = runs["a"]
+    assert main(["card", str(run), "--device", "cpu"]) == 0
+    card = (run / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"wrote {run / 'MODEL_CARD.md'}" in capsys.readouterr().out
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "imgcls" and front["license"] == "other"
+    (entry,) = front["model-index"]
+    by_split = {r["dataset"]["split"]: {m["type"]: m["value"] for m in r["metrics"]}
+                for r in entry["results"]}
+    for split, folder in (("validation", "report"), ("test", "report-test")):
+        summary = json.loads((run / folder / "summary.json").read_text())
+        assert by_split[split] == {"accuracy": summary["accuracy"], "f1": summary["macro_f1"]}
+        n = summary["images"]
+        low, high = wilson(summary["accuracy"] * n, n)
+        assert f"| {summary['accuracy']:.4f} | [{low:.4f}, {high:.4f}] |" in card
+        assert f"{summary['ece']:.4f}" in card
+    split = json.loads((run / "split.json").read_text())
+    test_images = json.loads((run / "report-test" / "summary.json").read_text())["images"]
+    assert f"train {len(split['train'])}, val {len(split['val'])}, test {test_images}" in card
+    per_class = _csv(run / "report" / "per_class.csv")
+    worst = min((r for r in per_class if "avg" not in r["class"]),
+                key=lambda r: float(r["recall"]))
+    assert f"| {worst['class']} | {float(worst['recall']):.4f} |" in card
+    assert "python: imgcls.api.train" in card  # the exact command of the run
+    assert "## Intended use" in card and "## Calibration" in card
+
+
+@pytest.mark.parametrize(("k", "n"), [(45, 50), (0, 10), (10, 10), (1, 3), (4950, 5000)])
+def test_wilson_interval_is_scipys(k, n):
+    from scipy.stats import binomtest
+
+    from imgcls.report.card import wilson
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_model_card_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    code = main(["card", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no metrics.jsonl" in err and len(err.strip().splitlines()) == 1

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (train.add_train, train.add_lr_find, evaluate.add_evaluate, evaluate.add_predict,
                 explain.add_explain, ship.add_export, ship.add_convert, catalog.add_models,
                 catalog.add_datasets, catalog.add_check_data, catalog.add_recipes,
-                report.add_report,
+                report.add_report, report.add_card,
                 experiments.add_cv, experiments.add_repeat, experiments.add_tune):
         add(commands)
     return parser

@@ -28,6 +28,27 @@ def add_report(commands: Any) -> None:
     report.set_defaults(run=_run_report)
 
 
+def add_card(commands: Any) -> None:
+    card = commands.add_parser(
+        "card", help="write RUN/MODEL_CARD.md, a model card from the run's own files",
+        description="A Hugging Face-style model card (YAML front matter with the metrics): "
+        "intended use, classes, data and split sizes, validation and test figures with 95% "
+        "intervals, the weak spots, calibration, the exact command, config and versions. "
+        "Builds the run's report first when it has none.",
+    )
+    card.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    card.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_code_options(card)
+    card.set_defaults(run=_run_card)
+
+
+def _run_card(args: argparse.Namespace) -> int:
+    from imgcls.report.card import write_card
+
+    print(f"wrote {write_card(args.run_dir, device=args.device, code=code_consent(args))}")
+    return 0
+
+
 def _run_report(args: argparse.Namespace) -> int:
     from imgcls.experiments.plan import is_experiment
     from imgcls.report.build import report_compare, report_run
