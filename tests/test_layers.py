@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"engine"},
     {"deploy"},  # a checkpoint -> a model in use: load, score, predict, export, convert
     {"explain"},  # heatmaps of what a decision rests on
+    {"serve"},  # a checkpoint behind HTTP
     {"report", "api"},  # what reads or drives runs
     {"experiments"},  # studies of many runs: train through api, pages through report
     {"cli"},

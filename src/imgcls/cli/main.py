@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from imgcls import __version__
-from imgcls.cli import catalog, evaluate, experiments, explain, report, ship, train
+from imgcls.cli import catalog, evaluate, experiments, explain, report, serve, ship, train
 from imgcls.cli.messages import interrupted_message, one_line, peer_lost, raise_on_sigterm
 from imgcls.cli.options import TRAIN_LIKE
 from imgcls.engine.signals import TERMINATED, requeue_slurm_job
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each adds its parser(s), with set_defaults(run=...): the function that runs the command.
     for add in (train.add_train, train.add_lr_find, evaluate.add_evaluate, evaluate.add_predict,
-                explain.add_explain, ship.add_export, ship.add_convert, catalog.add_models,
-                catalog.add_datasets, catalog.add_check_data, catalog.add_recipes,
-                report.add_report, report.add_card,
+                explain.add_explain, serve.add_serve, ship.add_export, ship.add_convert,
+                catalog.add_models, catalog.add_datasets, catalog.add_check_data,
+                catalog.add_recipes, report.add_report, report.add_card,
                 experiments.add_cv, experiments.add_repeat, experiments.add_tune):
         add(commands)
     return parser

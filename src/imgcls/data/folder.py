@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -87,21 +88,34 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS,
     ImgclsError. ``draft``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (its DCT scaling,
     several times faster) as long as both sides stay at least ``draft`` pixels."""
     try:
-        with open(path, "rb") as f, own_pixel_check(), Image.open(f) as img:
-            too_big = pixel_limit_error(img.size, max_pixels)
-            if too_big is None:
-                if draft is not None:
-                    img.draft("RGB", (draft, draft))
-                return to_rgb(img)
+        with open(path, "rb") as f:
+            return decode_rgb(f, path, max_pixels, draft)
     except FileNotFoundError:
         if os.path.islink(path):
             raise ImgclsError(
                 f"image file {path} is a broken symlink (to {os.readlink(path)})"
             ) from None
         raise ImgclsError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise ImgclsError(f"cannot read image {path}: {first_line(exc)}") from None
+
+
+def decode_rgb(handle: BinaryIO, path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS,
+               draft: int | None = None) -> Image.Image:
+    """:func:`load_rgb` of an open binary file (an upload's bytes: ``io.BytesIO``); ``path``
+    names it in the errors."""
+    try:
+        with own_pixel_check(), Image.open(handle) as img:
+            too_big = pixel_limit_error(img.size, max_pixels)
+            if too_big is None:
+                if draft is not None:
+                    img.draft("RGB", (draft, draft))
+                return to_rgb(img)
     except UnidentifiedImageError:
         # Pillow's own message names the file object, not the path; ours names the path.
         raise ImgclsError(f"cannot read image {path}: not a recognised image file") from None
+    except ImgclsError:
+        raise
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
         reason = first_line(exc)
         raise ImgclsError(f"cannot read image {path}: {reason}") from None

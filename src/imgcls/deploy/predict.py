@@ -32,6 +32,7 @@ from imgcls.data.listfile import list_lines, split_entry
 from imgcls.deploy.load import load_model
 from imgcls.deploy.scoring import prepare_image, score
 from imgcls.engine.batches import Speed
+from imgcls.engine.evaluation import batch_logits
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write, printable
 from imgcls.models.user import CodeConsent
@@ -133,6 +134,23 @@ def _classify(logits: torch.Tensor, classes: Sequence[str], k: int,
         values = probs.cpu().tolist()
         for result, row, order, kept in zip(results, values, ordered, above, strict=True):
             result.labels = [(classes[i], row[i]) for i in order if kept[i]]
+    return results
+
+
+def classify_batch(loaded: Any, images: torch.Tensor, *, top_k: int = 5, tta: bool = False,
+                   min_confidence: float | None = None,
+                   thresholds: Sequence[float] | None = None) -> list[PredictResult]:
+    """predict's results (path unset) for a batch of preprocessed images, scored as predict
+    scores files (fp32, plain inputs): ``imgcls serve`` answers with these."""
+    with torch.no_grad():
+        logits = batch_logits(loaded.model, images, loaded.device, speed=Speed(),
+                              tta=_tta_mode(tta))
+    if thresholds is None and loaded.record.multilabel:
+        thresholds = loaded.record.decision_thresholds()
+    results = _classify(logits, loaded.classes, min(top_k, len(loaded.classes)), thresholds)
+    if min_confidence is not None:
+        for result in results:
+            result.answer = answer(result.top, min_confidence)
     return results
 
 
@@ -245,6 +263,11 @@ def to_json(report: PredictReport) -> str:
     """One JSON object: checkpoint, classes, predictions (path, top) and errors (path, error);
     a multi-label model's adds ``thresholds`` and each prediction's ``labels``;
     ``min_confidence`` adds itself and each prediction's ``answer``."""
+    return json.dumps(to_dict(report))
+
+
+def to_dict(report: PredictReport) -> dict[str, Any]:
+    """:func:`to_json`'s object."""
     def prediction(r: PredictResult) -> dict[str, Any]:
         out: dict[str, Any] = {"path": printable(r.path),
                                "top": [{"class": printable(c), "prob": p} for c, p in r.top]}
@@ -258,14 +281,14 @@ def to_json(report: PredictReport) -> str:
         "thresholds": report.thresholds}
     if report.min_confidence is not None:
         extra["min_confidence"] = report.min_confidence
-    return json.dumps({
+    return {
         "checkpoint": printable(report.checkpoint),
         "classes": [printable(c) for c in report.classes],
         **extra,
         "predictions": [prediction(r) for r in report.results if r.error is None],
         "errors": [{"path": printable(r.path), "error": printable(r.error)}
                    for r in report.results if r.error is not None],
-    })
+    }
 
 
 def write_csv(report: PredictReport, path: str | os.PathLike[str]) -> None:
