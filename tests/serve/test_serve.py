@@ -160,3 +160,105 @@ def test_the_command_serves_on_localhost(ckpt, images):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_explain_endpoint_gives_the_heatmap(ckpt, images):
+    with _client(ckpt) as client:
+        answer = client.post("/explain", content=images[0].read_bytes()).json()
+        expected = client.post("/predict", content=images[0].read_bytes()).json()
+        page = client.get("/")
+    assert answer["class"] == expected["predictions"][0]["top"][0]["class"]
+    assert answer["layer"] == "pool"
+    picture = Image.open(io.BytesIO(__import__("base64").b64decode(answer["heatmap_png"])))
+    assert picture.size == (224, 224)
+    assert page.status_code == 200 and 'id="file"' in page.text
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (a websocket): enough to open a
+    page, give a file input a file as a person picking it would, read the DOM, screenshot."""
+
+    def __init__(self, exe: str, profile: Path) -> None:
+        port = _free_port()
+        self.process = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+             f"--remote-debugging-port={port}", "--window-size=1100,900", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=1) as r:
+                    pages = [t for t in json.load(r) if t["type"] == "page"]
+                if pages:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        from websockets.sync.client import connect
+
+        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None).__enter__()
+        self.next_id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=60))
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression,
+                         returnByValue=True)["result"].get("value")
+
+    def wait_for(self, expression: str, seconds: float = 60):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        pytest.fail(f"timed out waiting for {expression}")
+
+    def close(self) -> None:
+        self.ws.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def test_the_page_in_a_browser_upload_and_result(ckpt, images, tmp_path):
+    from conftest import chromium
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(ckpt), "--port",
+                               str(port), "--device", "cpu"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    browser = Browser(chromium(), tmp_path / "profile")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=base + "/")
+        browser.wait_for("document.readyState === 'complete' && "
+                         "document.getElementById('model').textContent")
+        node = browser.call("DOM.querySelector", selector="#file",
+                            nodeId=browser.call("DOM.getDocument")["root"]["nodeId"])["nodeId"]
+        browser.call("DOM.setFileInputFiles", files=[str(images[0])], nodeId=node)
+        browser.wait_for("document.body.dataset.done === '1'")
+        shown = browser.evaluate("document.getElementById('label').textContent")
+        bars = browser.evaluate("document.querySelectorAll('#top .bar').length")
+        heatmap = browser.evaluate("document.getElementById('heatmap').naturalWidth")
+        shot = __import__("base64").b64decode(browser.call("Page.captureScreenshot")["data"])
+        (tmp_path / "page.png").write_bytes(shot)
+    finally:
+        browser.close()
+        server.terminate()
+        server.wait(timeout=30)
+    expected = predict.predict(ckpt, images[:1], device="cpu").results[0].top
+    assert shown == expected[0][0] and bars == len(CLASSES) and heatmap == 224
+    assert Image.open(tmp_path / "page.png").size[0] >= 1000

@@ -1,5 +1,7 @@
 """The HTTP API of ``imgcls serve`` (FastAPI): ``POST /predict``, ``GET /info``, ``GET /health``.
 
+``GET /`` is a page where a person picks or drops an image and sees the top-k bars and the
+Grad-CAM heatmap (``POST /explain``, the same upload, answers the heatmap as a base64 PNG).
 ``POST /predict`` takes an image as the request body (any ``Content-Type`` but multipart; the
 ``name`` query parameter names it, default ``upload``) or a ``multipart/form-data`` upload with
 one or more ``file`` fields, and answers what ``imgcls predict --json`` prints for the same
@@ -12,6 +14,8 @@ and the server goes on serving. Checkpoints are read with ``weights_only`` (neve
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import io
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.exceptions import HTTPException
 
@@ -29,6 +33,7 @@ from imgcls.deploy.predict import PredictReport, PredictResult, classify_batch, 
 from imgcls.errors import ImgclsError
 from imgcls.serve.batcher import MicroBatcher
 
+PAGE = Path(__file__).with_name("page.html")  # the page at /: pick or drop an image
 MAX_BYTES = 8 * 1024 * 1024  # per request: a few phone photos
 MAX_FILES = 16  # per multipart request
 
@@ -131,6 +136,20 @@ def create_app(checkpoint: str | Path, *, device: str = "cpu", max_batch: int = 
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.post("/explain")
+    async def post_explain(request: Request, class_name: str | None = None) -> dict[str, Any]:
+        """Grad-CAM of one image's predicted class (or ``class_name``): a PNG, base64."""
+        (name, data), *more = await uploads(request, max_bytes)
+        if more:
+            raise RequestError(400, "/explain takes one image")
+        image = prepare(loaded, transform, name, data, max_pixels)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, explain_one, loaded, image, class_name)
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -142,33 +161,66 @@ def create_app(checkpoint: str | Path, *, device: str = "cpu", max_batch: int = 
     @app.post("/predict")
     async def post_predict(request: Request, top_k: int = 5,
                            min_confidence: float | None = None) -> dict[str, Any]:
-        if top_k < 1:
-            raise RequestError(400, f"top_k must be at least 1, got {top_k}")
-        if min_confidence is not None and not 0 <= min_confidence <= 1:
-            raise RequestError(400, f"min_confidence is from 0 to 1, got {min_confidence:g}")
-        if min_confidence is not None and loaded.record.multilabel:
-            raise RequestError(400, "min_confidence is for one label per image; this model "
-                               "has several labels per image")
         files = await uploads(request, max_bytes)
-        results: list[PredictResult | None] = [None] * len(files)
-        ready: list[tuple[int, torch.Tensor]] = []
-        for i, (name, data) in enumerate(files):
-            try:
-                ready.append((i, prepare(loaded, transform, name, data, max_pixels)))
-            except RequestError as exc:
-                if len(files) == 1:
-                    raise
-                results[i] = PredictResult(path=name, error=str(exc))
-        scored = await batcher.submit(torch.stack([t for _, t in ready])) if ready else []
-        for (i, _), result in zip(ready, scored, strict=True):
-            results[i] = _trimmed(result, files[i][0], top_k, min_confidence)
-        return to_dict(PredictReport(
-            checkpoint=str(loaded.path), classes=list(loaded.classes),
-            results=[r for r in results if r is not None],
-            thresholds=loaded.record.decision_thresholds() if loaded.record.multilabel else None,
-            min_confidence=min_confidence))
+        return await answer_predict(loaded, batcher, files, top_k, min_confidence,
+                                    lambda name, data: prepare(loaded, transform, name, data,
+                                                               max_pixels))
 
     return app
+
+
+async def answer_predict(loaded: LoadedModel, batcher: MicroBatcher,
+                         files: list[tuple[str, bytes]], top_k: int,
+                         min_confidence: float | None, prepare_one: Any) -> dict[str, Any]:
+    """``POST /predict``'s answer for the uploaded ``files``: predict --json's object. With
+    several files an unreadable one is listed in ``errors``; alone, it is the request's 400."""
+    if top_k < 1:
+        raise RequestError(400, f"top_k must be at least 1, got {top_k}")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise RequestError(400, f"min_confidence is from 0 to 1, got {min_confidence:g}")
+    if min_confidence is not None and loaded.record.multilabel:
+        raise RequestError(400, "min_confidence is for one label per image; this model "
+                           "has several labels per image")
+    results: list[PredictResult | None] = [None] * len(files)
+    ready: list[tuple[int, torch.Tensor]] = []
+    for i, (name, data) in enumerate(files):
+        try:
+            ready.append((i, prepare_one(name, data)))
+        except RequestError as exc:
+            if len(files) == 1:
+                raise
+            results[i] = PredictResult(path=name, error=str(exc))
+    scored = await batcher.submit(torch.stack([t for _, t in ready])) if ready else []
+    for (i, _), result in zip(ready, scored, strict=True):
+        results[i] = _trimmed(result, files[i][0], top_k, min_confidence)
+    return to_dict(PredictReport(
+        checkpoint=str(loaded.path), classes=list(loaded.classes),
+        results=[r for r in results if r is not None],
+        thresholds=loaded.record.decision_thresholds() if loaded.record.multilabel else None,
+        min_confidence=min_confidence))
+
+
+def explain_one(loaded: LoadedModel, image: torch.Tensor, class_name: str | None
+                ) -> dict[str, Any]:
+    """``POST /explain``'s answer: the class explained, its probability, the layer, the peak
+    and the overlay PNG (base64); 501 without Captum."""
+    from imgcls.explain.explainer import overlays, target_layer_for
+
+    with torch.no_grad():
+        logits = loaded.model(image[None].to(loaded.device)).float()[0]
+    probs = logits.sigmoid() if loaded.record.multilabel else logits.softmax(0)
+    if class_name is not None and class_name not in loaded.classes:
+        raise RequestError(400, f"class_name {class_name}: not one of {loaded.classes}")
+    index = loaded.classes.index(class_name) if class_name else int(probs.argmax())
+    try:
+        target = target_layer_for(loaded)
+        ((picture, (x, y), _),) = overlays(loaded, image, [index], target=target)
+    except ImgclsError as exc:
+        raise RequestError(501, str(exc)) from None
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return {"class": loaded.classes[index], "prob": float(probs[index]), "layer": target.name,
+            "peak": {"x": x, "y": y}, "heatmap_png": base64.b64encode(buffer.getvalue()).decode()}
 
 
 def _trimmed(result: PredictResult, name: str, top_k: int,
