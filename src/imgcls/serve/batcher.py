@@ -1,8 +1,10 @@
-"""Requests from concurrent clients scored together: each request's images wait in a queue
-until ``max_batch`` images are there or the oldest has waited ``max_wait_ms``, then one forward
-pass scores them all (in a worker thread, so the server keeps accepting requests meanwhile).
-Throughput grows with load; a lone request waits at most ``max_wait_ms``. ``max_batch=1`` turns
-batching off: each image is scored on its own, in arrival order.
+"""Requests from concurrent clients scored together. A worker takes the oldest waiting request
+and every other one already queued, up to ``max_batch`` images, and scores them in one forward
+pass (in a worker thread, so the server keeps accepting requests meanwhile); requests arriving
+during a pass are queued for the next. Under load (the last pass held several requests) it also
+waits up to ``max_wait_ms`` for more before starting; a lone client never waits. Throughput grows
+with load. ``max_batch=1`` turns batching across requests off: one request per pass, in arrival
+order.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ class MicroBatcher:
         while True:
             group = [await self.queue.get()]
             count = len(group[0].images)
-            deadline = loop.time() + self.max_wait
+            # Under load (the last pass shared by several requests) wait for more; alone, go:
+            # a lone client never waits, and requests that arrive during a pass queue up anyway.
+            busy = bool(self.batches) and self.batches[-1] > 1
+            deadline = loop.time() + (self.max_wait if busy else 0.0)
             while count < self.max_batch:
                 left = deadline - loop.time()
                 try:
