@@ -262,3 +262,23 @@ def test_the_page_in_a_browser_upload_and_result(ckpt, images, tmp_path):
     expected = predict.predict(ckpt, images[:1], device="cpu").results[0].top
     assert shown == expected[0][0] and bars == len(CLASSES) and heatmap == 224
     assert Image.open(tmp_path / "page.png").size[0] >= 1000
+
+
+def test_an_onnx_export_is_served_by_onnx_runtime(ckpt, images, tmp_path):
+    from imgcls.deploy.export import export_checkpoint
+
+    report = export_checkpoint(ckpt, fmt="onnx", output=tmp_path / "m.onnx")
+    expected = json.loads(predict.to_json(predict.predict(ckpt, images, device="cpu")))
+    with _client(report.path) as client:
+        files = [("file", (str(p), p.read_bytes())) for p in images]
+        got = client.post("/predict", files=files).json()
+        info = client.get("/info").json()
+        explained = client.post("/explain", content=images[0].read_bytes())
+    assert info["classes"] == list(CLASSES) and info["model"] == "onnx:m.onnx"
+    assert info["sha256"] == hashlib.sha256(report.path.read_bytes()).hexdigest()
+    for a, b in zip(got["predictions"], expected["predictions"], strict=True):
+        assert a["path"] == b["path"]
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert [t["prob"] for t in a["top"]] == pytest.approx([t["prob"] for t in b["top"]],
+                                                              abs=1e-5)
+    assert explained.status_code == 501 and "gradients" in explained.json()["error"]

@@ -13,7 +13,8 @@ def add_serve(commands: Any) -> None:
         "or more 'file' fields, and answers what `imgcls predict --json` prints for the same "
         "images. Concurrent requests are scored together in batches. Needs the [serve] extra.",
     )
-    serve.add_argument("checkpoint", help="a checkpoint, e.g. runs/NAME/checkpoints/best.pt")
+    serve.add_argument("checkpoint", help="a checkpoint (runs/NAME/checkpoints/best.pt), or an "
+                       "ONNX file from imgcls export (run by ONNX Runtime)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)

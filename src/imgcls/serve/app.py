@@ -119,7 +119,12 @@ def prepare(loaded: LoadedModel, transform: Any, name: str, data: bytes,
 def create_app(checkpoint: str | Path, *, device: str = "cpu", max_batch: int = 32,
                max_wait_ms: float = 5.0, max_bytes: int = MAX_BYTES,
                max_pixels: int = MAX_PIXELS, loaded: LoadedModel | None = None) -> FastAPI:
-    """The FastAPI application serving ``checkpoint``."""
+    """The FastAPI application serving ``checkpoint`` (an imgcls checkpoint, or an ONNX file
+    exported by ``imgcls export``, run by ONNX Runtime)."""
+    if loaded is None and str(checkpoint).lower().endswith(".onnx"):
+        from imgcls.serve.onnx_model import load_onnx
+
+        loaded = load_onnx(checkpoint)  # type: ignore[assignment]  # serving's duck type
     loaded = loaded or load_model(checkpoint, device=device)
     transform = loaded.eval_transform(native_size=None)
     info = model_info(loaded)
@@ -206,6 +211,9 @@ def explain_one(loaded: LoadedModel, image: torch.Tensor, class_name: str | None
     and the overlay PNG (base64); 501 without Captum."""
     from imgcls.explain.explainer import overlays, target_layer_for
 
+    if getattr(loaded, "onnx", False):
+        raise RequestError(501, "heatmaps need the model's gradients: serve the checkpoint, "
+                           "not its ONNX export")
     with torch.no_grad():
         logits = loaded.model(image[None].to(loaded.device)).float()[0]
     probs = logits.sigmoid() if loaded.record.multilabel else logits.softmax(0)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from torch import nn
 
 import imgcls
 from imgcls.config.sizes import saved_size, size_hw
-from imgcls.data.transforms import _channels
+from imgcls.data.transforms import _channels, apply_preset
 from imgcls.deploy.export.graph import (
     OUTPUT_NAME,
     VERIFY_BATCHES,
@@ -160,8 +162,17 @@ def _sidecar(loaded: LoadedModel, report: ExportReport, versions: dict[str, str]
         **({"output": "sigmoid probability of each class", "multilabel": True,
             "thresholds": loaded.record.decision_thresholds()} if loaded.record.multilabel
            else {}),
+        # the evaluation transform's settings, preset applied: imgcls serve MODEL.onnx
+        # preprocesses as training's evaluation did
+        "eval_transform": _eval_transform(loaded),
+        "in_channels": loaded.config.model.in_channels,
         "source_checkpoint": str(loaded.path.resolve()),
         "imgcls_version": imgcls.__version__,
         "torch_version": torch.__version__,
         **versions,
     }
+
+
+def _eval_transform(loaded: LoadedModel) -> dict:
+    resolved = apply_preset(loaded.config.transforms, loaded.input_size, loaded.config.explicit)
+    return json.loads(json.dumps(dataclasses.asdict(resolved), default=list))
