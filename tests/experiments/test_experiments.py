@@ -244,3 +244,11 @@ def test_repeat_varies_the_seed_on_one_split(tmp_path, capsys):
     assert summary["stats"]["final_val_acc"]["n"] == 2 and "seed-4" in out
     code, _, err = run_cli(capsys, *argv)  # the same command again: nothing left to train
     assert code == 0 and err.count("finished, skipped") == 2
+    # a model card of one of its runs carries the spread over the experiment's runs
+    code, _, err = run_cli(capsys, "card", str(exp / "seed-3"), "--device", "cpu")
+    assert code == 0, err
+    card = (exp / "seed-3" / "MODEL_CARD.md").read_text()
+    stat = summary["stats"]["best_val_acc"]
+    assert "one of 2 finished runs of an `imgcls repeat` experiment" in card
+    assert f"{stat['mean']:.4f} ± {stat['std']:.4f} (std), 95% CI [{stat['ci_low']:.4f}, " \
+        f"{stat['ci_high']:.4f}]" in card
