@@ -258,3 +258,19 @@ def test_a_multi_label_model_explains_each_label_above_its_threshold(tmp_path, c
         labels = [c for c, _ in pred.labels] or [pred.top[0][0]]  # none: the top class
         assert [e["class"] for e in image["explained"]] == labels
         assert all((tmp_path / "ex" / e["heatmap"]).is_file() for e in image["explained"])
+
+
+@pytest.mark.parametrize(("name", "layout"), [
+    ("timm/test_resnet", "nchw"), ("timm/test_convnext", "nchw"), ("timm/test_vit", "tokens"),
+    ("timm/test_efficientnet", "nchw"), ("timm/test_maxvit", "nchw")])
+def test_timm_models_get_a_layer_and_real_maps(name, layout):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(name=name), num_classes=3).eval()
+    for module in model.modules():  # a zero-initialised head would send no gradient back
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.5)
+    size = get_model_info(name).input_size
+    target = choose_target_layer(model, size)
+    assert target.layout == layout and min(target.grid) >= 2
+    maps = heatmaps(model, torch.randn(2, 3, size, size), torch.tensor([0, 1]), target=target)
+    assert maps.shape == (2, size, size) and maps.max() == 1
