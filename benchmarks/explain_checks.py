@@ -50,7 +50,8 @@ from imgcls.explain.target_layer import choose_target_layer
 def train_fast_small(data: Path, work: Path, epochs: int) -> Path:
     recipe = flatten(load_yaml(recipes.find("fast_small")), where=" fast_small")
     cfg = build_config(overrides={**recipe,
-        "data.source": str(data), "train.epochs": epochs, "log.output": str(work),
+        "data.source": str(data), "data.root": str(work / "cache"),  # not the cwd's data/
+        "train.epochs": epochs, "log.output": str(work),
         "log.name": "explain-fast-small", "log.progress": "off", "log.tensorboard": False})
     return api.train(cfg).run_dir / "checkpoints" / "last.pt"
 

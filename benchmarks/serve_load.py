@@ -41,7 +41,8 @@ def train_digits(work: Path) -> Path:
     from imgcls import api
     from imgcls.config import build_config
 
-    cfg = build_config(overrides={"data.source": "digits", "model.name": "resnet20",
+    cfg = build_config(overrides={"data.source": "digits", "data.root": str(work / "cache"),
+                                  "model.name": "resnet20",
                                   "train.epochs": 2, "log.output": str(work),
                                   "log.name": "serve-load", "log.progress": "off",
                                   "log.tensorboard": False})

@@ -113,11 +113,8 @@ def explain(
 def _explain_one(loaded: LoadedModel, image: torch.Tensor, result: Explained, *, method: str,
                  target: TargetLayer | None, class_name: str | None, top_k: int, out: Path,
                  stem: str) -> None:
-    batch = image[None].to(loaded.device)
-    with torch.no_grad():
-        logits = loaded.model(batch).float()[0]
+    probs = class_probabilities(loaded, image)
     multilabel = loaded.record.multilabel
-    probs = logits.sigmoid() if multilabel else logits.softmax(dim=0)
     order = probs.argsort(descending=True).tolist()
     result.top = [(loaded.classes[i], float(probs[i])) for i in order[:top_k]]
     if class_name is not None:
@@ -138,6 +135,14 @@ def _explain_one(loaded: LoadedModel, image: torch.Tensor, result: Explained, *,
             "peak": {"x": x, "y": y, "x_frac": (x + 0.5) / width, "y_frac": (y + 0.5) / height},
         })
     _write_json(out / f"{stem}.json", _result_dict(result))
+
+
+def class_probabilities(loaded: Any, image: torch.Tensor) -> torch.Tensor:
+    """One preprocessed image's probability of each class: the softmax, or each class's
+    sigmoid for a multi-label model."""
+    with torch.no_grad():
+        logits = loaded.model(image[None].to(loaded.device)).float()[0]
+    return logits.sigmoid() if loaded.record.multilabel else logits.softmax(dim=0)
 
 
 def overlays(loaded: LoadedModel, image: torch.Tensor, classes: Sequence[int], *,

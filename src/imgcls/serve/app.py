@@ -18,6 +18,7 @@ import asyncio
 import base64
 import hashlib
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,13 @@ from starlette.exceptions import HTTPException
 
 from imgcls.data.folder import MAX_PIXELS, decode_rgb, own_pixel_check, pixel_limit_error
 from imgcls.deploy.load import LoadedModel, load_model
-from imgcls.deploy.predict import PredictReport, PredictResult, classify_batch, to_dict
+from imgcls.deploy.predict import (
+    PredictReport,
+    PredictResult,
+    answer,
+    classify_batch,
+    to_dict,
+)
 from imgcls.errors import ImgclsError
 from imgcls.serve.batcher import MicroBatcher
 
@@ -209,14 +216,12 @@ def explain_one(loaded: LoadedModel, image: torch.Tensor, class_name: str | None
                 ) -> dict[str, Any]:
     """``POST /explain``'s answer: the class explained, its probability, the layer, the peak
     and the overlay PNG (base64); 501 without Captum."""
-    from imgcls.explain.explainer import overlays, target_layer_for
+    from imgcls.explain.explainer import class_probabilities, overlays, target_layer_for
 
     if getattr(loaded, "onnx", False):
         raise RequestError(501, "heatmaps need the model's gradients: serve the checkpoint, "
                            "not its ONNX export")
-    with torch.no_grad():
-        logits = loaded.model(image[None].to(loaded.device)).float()[0]
-    probs = logits.sigmoid() if loaded.record.multilabel else logits.softmax(0)
+    probs = class_probabilities(loaded, image)
     if class_name is not None and class_name not in loaded.classes:
         raise RequestError(400, f"class_name {class_name}: not one of {loaded.classes}")
     index = loaded.classes.index(class_name) if class_name else int(probs.argmax())
@@ -234,10 +239,6 @@ def explain_one(loaded: LoadedModel, image: torch.Tensor, class_name: str | None
 def _trimmed(result: PredictResult, name: str, top_k: int,
              min_confidence: float | None) -> PredictResult:
     """A batch result (scored with every class) cut to this request's ``top_k``."""
-    from dataclasses import replace
-
-    from imgcls.deploy.predict import answer
-
     top = result.top[:top_k]
     return replace(result, path=name, top=top,
                    answer=None if min_confidence is None else answer(top, min_confidence))
